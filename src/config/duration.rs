@@ -1,0 +1,124 @@
+//! The duration syntax of the config file: `"120s"`, `"2m"`, `"1h 30m"`, or a bare
+//! integer number of seconds (`timeout = 0`).
+
+use std::fmt;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configured duration. Zero often means "off"; the key's docs say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const ZERO: Duration = Duration(std::time::Duration::ZERO);
+
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+
+    pub const fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl From<std::time::Duration> for Duration {
+    fn from(d: std::time::Duration) -> Self {
+        Duration(d)
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            f.write_str("0s")
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"a duration such as "120s", "2m", "1h 30m", or whole seconds"#)
+    }
+
+    fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(secs))
+    }
+
+    fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+        u64::try_from(secs)
+            .map(Duration::from_secs)
+            .map_err(|_| E::custom("a duration cannot be negative"))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<u64>() {
+            return Ok(Duration::from_secs(secs));
+        }
+        humantime::parse_duration(text)
+            .map(Duration)
+            .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+impl Serialize for super::Heartbeat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            super::Heartbeat::Auto => s.serialize_str("auto"),
+            super::Heartbeat::Every(d) => d.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for super::Heartbeat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeartbeatVisitor;
+        impl Visitor<'_> for HeartbeatVisitor {
+            type Value = super::Heartbeat;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""auto" or a duration such as "30s""#)
+            }
+            fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Self::Value, E> {
+                DurationVisitor.visit_u64(secs).map(super::Heartbeat::Every)
+            }
+            fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Self::Value, E> {
+                DurationVisitor.visit_i64(secs).map(super::Heartbeat::Every)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if text.trim().eq_ignore_ascii_case("auto") {
+                    Ok(super::Heartbeat::Auto)
+                } else {
+                    DurationVisitor.visit_str(text).map(super::Heartbeat::Every)
+                }
+            }
+        }
+        d.deserialize_any(HeartbeatVisitor)
+    }
+}

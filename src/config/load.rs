@@ -1,0 +1,1 @@
+//! Loading: defaults < TOML file < environment, with every problem reported.

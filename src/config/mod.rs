@@ -1,0 +1,299 @@
+//! Configuration: the typed model of `sessiongate.toml`.
+//!
+//! Every key has a default (see `config/sessiongate.toml` at the repository root, which
+//! documents each one). Values are layered: built-in defaults < TOML file <
+//! `SESSIONGATE_*` environment variables (`__` between levels). Loading lives in
+//! [`load`], semantic checks in [`validate`], and the duration syntax in [`duration`].
+
+pub mod duration;
+pub mod load;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+pub use load::{load, ConfigError, ConfigErrors, Source};
+
+/// The whole configuration, one field per TOML table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub session: SessionConfig,
+    pub browser: BrowserConfig,
+    pub hooks: HooksConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// `[listen]`: the public listener browsers connect to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// rustls certificate and key; absent means plain HTTP (and h2c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Time allowed for a whole request head, and for the TLS handshake.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish before connections close.
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    /// Allowed `Origin`s for WebSockets and reserved POSTs; empty = the request's own Host.
+    pub origins: Vec<String>,
+}
+
+/// `listen.tls`: PEM files for the public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[upstream]`: the legacy application behind the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    /// Name of the request header that carries the session handle.
+    pub header: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub trust_forwarded: bool,
+}
+
+/// `[session]`: identity and lifetime rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub mode: SessionMode,
+    /// Idle time before the warning; zero means sessions never time out.
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+    /// Warning length; `None` means "equal to the session's timeout".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub countdown: Option<Duration>,
+    /// Time without any signal before a session is abandoned; `None` means 2 × timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandon: Option<Duration>,
+    /// Absolute lifetime; zero means none.
+    pub max_lifetime: Duration,
+    pub activity: Activity,
+    pub duplicate_tab: DuplicateTab,
+    pub max_sessions: usize,
+    pub when_full: WhenFull,
+    /// Path prefixes that must carry a session (else 401).
+    pub require: Vec<String>,
+}
+
+/// Where a session lives in the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// One session per tab (sessionStorage), like Wisej's default.
+    Tab,
+    /// One session per browser profile, carried by a cookie, like ASP.NET.
+    Browser,
+}
+
+/// What happens when a session has been idle for `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Countdown,
+    Keep,
+    End,
+}
+
+/// What counts as user activity (resets the idle timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Interaction,
+    Request,
+}
+
+/// What a duplicated tab gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateTab {
+    New,
+    Share,
+}
+
+/// What happens when `max_sessions` is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    Reject,
+    Evict,
+}
+
+/// `[browser]`: what the browser side sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrowserConfig {
+    pub prefix: String,
+    pub heartbeat: Heartbeat,
+    pub inject: bool,
+}
+
+/// Heartbeat interval: `"auto"` or a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// `clamp(timeout / 4, 15 s, 60 s)`.
+    Auto,
+    Every(Duration),
+}
+
+/// `[hooks]`: calls into the upstream on session events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    pub start: String,
+    pub timeout: String,
+    pub end: String,
+    pub budget: Duration,
+}
+
+/// `[admin]`: the operator listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "http://127.0.0.1:3000".into(),
+            header: "X-Session".into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            trust_forwarded: false,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            mode: SessionMode::Tab,
+            timeout: Duration::from_secs(120),
+            on_timeout: OnTimeout::Countdown,
+            countdown: None,
+            abandon: None,
+            max_lifetime: Duration::ZERO,
+            activity: Activity::Interaction,
+            duplicate_tab: DuplicateTab::New,
+            max_sessions: 100_000,
+            when_full: WhenFull::Reject,
+            require: Vec::new(),
+        }
+    }
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig {
+            prefix: "/__sessiongate".into(),
+            heartbeat: Heartbeat::Auto,
+            inject: true,
+        }
+    }
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            start: String::new(),
+            timeout: String::new(),
+            end: String::new(),
+            budget: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: String::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The countdown that goes with a session timeout of `timeout`
+    /// (the configured value, or the timeout itself when not set).
+    pub fn countdown_for(&self, timeout: std::time::Duration) -> std::time::Duration {
+        self.countdown.map_or(timeout, |c| c.get())
+    }
+
+    /// The abandon time that goes with a session timeout of `timeout`
+    /// (the configured value, or twice the timeout when not set).
+    pub fn abandon_for(&self, timeout: std::time::Duration) -> std::time::Duration {
+        self.abandon.map_or(timeout.saturating_mul(2), |a| a.get())
+    }
+}
+
+impl BrowserConfig {
+    /// The heartbeat interval for a session timeout of `timeout`.
+    pub fn heartbeat_for(&self, timeout: std::time::Duration) -> std::time::Duration {
+        match self.heartbeat {
+            Heartbeat::Every(d) => d.get(),
+            Heartbeat::Auto => (timeout / 4).clamp(
+                std::time::Duration::from_secs(15),
+                std::time::Duration::from_secs(60),
+            ),
+        }
+    }
+}

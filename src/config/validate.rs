@@ -1,0 +1,1 @@
+//! Semantic checks on a deserialized [`Config`](super::Config).

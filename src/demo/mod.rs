@@ -1,0 +1,1 @@
+//! The bundled legacy demo app that `sessiongate demo` puts behind the gateway.

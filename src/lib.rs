@@ -1,0 +1,18 @@
+//! sessiongate: a reverse-proxy sidecar that gives an unmodified legacy web backend
+//! server-side sessions — one per browser tab or per browser — handed to it as an
+//! `X-Session` request header.
+//!
+//! The request path is a chain of stages (see [`proxy`]): accept ([`net`]) → refuse
+//! → reserved endpoint ([`reserved`]) or identify ([`session`]) → forward upstream →
+//! respond. Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it
+//! all together from a [`config::Config`].
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
+pub mod reserved;
+pub mod server;
+pub mod session;

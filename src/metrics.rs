@@ -1,0 +1,305 @@
+//! Prometheus metrics (DESIGN.md §9), served on the admin listener only.
+//!
+//! Label values are fixed sets (reasons, routes, status classes): never a path, token,
+//! handle or address. Every known label value is created at start so dashboards show
+//! zeros instead of gaps. All updates are atomic increments; rendering `/metrics`
+//! takes no lock that request handling needs.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::session::events::{SessionEvent, SessionObserver};
+use crate::session::{CreatedKind, EndReason, State};
+
+/// Where a response came from (label `route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Proxy,
+    Reserved,
+    Bootstrap,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Proxy => "proxy",
+            Route::Reserved => "reserved",
+            Route::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+/// Why an upstream exchange failed (label `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 4] = [
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::Reset,
+        UpstreamError::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_active: IntGaugeVec,
+    pub sessions_created: IntCounterVec,
+    pub sessions_ended: IntCounterVec,
+    pub session_duration: HistogramVec,
+    pub heartbeats: IntCounter,
+    pub countdowns: IntCounterVec,
+    pub bootstraps: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub upstream_duration: Histogram,
+    pub upstream_errors: IntCounterVec,
+    pub injections: IntCounterVec,
+    pub hook_calls: IntCounterVec,
+}
+
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Metrics {
+    /// Builds and registers every metric. Fails only on a programming error (a
+    /// duplicate or invalid metric definition).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+
+        let metrics = Metrics {
+            sessions_active: gauge(
+                "sessiongate_sessions_active",
+                "Live sessions by state.",
+                &["state"],
+            )?,
+            sessions_created: counter(
+                "sessiongate_sessions_created_total",
+                "Sessions created, by kind.",
+                &["kind"],
+            )?,
+            sessions_ended: counter(
+                "sessiongate_sessions_ended_total",
+                "Sessions ended, by reason.",
+                &["reason"],
+            )?,
+            session_duration: histogram(
+                "sessiongate_session_duration_seconds",
+                "How long sessions lived, by end reason.",
+                &["reason"],
+                vec![
+                    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                    28800.0, 86400.0,
+                ],
+            )?,
+            heartbeats: {
+                let c = IntCounter::new("sessiongate_heartbeats_total", "Heartbeats received.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            countdowns: counter(
+                "sessiongate_countdowns_total",
+                "Countdowns by outcome.",
+                &["outcome"],
+            )?,
+            bootstraps: counter(
+                "sessiongate_bootstraps_total",
+                "Bootstrap exchanges by outcome.",
+                &["outcome"],
+            )?,
+            requests: counter(
+                "sessiongate_requests_total",
+                "Responses by route and status class.",
+                &["route", "code"],
+            )?,
+            upstream_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sessiongate_upstream_duration_seconds",
+                        "Time from sending a request upstream to its response head.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            upstream_errors: counter(
+                "sessiongate_upstream_errors_total",
+                "Failed upstream exchanges by kind.",
+                &["kind"],
+            )?,
+            injections: counter(
+                "sessiongate_injections_total",
+                "HTML responses by agent injection outcome.",
+                &["outcome"],
+            )?,
+            hook_calls: counter(
+                "sessiongate_hook_calls_total",
+                "Hook calls by hook and outcome.",
+                &["hook", "outcome"],
+            )?,
+            registry,
+        };
+
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        metrics.registry.register(Box::new(process))?;
+        metrics.initialise_labels();
+        Ok(metrics)
+    }
+
+    /// Creates every known label combination at zero.
+    fn initialise_labels(&self) {
+        for state in ["active", "warning"] {
+            self.sessions_active.with_label_values(&[state]);
+        }
+        for kind in CreatedKind::ALL {
+            self.sessions_created.with_label_values(&[kind.as_str()]);
+        }
+        for reason in EndReason::ALL {
+            self.sessions_ended.with_label_values(&[reason.as_str()]);
+            self.session_duration.with_label_values(&[reason.as_str()]);
+        }
+        for outcome in ["extended", "expired", "handled"] {
+            self.countdowns.with_label_values(&[outcome]);
+        }
+        for outcome in ["resumed", "new", "forked", "expired", "loop"] {
+            self.bootstraps.with_label_values(&[outcome]);
+        }
+        for route in [Route::Proxy, Route::Reserved, Route::Bootstrap] {
+            for code in CODE_CLASSES {
+                self.requests.with_label_values(&[route.as_str(), code]);
+            }
+        }
+        for kind in UpstreamError::ALL {
+            self.upstream_errors.with_label_values(&[kind.as_str()]);
+        }
+        for outcome in ["injected", "skipped"] {
+            self.injections.with_label_values(&[outcome]);
+        }
+        for hook in ["start", "timeout", "end"] {
+            for outcome in ["ok", "error", "timeout"] {
+                self.hook_calls.with_label_values(&[hook, outcome]);
+            }
+        }
+    }
+
+    /// Counts one response.
+    pub fn request(&self, route: Route, status: http::StatusCode) {
+        let class = CODE_CLASSES
+            .get(usize::from(status.as_u16() / 100).saturating_sub(1))
+            .copied()
+            .unwrap_or("5xx");
+        self.requests
+            .with_label_values(&[route.as_str(), class])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metrics; an error would leave
+        // a partial page, which Prometheus reports as a scrape error.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn state_gauge(&self, state: State) -> Option<prometheus::IntGauge> {
+        match state {
+            State::Active => Some(self.sessions_active.with_label_values(&["active"])),
+            State::Warning => Some(self.sessions_active.with_label_values(&["warning"])),
+            State::Ended => None,
+        }
+    }
+}
+
+impl SessionObserver for Metrics {
+    fn observe(&self, event: &SessionEvent<'_>) {
+        match *event {
+            SessionEvent::Started { kind, .. } => {
+                self.sessions_created.with_label_values(&[kind.as_str()]).inc();
+                if let Some(g) = self.state_gauge(State::Active) {
+                    g.inc();
+                }
+            }
+            SessionEvent::Warned { .. } => {
+                if let Some(g) = self.state_gauge(State::Active) {
+                    g.dec();
+                }
+                if let Some(g) = self.state_gauge(State::Warning) {
+                    g.inc();
+                }
+            }
+            SessionEvent::Extended { .. } => {
+                if let Some(g) = self.state_gauge(State::Warning) {
+                    g.dec();
+                }
+                if let Some(g) = self.state_gauge(State::Active) {
+                    g.inc();
+                }
+                self.countdowns.with_label_values(&["extended"]).inc();
+            }
+            SessionEvent::Ended {
+                session,
+                reason,
+                at,
+                was,
+            } => {
+                if let Some(g) = self.state_gauge(was) {
+                    g.dec();
+                }
+                if reason == EndReason::Timeout && was == State::Warning {
+                    self.countdowns.with_label_values(&["expired"]).inc();
+                }
+                self.sessions_ended.with_label_values(&[reason.as_str()]).inc();
+                let lived = at.saturating_sub(session.created());
+                self.session_duration
+                    .with_label_values(&[reason.as_str()])
+                    .observe(lived as f64 / 1000.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! One client connection: optional TLS, protocol detection, and the watchdog that
+//! enforces the connection timeouts hyper does not.
+//!
+//! hyper's HTTP/1 `header_read_timeout` covers a slow request head (it needs the timer
+//! installed to work at all). What it does not cover, the watchdog does:
+//! - a connection that sends no complete request within `header_timeout` of being
+//!   accepted (including one stalled during protocol detection, which the auto
+//!   builder does without any timeout) is closed;
+//! - a connection with no bytes moving for `idle_timeout` is asked to shut down
+//!   gracefully (in-flight requests still finish) — and closed if it stays idle;
+//! - on shutdown it is asked to finish and close; past the drain deadline, dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnInfo, Handler, Limits};
+
+/// When bytes last moved on a connection, and whether a request ever arrived.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    last_io_ms: AtomicU64,
+    saw_request: AtomicBool,
+    /// Requests whose response head is not ready yet (waiting on the upstream moves
+    /// no bytes, and must not count as an idle connection).
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.saw_request.store(true, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.mark_io();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            saw_request: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn mark_io(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_io_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.opened.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An IO stream that records when bytes move.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.mark_io();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.mark_io();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.mark_io();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one accepted connection to completion.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = Tracked {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    };
+    match tls {
+        None => {
+            let info = ConnInfo { peer, scheme: "http" };
+            drive(io, info, handler, &limits, activity, shutdown, force).await;
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(io));
+            let io = tokio::select! {
+                _ = force.cancelled() => return,
+                result = handshake => match result {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let info = ConnInfo { peer, scheme: "https" };
+            drive(io, info, handler, &limits, activity, shutdown, force).await;
+        }
+    }
+}
+
+async fn drive<H, I>(
+    io: I,
+    info: ConnInfo,
+    handler: Arc<H>,
+    limits: &Limits,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) where
+    H: Handler,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.header_timeout);
+
+    let seen = Arc::clone(&activity);
+    let service = service_fn(move |request| {
+        let in_flight = InFlight::start(&seen);
+        let handler = Arc::clone(&handler);
+        async move {
+            let response = handler.handle(request, info).await;
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+
+    let check_every = (limits.header_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(50));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = force.cancelled() => return,
+            _ = tokio::time::sleep(check_every) => {
+                if !activity.saw_request.load(Ordering::Relaxed)
+                    && activity.opened.elapsed() >= limits.header_timeout
+                {
+                    tracing::debug!(peer = %info.peer, "no request within header_timeout; closing");
+                    return;
+                }
+                let waiting = activity.in_flight.load(Ordering::Relaxed) > 0;
+                if !waiting && activity.idle_for() >= limits.idle_timeout {
+                    if !closing {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    } else if activity.idle_for() >= limits.idle_timeout * 2 {
+                        // Asked to close and still nothing moves: the peer is gone.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

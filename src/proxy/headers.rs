@@ -1,0 +1,1 @@
+//! Header hygiene on the way in and out.

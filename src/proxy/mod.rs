@@ -1,0 +1,326 @@
+//! The request path, as a chain of stages:
+//!
+//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT, framing tricks);
+//! 2. **reserved**: anything under `browser.prefix` is answered by the gateway
+//!    ([`crate::reserved`]) and never forwarded;
+//! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
+//!    and record the signal or activity;
+//! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
+//!    own, and stream the request upstream ([`forward`]);
+//! 5. **respond**: consume the upstream's control headers, add `X-Session-State` and
+//!    cookies, and stream the body back.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod query;
+
+use std::sync::Arc;
+
+use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+
+use self::body::ProxyBody;
+use self::forward::Upstream;
+use self::headers::{X_REQUEST_ID, X_SESSION_END, X_SESSION_STATE, X_SESSION_TIMEOUT};
+use crate::config::{Activity, Config};
+use crate::metrics::{Metrics, Route};
+use crate::net::{ConnInfo, Handler};
+use crate::reserved::{self, Reserved};
+use crate::session::identity::{Identity, Resolver};
+use crate::session::store::SessionStore;
+use crate::session::{Clock, EndReason, SessionError, State, Touch};
+
+/// Everything the request path needs, shared by all connections.
+pub struct Gateway {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) resolver: Resolver,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) upstream: Upstream,
+    pub(crate) reserved: Reserved,
+    session_header: HeaderName,
+    trust_forwarded: bool,
+    activity: Activity,
+    /// `session.require`, lowercased to match normalized paths.
+    require: Vec<String>,
+}
+
+/// Errors that stop the gateway from being built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Upstream(#[from] forward::BadUpstreamUrl),
+    #[error("upstream.header {0:?} is not a valid header name")]
+    SessionHeader(String),
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, GatewayError> {
+        let secure = config.listen.tls.is_some();
+        let session_header = HeaderName::try_from(config.upstream.header.as_str())
+            .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
+        Ok(Gateway {
+            resolver: Resolver::new(Arc::clone(&store), config.session.mode, secure),
+            reserved: Reserved::new(config),
+            upstream: Upstream::new(&config.upstream)?,
+            store,
+            clock,
+            metrics,
+            session_header,
+            trust_forwarded: config.upstream.trust_forwarded,
+            activity: config.session.activity,
+            require: config
+                .session
+                .require
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    async fn route(&self, request: Request<Incoming>, conn: ConnInfo) -> (Route, Response<ProxyBody>) {
+        if let Some(refusal) = refuse(&request) {
+            return (Route::Proxy, refusal);
+        }
+        if let Some(endpoint) = reserved::path::reserved_endpoint(request.uri().path(), self.reserved.prefix()) {
+            let response = reserved::handle(self, &endpoint, request, conn).await;
+            return (Route::Reserved, response);
+        }
+        (Route::Proxy, self.forward(request, conn).await)
+    }
+
+    async fn forward(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let now = self.clock.now();
+        let (mut parts, incoming) = request.into_parts();
+        let may_mint = !is_speculative(&parts.headers);
+        let mut identity = match self.resolver.resolve(&parts.headers, may_mint, now) {
+            Ok(identity) => identity,
+            Err(error) => return session_error_response(&error),
+        };
+
+        // Stage 3: the request is a signal for its session, or activity.
+        let mut state = None;
+        if let Some(session) = &identity.session {
+            let touch = self.touch_kind(&parts.method, &parts.headers);
+            match self.store.touch(session, touch, now) {
+                State::Ended => identity.session = None,
+                live => state = Some(live),
+            }
+        }
+        if identity.session.is_none() && self.requires_session(parts.uri.path()) {
+            let mut response = body::text(StatusCode::UNAUTHORIZED, "401 Unauthorized: this page needs a session");
+            finish_headers(response.headers_mut(), None, &identity.set_cookies, None);
+            return response;
+        }
+
+        // Stage 4: strip everything the client may not decide, then add ours.
+        let request_id = headers::request_id(&parts.headers);
+        let host = parts
+            .headers
+            .get(HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        headers::scrub_request(&mut parts.headers);
+        headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
+        headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host.as_ref(), self.trust_forwarded);
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        let upstream_host = host.unwrap_or_else(|| {
+            HeaderValue::from_str(self.upstream.authority().as_str()).unwrap_or(HeaderValue::from_static("localhost"))
+        });
+        parts.headers.insert(HOST, upstream_host);
+        if let Some(session) = &identity.session {
+            parts.headers.insert(self.session_header.clone(), handle_value(session.handle()));
+        }
+        let query = parts.uri.query().and_then(query::strip_proxy_params);
+        parts.uri = match self.upstream.uri_for(parts.uri.path(), query.as_deref()) {
+            Ok(uri) => uri,
+            Err(_) => return body::text(StatusCode::BAD_REQUEST, "400 Bad Request: unusable request target"),
+        };
+        // The upstream pool speaks HTTP/1.1 whatever the client spoke (h2 included).
+        parts.version = Version::HTTP_11;
+        let upstream_request = Request::from_parts(parts, scrub_trailers(incoming));
+
+        let response = match self.upstream.send(upstream_request, &self.metrics).await {
+            Ok(response) => response,
+            Err(mut failure) => {
+                finish_headers(failure.headers_mut(), state, &identity.set_cookies, Some(&request_id));
+                return failure;
+            }
+        };
+
+        // Stage 5: the upstream's word on the session, then ours to the browser.
+        let (mut parts, incoming) = response.into_parts();
+        headers::scrub_response(&mut parts.headers);
+        if let Some(session) = identity.session.clone() {
+            state = Some(self.apply_control_headers(&parts.headers, &session, &mut identity));
+        }
+        headers::strip_session_headers(&mut parts.headers);
+        finish_headers(&mut parts.headers, state, &identity.set_cookies, Some(&request_id));
+        Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync())
+    }
+
+    /// Whether this request counts as user activity or only as a sign of life.
+    fn touch_kind(&self, method: &Method, headers: &HeaderMap) -> Touch {
+        let is_activity = self.activity == Activity::Request
+            || !(method == Method::GET || method == Method::HEAD)
+            || is_navigation(headers);
+        if is_activity {
+            Touch::Activity
+        } else {
+            Touch::Signal
+        }
+    }
+
+    fn requires_session(&self, path: &str) -> bool {
+        if self.require.is_empty() {
+            return false;
+        }
+        let normalized = reserved::path::normalize(path);
+        self.require.iter().any(|prefix| normalized.starts_with(prefix.as_str()))
+    }
+
+    /// `X-Session-End` and `X-Session-Timeout` from the upstream (DESIGN.md §5).
+    fn apply_control_headers(
+        &self,
+        headers: &HeaderMap,
+        session: &crate::session::Session,
+        identity: &mut Identity,
+    ) -> State {
+        let now = self.clock.now();
+        if headers.contains_key(X_SESSION_END) {
+            self.store.end(session, EndReason::Upstream, now);
+            if let Some(expire) = self.resolver.expire_session_cookie() {
+                identity.set_cookies.push(expire);
+            }
+            return State::Ended;
+        }
+        if let Some(seconds) = headers
+            .get(X_SESSION_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            self.store.set_timeout(session, seconds.saturating_mul(1000), now);
+        }
+        match session.verdict(self.store.rules(), now) {
+            crate::session::Verdict::Live(state) => state,
+            crate::session::Verdict::Due(_) => State::Ended,
+        }
+    }
+}
+
+impl Handler for Gateway {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let method = request.method().clone();
+        let span = tracing::debug_span!("request", %method, path = request.uri().path());
+        let _entered = span.enter();
+        drop(_entered);
+        let (route, response) = self.route(request, conn).await;
+        self.metrics.request(route, response.status());
+        tracing::debug!(%method, status = response.status().as_u16(), "response");
+        response
+    }
+}
+
+/// Stage 1: requests answered before anything else looks at them.
+fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+        let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed");
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        return Some(response);
+    }
+    // Content-Length together with Transfer-Encoding is how request smuggling starts;
+    // hyper tolerates it, nginx and Envoy refuse it, and so do we.
+    let headers = request.headers();
+    if headers.contains_key(CONTENT_LENGTH) && headers.contains_key(TRANSFER_ENCODING) {
+        return Some(body::text(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: Content-Length together with Transfer-Encoding",
+        ));
+    }
+    None
+}
+
+/// Prefetch and prerender requests never mint or consume anything.
+fn is_speculative(headers: &HeaderMap) -> bool {
+    ["sec-purpose", "purpose"].iter().any(|name| {
+        headers.get(*name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.contains("prefetch") || v.contains("prerender")
+        })
+    })
+}
+
+/// A top-level navigation (link, form, address bar) rather than a background request.
+fn is_navigation(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        // Older clients: a request that prefers HTML is a page load.
+        None => headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html")),
+    }
+}
+
+/// Strips identity headers from request trailers too (a chunked body can carry an
+/// `X-Session` trailer after the headers were checked).
+fn scrub_trailers(incoming: Incoming) -> ProxyBody {
+    incoming
+        .map_frame(|frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                headers::scrub_request(&mut trailers);
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        })
+        .map_err(Into::into)
+        .boxed_unsync()
+}
+
+fn handle_value(handle: crate::session::Handle) -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(handle.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Adds the gateway's response headers: the session state, cookies, request id.
+pub(crate) fn finish_headers(
+    headers: &mut HeaderMap,
+    state: Option<State>,
+    set_cookies: &[HeaderValue],
+    request_id: Option<&HeaderValue>,
+) {
+    let state = state.map_or("none", State::as_str);
+    headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
+    for cookie in set_cookies {
+        headers.append(SET_COOKIE, cookie.clone());
+    }
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID, id.clone());
+    }
+}
+
+fn session_error_response(error: &SessionError) -> Response<ProxyBody> {
+    let mut response = match error {
+        SessionError::Full(_) => body::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: too many sessions; try again later",
+        ),
+        SessionError::Entropy(_) => {
+            tracing::error!(%error, "cannot mint a session");
+            body::text(StatusCode::INTERNAL_SERVER_ERROR, "500 Internal Server Error")
+        }
+    };
+    finish_headers(response.headers_mut(), None, &[], None);
+    response
+}

@@ -1,0 +1,1 @@
+//! Query-string handling for the proxy's own `__sg*` parameters.

@@ -1,0 +1,255 @@
+//! The reserved endpoints under `browser.prefix` (DESIGN.md §6), answered by the
+//! gateway and never forwarded.
+//!
+//! State-changing endpoints are POST only, need the session's token header (or, in
+//! `browser` mode, the cookie plus `X-Sessiongate-Agent: 1`, which a cross-site form
+//! cannot send), refuse cross-site requests and foreign origins, read at most
+//! [`MAX_BODY`] bytes, and never answer with CORS headers.
+
+pub mod path;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, HOST, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::{BrowserConfig, Config};
+use crate::net::ConnInfo;
+use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::headers::X_SESSIONGATE_AGENT;
+use crate::proxy::{finish_headers, Gateway};
+use crate::session::identity::Carrier;
+use crate::session::{EndReason, Session, State, Touch};
+
+/// Largest body a reserved endpoint reads.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Settings of the reserved endpoints.
+pub struct Reserved {
+    prefix: String,
+    origins: Vec<String>,
+    browser: BrowserConfig,
+}
+
+impl Reserved {
+    pub fn new(config: &Config) -> Self {
+        Reserved {
+            prefix: config.browser.prefix.to_ascii_lowercase(),
+            origins: config.listen.origins.clone(),
+            browser: config.browser.clone(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether a state-changing request may come from where it says it comes from.
+    fn same_origin(&self, headers: &HeaderMap, scheme: &str) -> bool {
+        if headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            return false;
+        }
+        let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return true; // not a browser cross-origin request: browsers always send Origin on POST
+        };
+        if !self.origins.is_empty() {
+            return self.origins.iter().any(|allowed| allowed == origin);
+        }
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        origin
+            .strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host))
+    }
+
+    /// Heartbeat interval for a session: the configured one, never more than a third
+    /// of the abandon time (so two lost beats do not end a live tab).
+    fn heartbeat_ms(&self, session: &Session, gateway: &Gateway) -> u64 {
+        let rules = gateway.store.rules();
+        let timeout = session.timeout();
+        if timeout == 0 {
+            return 60_000;
+        }
+        let configured = self.browser.heartbeat_for(Duration::from_millis(timeout)).as_millis() as u64;
+        configured.min(rules.abandon_for(timeout) / 3).max(1_000)
+    }
+}
+
+/// The body of `heartbeat` (all fields optional).
+#[derive(Debug, Default, Deserialize)]
+struct HeartbeatBody {
+    #[serde(default)]
+    activity: bool,
+}
+
+/// Answers a request for `endpoint` (the path after the prefix, normalized).
+pub async fn handle(
+    gateway: &Gateway,
+    endpoint: &str,
+    request: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<ProxyBody> {
+    let mut response = match endpoint {
+        "status" => status(gateway, &request),
+        "heartbeat" | "extend" | "end" => change(gateway, endpoint, request, conn).await,
+        _ => body::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
+    };
+    if !response.headers().contains_key(crate::proxy::headers::X_SESSION_STATE) {
+        finish_headers(response.headers_mut(), None, &[], None);
+    }
+    response
+}
+
+/// `GET status`: the session's state and deadlines, without counting as a signal.
+fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return method_not_allowed("GET, HEAD");
+    }
+    let now = gateway.clock.now();
+    let session = gateway
+        .resolver
+        .resolve(request.headers(), false, now)
+        .ok()
+        .and_then(|identity| identity.session);
+    match session {
+        None => with_state(body::json(StatusCode::OK, &json!({ "state": "none" })), None),
+        Some(session) => {
+            let state = match session.verdict(gateway.store.rules(), now) {
+                crate::session::Verdict::Live(state) => state,
+                crate::session::Verdict::Due(_) => State::Ended,
+            };
+            with_state(
+                body::json(StatusCode::OK, &describe(gateway, &session, state)),
+                Some(state),
+            )
+        }
+    }
+}
+
+/// `POST heartbeat | extend | end`.
+async fn change(
+    gateway: &Gateway,
+    endpoint: &str,
+    request: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<ProxyBody> {
+    if request.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let reserved = &gateway.reserved;
+    if !reserved.same_origin(request.headers(), conn.scheme) {
+        return body::json_error(StatusCode::FORBIDDEN, "cross-origin request refused");
+    }
+    let now = gateway.clock.now();
+    let identity = match gateway.resolver.resolve(request.headers(), false, now) {
+        Ok(identity) => identity,
+        Err(_) => return body::json_error(StatusCode::INTERNAL_SERVER_ERROR, "session lookup failed"),
+    };
+    let Some(session) = identity.session else {
+        return with_state(body::json_error(StatusCode::UNAUTHORIZED, "no valid session"), None);
+    };
+    // A cookie alone is what a cross-site form would carry; the agent's header is not.
+    if identity.carrier == Some(Carrier::Cookie) && !request.headers().contains_key(X_SESSIONGATE_AGENT) {
+        return body::json_error(
+            StatusCode::FORBIDDEN,
+            "cookie-carried requests need the X-Sessiongate-Agent header",
+        );
+    }
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+
+    match endpoint {
+        "end" => {
+            gateway.store.end(&session, EndReason::Ended, gateway.clock.now());
+            let cookies: Vec<HeaderValue> = gateway.resolver.expire_session_cookie().into_iter().collect();
+            let mut response = body::json(StatusCode::OK, &json!({ "state": "ended" }));
+            finish_headers(response.headers_mut(), Some(State::Ended), &cookies, None);
+            response
+        }
+        _ => {
+            let touch = if endpoint == "extend" {
+                Touch::Activity
+            } else {
+                gateway.metrics.heartbeats.inc();
+                let parsed: HeartbeatBody = if body.is_empty() {
+                    HeartbeatBody::default()
+                } else {
+                    match serde_json::from_slice(&body) {
+                        Ok(parsed) => parsed,
+                        Err(_) => return body::json_error(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+                    }
+                };
+                if parsed.activity {
+                    Touch::Activity
+                } else {
+                    Touch::Signal
+                }
+            };
+            let state = gateway.store.touch(&session, touch, gateway.clock.now());
+            with_state(
+                body::json(StatusCode::OK, &describe(gateway, &session, state)),
+                Some(state),
+            )
+        }
+    }
+}
+
+/// The JSON description of a session for the agent (times in ms since the epoch).
+fn describe(gateway: &Gateway, session: &Arc<Session>, state: State) -> serde_json::Value {
+    if state == State::Ended {
+        return json!({ "state": "ended" });
+    }
+    let clock = &gateway.clock;
+    let deadlines = session.deadlines(gateway.store.rules());
+    let wall = |at: Option<u64>| at.map(|at| clock.wall(at));
+    json!({
+        "state": state.as_str(),
+        "handle": session.handle(),
+        "now": clock.wall(clock.now()),
+        "warn_at": wall(deadlines.warn_at),
+        "deadline": wall(deadlines.end_at),
+        "abandon_at": wall(deadlines.abandon_at),
+        "heartbeat": gateway.reserved.heartbeat_ms(session, gateway),
+        "tickets": [],
+    })
+}
+
+/// Reads at most [`MAX_BODY`] bytes of a reserved request's body.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+    let too_large = || body::json_error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB");
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(body::json_error(StatusCode::BAD_REQUEST, "could not read the body")),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut response = body::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn with_state(mut response: Response<ProxyBody>, state: Option<State>) -> Response<ProxyBody> {
+    finish_headers(response.headers_mut(), state, &[], None);
+    response
+}

@@ -1,0 +1,1 @@
+//! Path normalisation that decides whether a request is for the reserved prefix.

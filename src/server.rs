@@ -1,0 +1,115 @@
+//! Wiring: builds the store, metrics, gateway and admin API from a [`Config`], binds
+//! both listeners, and runs them with the sweeper until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::{self, Limits};
+use crate::proxy::{Gateway, GatewayError};
+use crate::session::events::{LogObserver, Observers};
+use crate::session::store::{MemoryStore, SessionStore};
+use crate::session::{sweeper, Clock, Lifetime};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {what} address {address}: {source}")]
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] net::tls::TlsError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A started gateway.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: Arc<dyn SessionStore>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Starts a graceful shutdown: stop accepting, drain, stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every listener has drained and stopped.
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let clock = Clock::new();
+    let metrics = Arc::new(Metrics::new()?);
+    let observers = Observers::new()
+        .with(Arc::clone(&metrics) as _)
+        .with(Arc::new(LogObserver { clock }));
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
+        Lifetime::from_config(&config.session),
+        config.session.max_sessions,
+        config.session.when_full,
+        Arc::new(observers),
+    ));
+    let gateway = Arc::new(Gateway::new(&config, Arc::clone(&store), clock, Arc::clone(&metrics))?);
+    let tls = config.listen.tls.as_ref().map(net::tls::acceptor).transpose()?;
+
+    let bind = |what: &'static str, address: SocketAddr| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind { what, address, source })
+    };
+    let public = bind("listen", config.listen.address).await?;
+    let admin_listener = bind("admin", config.admin.address).await?;
+    let public_addr = local_addr(&public, "listen", config.listen.address)?;
+    let admin_addr = local_addr(&admin_listener, "admin", config.admin.address)?;
+
+    let admin = Arc::new(Admin::new(
+        Arc::clone(&metrics),
+        gateway.upstream.authority().as_str().to_string(),
+        config.upstream.connect_timeout.get(),
+    ));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let limits = Limits::from_config(&config.listen);
+    tasks.spawn(net::serve(public, tls, gateway, limits.clone(), shutdown.clone()));
+    tasks.spawn(net::serve(admin_listener, None, admin, limits, shutdown.clone()));
+    tasks.spawn(sweeper::run(Arc::clone(&store), clock, shutdown.clone()));
+
+    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = ?config.session.mode, "sessiongate started");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        store,
+        metrics,
+        clock,
+        shutdown,
+        tasks,
+    })
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str, address: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, address, source })
+}

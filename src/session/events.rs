@@ -1,0 +1,93 @@
+//! What the store reports as sessions start, warn, recover, and end.
+//!
+//! The store calls every [`SessionObserver`] synchronously at the moment a transition
+//! is decided (exactly once per transition, by the caller that won it). Observers must
+//! be cheap and never block: metrics bump atomics, the log writes a line, and anything
+//! slow (hook calls) is handed to its own task.
+
+use std::sync::Arc;
+
+use super::{Clock, CreatedKind, EndReason, Millis, Session, State};
+
+/// A session transition.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionEvent<'a> {
+    Started {
+        session: &'a Session,
+        kind: CreatedKind,
+    },
+    /// Idle for its timeout: the countdown starts.
+    Warned { session: &'a Session },
+    /// Activity during the countdown: back to active.
+    Extended { session: &'a Session },
+    Ended {
+        session: &'a Session,
+        reason: EndReason,
+        at: Millis,
+        /// The state it was in until it ended.
+        was: State,
+    },
+}
+
+/// Receives session transitions.
+pub trait SessionObserver: Send + Sync {
+    fn observe(&self, event: &SessionEvent<'_>);
+}
+
+/// Fans an event out to several observers, in order.
+#[derive(Default, Clone)]
+pub struct Observers(Vec<Arc<dyn SessionObserver>>);
+
+impl Observers {
+    pub fn new() -> Self {
+        Observers(Vec::new())
+    }
+
+    pub fn with(mut self, observer: Arc<dyn SessionObserver>) -> Self {
+        self.0.push(observer);
+        self
+    }
+}
+
+impl SessionObserver for Observers {
+    fn observe(&self, event: &SessionEvent<'_>) {
+        for observer in &self.0 {
+            observer.observe(event);
+        }
+    }
+}
+
+/// Logs session starts and ends with the handle (never the token).
+pub struct LogObserver {
+    pub clock: Clock,
+}
+
+impl SessionObserver for LogObserver {
+    fn observe(&self, event: &SessionEvent<'_>) {
+        match *event {
+            SessionEvent::Started { session, kind } => tracing::info!(
+                session = %session.handle(),
+                parent = ?session.parent(),
+                kind = kind.as_str(),
+                "session started"
+            ),
+            SessionEvent::Warned { session } => {
+                tracing::debug!(session = %session.handle(), "session idle: countdown started")
+            }
+            SessionEvent::Extended { session } => {
+                tracing::debug!(session = %session.handle(), "session active again")
+            }
+            SessionEvent::Ended {
+                session,
+                reason,
+                at,
+                ..
+            } => tracing::info!(
+                session = %session.handle(),
+                reason = reason.as_str(),
+                lived_ms = at.saturating_sub(session.created()),
+                "session ended"
+            ),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The deadline index: which sessions may need attention soon.
+//!
+//! A coarse timing wheel: buckets of [`BUCKET_MS`] in a `BTreeMap`, each a list of
+//! handles. The invariant is that every session with any deadline is filed in a bucket
+//! at or before its next due time. Touches move deadlines *later*, so they never write
+//! here — a request or heartbeat is only a `fetch_max` on the session. Only the sweeper
+//! (re-filing what it popped too early) and deadline-*lowering* operations (a shorter
+//! per-session timeout) take the lock. Sweep cost therefore grows with the sessions
+//! that come due, not with all sessions.
+//!
+//! A session records the bucket it is filed in (`Session::filed_in`); an entry found
+//! in any other bucket is a leftover from before a lowering and is skipped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use super::{Handle, Millis, Session};
+
+/// Bucket width. Buckets are popped once they lie wholly in the past, so a deadline
+/// is acted on at most one bucket plus one sweep tick after it passes.
+pub const BUCKET_MS: Millis = 250;
+
+const NOT_FILED: u64 = u64::MAX;
+
+/// Handles filed by due-time bucket.
+#[derive(Debug, Default)]
+pub struct DeadlineIndex {
+    buckets: Mutex<BTreeMap<u64, Vec<Handle>>>,
+}
+
+/// One popped entry: the handle and the bucket it was filed in.
+#[derive(Debug, Clone, Copy)]
+pub struct DueEntry {
+    pub handle: Handle,
+    pub bucket: u64,
+}
+
+impl DeadlineIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Vec<Handle>>> {
+        // A panic while holding this lock leaves the map consistent (pushes and pops
+        // are single operations), so a poisoned lock is safe to keep using.
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Files `session` for `due` if that is earlier than where it is filed now.
+    pub fn file_earlier(&self, session: &Session, due: Millis) {
+        let bucket = due / BUCKET_MS;
+        let mut buckets = self.lock();
+        if bucket < session.filed_in.load(Ordering::Acquire) {
+            buckets.entry(bucket).or_default().push(session.handle());
+            session.filed_in.store(bucket, Ordering::Release);
+        }
+    }
+
+    /// Re-files a session the sweeper popped from `popped_from`, unless something
+    /// filed it elsewhere meanwhile. `None` means it has no deadline any more.
+    pub fn refile(&self, session: &Session, popped_from: u64, due: Option<Millis>) {
+        let mut buckets = self.lock();
+        if session.filed_in.load(Ordering::Acquire) != popped_from {
+            return;
+        }
+        match due {
+            Some(due) => {
+                let bucket = due / BUCKET_MS;
+                buckets.entry(bucket).or_default().push(session.handle());
+                session.filed_in.store(bucket, Ordering::Release);
+            }
+            None => session.filed_in.store(NOT_FILED, Ordering::Release),
+        }
+    }
+
+    /// Pops up to `max` entries from buckets that lie wholly before `now`.
+    pub fn pop_due(&self, now: Millis, max: usize, out: &mut Vec<DueEntry>) {
+        let mut buckets = self.lock();
+        while out.len() < max {
+            let Some(mut entry) = buckets.first_entry() else {
+                break;
+            };
+            let bucket = *entry.key();
+            if (bucket + 1) * BUCKET_MS > now {
+                break;
+            }
+            let handles = entry.get_mut();
+            let take = (max - out.len()).min(handles.len());
+            let start = handles.len() - take;
+            out.extend(
+                handles
+                    .drain(start..)
+                    .map(|handle| DueEntry { handle, bucket }),
+            );
+            if handles.is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Number of filed entries (including leftovers); for tests and benchmarks.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,385 @@
+//! Sessions: what they are, how long they live, and where they are kept.
+//!
+//! - [`Session`]: one session's identity and timestamps, all in atomics so that a
+//!   request or heartbeat touches it without a lock.
+//! - [`Lifetime`]: the configured rules that turn timestamps into a state or an end.
+//! - [`store`]: the [`SessionStore`](store::SessionStore) interface the request path
+//!   uses, and the in-memory implementation with its deadline index ([`expiry`]).
+//! - [`identity`]: which session a request belongs to.
+//! - [`events`]: what the store reports when sessions start, warn, and end.
+
+pub mod clock;
+pub mod events;
+pub mod expiry;
+pub mod identity;
+pub mod store;
+pub mod sweeper;
+pub mod token;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use clock::{Clock, Millis};
+pub use token::{BrowserKey, Token};
+
+use crate::config::{Activity, OnTimeout, SessionConfig};
+
+/// The value sent upstream in `X-Session`: a UUID, not a secret.
+pub type Handle = Uuid;
+
+/// Errors from the session layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the OS random number generator failed: {0}")]
+    Entropy(String),
+    #[error("the session limit ({0}) is reached")]
+    Full(usize),
+}
+
+/// A live session's state as browsers and operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Active,
+    Warning,
+    Ended,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Warning => "warning",
+            State::Ended => "ended",
+        }
+    }
+
+    fn from_u8(value: u8) -> State {
+        match value {
+            0 => State::Active,
+            1 => State::Warning,
+            _ => State::Ended,
+        }
+    }
+}
+
+/// Why a session ended (metric label and hook field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// The countdown ran out (or `on_timeout = "end"`).
+    Timeout,
+    /// No signal at all for `abandon`: tab closed, device off, network gone.
+    Abandoned,
+    /// `max_lifetime` reached.
+    Lifetime,
+    /// The agent's end() or the countdown's "End" button.
+    Ended,
+    /// The backend sent `X-Session-End`.
+    Upstream,
+    /// The admin API.
+    Admin,
+    /// Pushed out by `max_sessions` with `when_full = "evict"`.
+    Evicted,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 7] = [
+        EndReason::Timeout,
+        EndReason::Abandoned,
+        EndReason::Lifetime,
+        EndReason::Ended,
+        EndReason::Upstream,
+        EndReason::Admin,
+        EndReason::Evicted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Timeout => "timeout",
+            EndReason::Abandoned => "abandoned",
+            EndReason::Lifetime => "lifetime",
+            EndReason::Ended => "ended",
+            EndReason::Upstream => "upstream",
+            EndReason::Admin => "admin",
+            EndReason::Evicted => "evicted",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a session came to be (label of `sessiongate_sessions_created_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedKind {
+    New,
+    Fork,
+    ResumeMiss,
+}
+
+impl CreatedKind {
+    pub const ALL: [CreatedKind; 3] = [CreatedKind::New, CreatedKind::Fork, CreatedKind::ResumeMiss];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreatedKind::New => "new",
+            CreatedKind::Fork => "fork",
+            CreatedKind::ResumeMiss => "resume_miss",
+        }
+    }
+}
+
+/// What a touch means for the idle timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// The tab is alive (heartbeat, background request): resets `abandon` only.
+    Signal,
+    /// The user did something: resets the idle timeout as well.
+    Activity,
+}
+
+/// The configured lifetime rules, in milliseconds, shared by every session.
+#[derive(Debug, Clone)]
+pub struct Lifetime {
+    pub timeout: Millis,
+    pub on_timeout: OnTimeout,
+    countdown: Option<Millis>,
+    abandon: Option<Millis>,
+    pub max_lifetime: Millis,
+    pub activity: Activity,
+}
+
+/// What the rules say about a session at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Live(State),
+    /// Past a deadline: the session must end for this reason.
+    Due(EndReason),
+}
+
+/// A session's deadlines, in monotonic milliseconds (`None`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadlines {
+    /// When the warning (countdown) starts, or when the timeout ends it.
+    pub warn_at: Option<Millis>,
+    /// When the session ends if nothing but signals arrive.
+    pub end_at: Option<Millis>,
+    /// When it is abandoned if no signal at all arrives.
+    pub abandon_at: Option<Millis>,
+}
+
+fn ms(d: std::time::Duration) -> Millis {
+    d.as_millis().min(u128::from(u64::MAX / 4)) as u64
+}
+
+impl Lifetime {
+    pub fn from_config(config: &SessionConfig) -> Self {
+        Lifetime {
+            timeout: ms(config.timeout.get()),
+            on_timeout: config.on_timeout,
+            countdown: config.countdown.map(|d| ms(d.get())),
+            abandon: config.abandon.map(|d| ms(d.get())),
+            max_lifetime: ms(config.max_lifetime.get()),
+            activity: config.activity,
+        }
+    }
+
+    /// The countdown for a session whose timeout is `timeout` (scaled unless set).
+    pub fn countdown_for(&self, timeout: Millis) -> Millis {
+        self.countdown.unwrap_or(timeout)
+    }
+
+    /// The abandon time for a session whose timeout is `timeout` (scaled unless set).
+    pub fn abandon_for(&self, timeout: Millis) -> Millis {
+        self.abandon.unwrap_or(timeout.saturating_mul(2))
+    }
+}
+
+/// One session. Timestamps are monotonic [`Millis`]; everything a request changes is
+/// an atomic, so the hot path never takes a lock.
+pub struct Session {
+    handle: Handle,
+    parent: Option<Handle>,
+    /// Keyed hash of the browser key the session is bound to (see [`token::Binder`]).
+    binding: u64,
+    created: Millis,
+    last_activity: AtomicU64,
+    last_seen: AtomicU64,
+    /// This session's idle timeout (0 = never); starts as the configured one.
+    timeout: AtomicU64,
+    /// The deadline-index bucket this session is filed in (`u64::MAX`: none).
+    pub(crate) filed_in: AtomicU64,
+    state: AtomicU8,
+    /// The current token, kept so that ending the session can forget it.
+    pub(crate) token: Mutex<Token>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("handle", &self.handle)
+            .field("state", &self.stored_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        handle: Handle,
+        parent: Option<Handle>,
+        binding: u64,
+        token: Token,
+        timeout: Millis,
+        now: Millis,
+    ) -> Self {
+        Session {
+            handle,
+            parent,
+            binding,
+            created: now,
+            last_activity: AtomicU64::new(now),
+            last_seen: AtomicU64::new(now),
+            timeout: AtomicU64::new(timeout),
+            filed_in: AtomicU64::new(u64::MAX),
+            state: AtomicU8::new(0),
+            token: Mutex::new(token),
+        }
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle
+    }
+
+    pub fn parent(&self) -> Option<Handle> {
+        self.parent
+    }
+
+    pub fn created(&self) -> Millis {
+        self.created
+    }
+
+    pub fn last_activity(&self) -> Millis {
+        self.last_activity.load(Ordering::Acquire)
+    }
+
+    pub fn last_seen(&self) -> Millis {
+        self.last_seen.load(Ordering::Acquire)
+    }
+
+    /// This session's idle timeout in ms (0 = never).
+    pub fn timeout(&self) -> Millis {
+        self.timeout.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_timeout(&self, timeout: Millis) {
+        self.timeout.store(timeout, Ordering::Release);
+    }
+
+    pub(crate) fn is_bound_to(&self, binding: u64) -> bool {
+        self.binding == binding
+    }
+
+    /// The state last recorded by the store (events are emitted on its changes).
+    pub fn stored_state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Records a transition; `true` if this call made it (so it alone emits the event).
+    pub(crate) fn transition(&self, from: State, to: State) -> bool {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Marks the session ended. Only the one caller that ended it gets `Some`: the
+    /// state the session was in until then.
+    pub(crate) fn mark_ended(&self) -> Option<State> {
+        match State::from_u8(self.state.swap(State::Ended as u8, Ordering::AcqRel)) {
+            State::Ended => None,
+            was => Some(was),
+        }
+    }
+
+    /// Records a signal or activity at `now`. Timestamps only move forward.
+    pub(crate) fn touch(&self, touch: Touch, now: Millis) {
+        self.last_seen.fetch_max(now, Ordering::AcqRel);
+        if touch == Touch::Activity {
+            self.last_activity.fetch_max(now, Ordering::AcqRel);
+        }
+    }
+
+    /// The session's deadlines under `rules`.
+    pub fn deadlines(&self, rules: &Lifetime) -> Deadlines {
+        let timeout = self.timeout();
+        let lifetime_at = (rules.max_lifetime > 0).then(|| self.created + rules.max_lifetime);
+        if timeout == 0 {
+            return Deadlines {
+                warn_at: None,
+                end_at: lifetime_at,
+                abandon_at: None,
+            };
+        }
+        let idle_at = self.last_activity() + timeout;
+        let timeout_end = match rules.on_timeout {
+            OnTimeout::Countdown => Some(idle_at + rules.countdown_for(timeout)),
+            OnTimeout::End => Some(idle_at),
+            OnTimeout::Keep => None,
+        };
+        let abandon_at = self.last_seen() + rules.abandon_for(timeout);
+        Deadlines {
+            warn_at: (rules.on_timeout != OnTimeout::End).then_some(idle_at),
+            end_at: min_opt(timeout_end, lifetime_at),
+            abandon_at: Some(abandon_at),
+        }
+    }
+
+    /// What the rules say about this session at `now`.
+    pub fn verdict(&self, rules: &Lifetime, now: Millis) -> Verdict {
+        if self.stored_state() == State::Ended {
+            return Verdict::Live(State::Ended);
+        }
+        if rules.max_lifetime > 0 && now >= self.created + rules.max_lifetime {
+            return Verdict::Due(EndReason::Lifetime);
+        }
+        let timeout = self.timeout();
+        if timeout == 0 {
+            return Verdict::Live(State::Active);
+        }
+        if now >= self.last_seen() + rules.abandon_for(timeout) {
+            return Verdict::Due(EndReason::Abandoned);
+        }
+        let idle_at = self.last_activity() + timeout;
+        match rules.on_timeout {
+            OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
+            OnTimeout::Countdown if now >= idle_at + rules.countdown_for(timeout) => {
+                Verdict::Due(EndReason::Timeout)
+            }
+            OnTimeout::Countdown if now >= idle_at => Verdict::Live(State::Warning),
+            _ => Verdict::Live(State::Active),
+        }
+    }
+
+    /// The next instant after `now` at which the verdict can change, if any.
+    pub fn next_due(&self, rules: &Lifetime, now: Millis) -> Option<Millis> {
+        let d = self.deadlines(rules);
+        // Before the warning starts, the warning itself is the next event.
+        let warn = d.warn_at.filter(|&w| w > now);
+        min_opt(min_opt(warn, d.end_at), d.abandon_at)
+    }
+}
+
+fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}

@@ -1,0 +1,133 @@
+//! Secrets the proxy mints for browsers: session tokens and browser keys.
+//!
+//! Both are 32 bytes from the OS CSPRNG, carried as 43 characters of unpadded
+//! base64url. Parsing is strict (exact length and alphabet): anything else is treated
+//! as absent, never repaired. Neither value is ever logged (their `Debug` is redacted)
+//! nor put in a URL or a metric.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::SessionError;
+
+const SECRET_BYTES: usize = 32;
+const ENCODED_LEN: usize = 43;
+
+fn random_secret() -> Result<[u8; SECRET_BYTES], SessionError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| SessionError::Entropy(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn decode_secret(text: &str) -> Option<[u8; SECRET_BYTES]> {
+    if text.len() != ENCODED_LEN {
+        return None;
+    }
+    let mut bytes = [0u8; SECRET_BYTES];
+    match URL_SAFE_NO_PAD.decode_slice(text.as_bytes(), &mut bytes) {
+        Ok(SECRET_BYTES) => Some(bytes),
+        _ => None,
+    }
+}
+
+macro_rules! secret_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name([u8; SECRET_BYTES]);
+
+        impl $name {
+            /// A fresh value from the OS CSPRNG.
+            pub fn generate() -> Result<Self, SessionError> {
+                random_secret().map(Self)
+            }
+
+            /// Strictly parses the 43-character base64url form; `None` for anything else.
+            pub fn parse(text: &str) -> Option<Self> {
+                decode_secret(text).map(Self)
+            }
+
+            /// The 43-character base64url form, for a cookie or a response body only.
+            pub fn encode(&self) -> String {
+                URL_SAFE_NO_PAD.encode(self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
+}
+
+secret_type!(
+    /// The browser's secret for one session.
+    Token
+);
+secret_type!(
+    /// The HttpOnly cookie value that binds tokens to one browser profile.
+    BrowserKey
+);
+
+/// Turns browser keys into compact bindings stored with each session.
+///
+/// A session keeps a 64-bit keyed hash of its browser key instead of the key itself
+/// (8 bytes instead of 32 per session). The hash key is random per process, so an
+/// attacker holding a stolen token cannot compute a matching browser key offline and
+/// would have to guess among 2^64 values online.
+#[derive(Debug, Clone, Default)]
+pub struct Binder(RandomState);
+
+impl Binder {
+    pub fn new() -> Self {
+        Binder(RandomState::new())
+    }
+
+    pub fn bind(&self, key: &BrowserKey) -> u64 {
+        self.0.hash_one(key.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_is_43_chars() {
+        let token = Token::generate().unwrap();
+        let text = token.encode();
+        assert_eq!(text.len(), 43);
+        assert_eq!(Token::parse(&text), Some(token));
+    }
+
+    #[test]
+    fn rejects_anything_but_the_exact_form() {
+        let text = Token::generate().unwrap().encode();
+        assert_eq!(Token::parse(&text[1..]), None);
+        assert_eq!(Token::parse(&format!("{text}A")), None);
+        assert_eq!(Token::parse(&format!("{}=", &text[..42])), None);
+        assert_eq!(Token::parse(&"+".repeat(43)), None);
+        assert_eq!(Token::parse(""), None);
+    }
+
+    #[test]
+    fn tokens_are_distinct_and_debug_is_redacted() {
+        let a = Token::generate().unwrap();
+        let b = Token::generate().unwrap();
+        assert_ne!(a, b);
+        assert!(!format!("{a:?}").contains(&a.encode()));
+    }
+
+    #[test]
+    fn binding_depends_on_the_key() {
+        let binder = Binder::new();
+        let a = BrowserKey::generate().unwrap();
+        let b = BrowserKey::generate().unwrap();
+        assert_eq!(binder.bind(&a), binder.bind(&a));
+        assert_ne!(binder.bind(&a), binder.bind(&b));
+    }
+}

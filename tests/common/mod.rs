@@ -1,0 +1,113 @@
+//! Shared test fixtures: a recording upstream, an in-process gateway on ephemeral
+//! loopback ports, and raw-socket helpers for adversarial input.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sessiongate::config::{Config, Duration as CfgDuration, SessionMode};
+use sessiongate::server::{self, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use upstream::Upstream;
+
+/// A config for tests: loopback, ephemeral ports, short timeouts.
+pub fn test_config(upstream_url: &str) -> Config {
+    let mut config = Config::default();
+    config.listen.address = "127.0.0.1:0".parse().unwrap();
+    config.admin.address = "127.0.0.1:0".parse().unwrap();
+    config.listen.header_timeout = CfgDuration::from_secs(2);
+    config.listen.drain_timeout = CfgDuration::from_secs(5);
+    config.upstream.url = upstream_url.to_string();
+    config.upstream.connect_timeout = CfgDuration::from_secs(2);
+    config.upstream.response_timeout = CfgDuration::from_secs(5);
+    config
+}
+
+/// A running gateway in front of a recording upstream.
+pub struct Fixture {
+    pub upstream: Upstream,
+    pub gateway: Running,
+}
+
+impl Fixture {
+    /// Starts an upstream and a gateway in `mode`, after `tweak` adjusts the config.
+    pub async fn start(mode: SessionMode, tweak: impl FnOnce(&mut Config)) -> Fixture {
+        let upstream = Upstream::start().await;
+        let mut config = test_config(&upstream.url());
+        config.session.mode = mode;
+        tweak(&mut config);
+        let gateway = server::start(config).await.expect("gateway starts");
+        Fixture { upstream, gateway }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.public_addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.admin_addr, path)
+    }
+
+    /// The value of one sample of the gateway's metrics, e.g.
+    /// `sessiongate_sessions_ended_total{reason="timeout"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics body");
+        metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+}
+
+/// Finds `sample` (name with labels, exactly as rendered) in a Prometheus text page.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+}
+
+/// A client with a cookie jar, like a browser without JavaScript.
+pub fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Sends `raw` bytes on a fresh connection and reads the whole answer (the request
+/// should say `Connection: close`). Gives up after 5 s.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer.
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// The value of a header in a raw HTTP/1.1 answer (case-insensitive name).
+pub fn header_of<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = answer.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}

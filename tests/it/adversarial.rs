@@ -1,0 +1,226 @@
+//! Hostile input over raw TCP: spoofed identity headers, smuggling framing, path
+//! spellings that try to reach the reserved prefix upstream, slow clients.
+
+use std::time::{Duration, Instant};
+
+use sessiongate::config::{Duration as CfgDuration, SessionMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{header_of, raw_exchange, status_of, Fixture};
+
+/// Gets a real session (cookies) from the gateway with a polite client.
+async fn session_cookies(fx: &Fixture) -> String {
+    let response = reqwest::get(fx.url("/")).await.unwrap();
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[tokio::test]
+async fn spoofed_session_headers_never_reach_the_upstream() {
+    let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let cookies = session_cookies(&fx).await;
+    let genuine = fx.upstream.wait_for(1).await[0].header("x-session").unwrap();
+
+    let spoofs = [
+        "X-Session: 00000000-0000-0000-0000-000000000001\r\n",
+        "X_Session: 00000000-0000-0000-0000-000000000002\r\n",
+        "x-session: 00000000-0000-0000-0000-000000000003\r\n",
+        "X-SESSION-PARENT: 00000000-0000-0000-0000-000000000004\r\n",
+        "x_session_token: forged\r\n",
+        "Connection: X-Custom\r\nX-Custom: should-go\r\n",
+        "Connection: keep-alive, X-Session\r\nX-Session: 00000000-0000-0000-0000-000000000005\r\n",
+    ];
+    for spoof in spoofs {
+        for cookie in [Some(cookies.as_str()), None] {
+            let cookie_line = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+            let raw = format!(
+                "GET /spoof HTTP/1.1\r\nHost: gw\r\n{cookie_line}{spoof}Connection: close\r\n\r\n"
+            );
+            let answer = raw_exchange(fx.gateway.public_addr, raw.as_bytes()).await;
+            assert_eq!(status_of(&answer), 200, "{spoof}: {answer}");
+        }
+    }
+    // A chunked body with an X-Session trailer.
+    let raw = format!(
+        "POST /spoof HTTP/1.1\r\nHost: gw\r\nCookie: {cookies}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X-Session\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+         X-Session: 00000000-0000-0000-0000-000000000006\r\nX_Session: 7\r\nX-Fine: yes\r\n\r\n"
+    );
+    let answer = raw_exchange(fx.gateway.public_addr, raw.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let seen = fx.upstream.wait_for(2 * spoofs.len() + 2).await;
+    for request in &seen[1..] {
+        let session_headers: Vec<_> = request
+            .headers
+            .iter()
+            .chain(&request.trailers)
+            .filter(|(name, _)| name.replace('_', "-").starts_with("x-session"))
+            .collect();
+        let with_cookie = request.header("cookie").is_some();
+        if with_cookie {
+            assert_eq!(
+                session_headers,
+                vec![&("x-session".to_string(), genuine.clone())],
+                "{}: {:?}",
+                request.uri,
+                request.headers
+            );
+        } else {
+            assert!(
+                session_headers.iter().all(|(_, v)| !v.starts_with("00000000")),
+                "{:?}",
+                request.headers
+            );
+        }
+        assert!(request.header("x-custom").is_none(), "Connection-named header forwarded");
+    }
+    let chunked = seen.last().unwrap();
+    assert_eq!(&chunked.body[..], b"hello");
+}
+
+#[tokio::test]
+async fn the_reserved_prefix_is_never_forwarded_in_any_spelling() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let spellings = [
+        "/__sessiongate/status",
+        "//__sessiongate/status",
+        "/%5F%5Fsessiongate/status",
+        "/%5f%5fsessiongate/status",
+        "/__SessionGate/status",
+        "/__SESSIONGATE/STATUS",
+        "/a/../__sessiongate/status",
+        "/a/%2e%2e/__sessiongate/status",
+        "/a/%2E%2E/__sessiongate/status",
+        "/%2F__sessiongate/status",
+        "/__sessiongate;x=1/status",
+        "/.%2f__sessiongate/status",
+        "/./__sessiongate/status",
+        "/%255F%255Fsessiongate/status",
+        "/__sessiongate%2Fstatus",
+        "/__sessiongate",
+        "/__sessiongate/",
+        "/__sessiongate/heartbeat",
+        "/__sessiongate/does-not-exist",
+        "/__sessiongate/../__sessiongate/status",
+        "http://gw/__sessiongate/status",
+    ];
+    for path in spellings {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(fx.gateway.public_addr, raw.as_bytes()).await;
+        let status = status_of(&answer);
+        assert!(
+            status == 400 || header_of(&answer, "x-session-state").is_some(),
+            "{path}: {answer}"
+        );
+        assert!(fx.upstream.requests().is_empty(), "{path} was forwarded");
+    }
+    // Backslashes are path separators for some legacy servers.
+    let answer = raw_exchange(
+        fx.gateway.public_addr,
+        b"GET /\\__sessiongate/status HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!answer.is_empty());
+    assert!(fx.upstream.requests().is_empty(), "backslash spelling was forwarded");
+}
+
+/// hyper's HTTP/1 parser treats Content-Length next to Transfer-Encoding as RFC 9112
+/// §6.3 says: Transfer-Encoding wins, Content-Length is dropped, and the connection
+/// is closed after the response. The forwarded request is therefore unambiguous and
+/// nothing can be smuggled behind it.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    for raw in [
+        &b"POST /smuggle HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\
+            Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+        b"POST /smuggle HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\
+            Content-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n",
+    ] {
+        // No `Connection: close`: the gateway must close by itself.
+        let answer = raw_exchange(fx.gateway.public_addr, raw).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "one response: {answer}");
+    }
+    let seen = fx.upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        assert_eq!(request.uri, "/smuggle");
+        assert!(request.header("content-length").is_none());
+        assert!(request.body.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn trace_and_connect_are_refused() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    for raw in [
+        &b"TRACE / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"[..],
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(fx.gateway.public_addr, raw).await;
+        assert_eq!(status_of(&answer), 405, "{answer}");
+    }
+    assert!(fx.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_heads_get_errors_not_panics() {
+    let fx = Fixture::start(SessionMode::Tab, |c| c.listen.max_header_bytes = 8192).await;
+    let junk = raw_exchange(fx.gateway.public_addr, b"\x00\x01\x02 nonsense\r\n\r\n").await;
+    assert!(junk.is_empty() || status_of(&junk) == 400, "{junk}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = raw_exchange(fx.gateway.public_addr, huge.as_bytes()).await;
+    assert!(answer.is_empty() || status_of(&answer) == 431, "{answer}");
+    // The gateway still works.
+    assert_eq!(reqwest::get(fx.url("/")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn silent_and_slow_connections_are_closed_after_header_timeout() {
+    let fx = Fixture::start(SessionMode::Tab, |c| {
+        c.listen.header_timeout = CfgDuration::from_millis(400);
+    })
+    .await;
+    for partial in [&b""[..], b"GET / HTTP/1.1\r\nHost: gw\r\n", b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = TcpStream::connect(fx.gateway.public_addr).await.unwrap();
+        stream.write_all(partial).await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "{partial:?}: still open after 3 s");
+        assert!(started.elapsed() < Duration::from_secs(2), "{partial:?}");
+    }
+    assert!(fx.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let fx = Fixture::start(SessionMode::Tab, |c| {
+        c.listen.idle_timeout = CfgDuration::from_millis(400);
+    })
+    .await;
+    let mut stream = TcpStream::connect(fx.gateway.public_addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle connection still open");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

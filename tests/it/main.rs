@@ -1,0 +1,11 @@
+//! Integration tests: a real recording upstream and the real gateway on ephemeral
+//! loopback ports, talking HTTP over sockets.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod adversarial;
+mod cli;
+mod forwarding;
+mod identity;
+mod reserved;

@@ -117,7 +117,7 @@ impl Resolver {
     ) -> Result<Identity, SessionError> {
         let key = self.browser_key(headers);
         if let Some(key) = &key {
-            if let Some(session) = self.from_header(headers, key, now) {
+            if let Some(session) = self.by_header(headers, key, now) {
                 return Ok(Identity {
                     session: Some(session),
                     carrier: Some(Carrier::Header),
@@ -125,7 +125,7 @@ impl Resolver {
                 });
             }
             if self.mode == SessionMode::Browser {
-                if let Some(session) = self.from_cookie(headers, key, now) {
+                if let Some(session) = self.by_cookie(headers, key, now) {
                     return Ok(Identity {
                         session: Some(session),
                         carrier: Some(Carrier::Cookie),
@@ -140,7 +140,7 @@ impl Resolver {
         Ok(Identity::default())
     }
 
-    fn from_header(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
+    fn by_header(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
         let token = headers
             .get_all(X_SESSION_TOKEN)
             .iter()
@@ -148,7 +148,7 @@ impl Resolver {
         self.store.resolve(&token, key, now)
     }
 
-    fn from_cookie(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
+    fn by_cookie(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
         // Several cookies of the same name can arrive (cookie tossing from a sibling
         // subdomain); the first one that is valid for this browser wins.
         cookie_values(headers, self.cookies.session)

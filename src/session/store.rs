@@ -306,3 +306,300 @@ impl SessionStore for MemoryStore {
         self.live.load(Ordering::Acquire)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Lifetime rules on a paused tokio clock: every transition and end reason,
+    //! without sleeping for real.
+
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Duration as Cfg, OnTimeout, SessionConfig};
+    use crate::session::Clock;
+
+    /// Records every event as `(kind, handle, reason, at)`.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(&'static str, Handle, Option<EndReason>, Millis)>>);
+
+    impl SessionObserver for Recorder {
+        fn observe(&self, event: &SessionEvent<'_>) {
+            let row = match *event {
+                SessionEvent::Started { session, .. } => ("started", session.handle(), None, 0),
+                SessionEvent::Warned { session } => ("warned", session.handle(), None, 0),
+                SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
+                SessionEvent::Ended {
+                    session,
+                    reason,
+                    at,
+                    ..
+                } => ("ended", session.handle(), Some(reason), at),
+            };
+            self.0.lock().unwrap().push(row);
+        }
+    }
+
+    impl Recorder {
+        fn kinds(&self) -> Vec<&'static str> {
+            self.0.lock().unwrap().iter().map(|r| r.0).collect()
+        }
+
+        fn ends(&self) -> Vec<(EndReason, Millis)> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r.2.map(|reason| (reason, r.3)))
+                .collect()
+        }
+    }
+
+    struct World {
+        store: MemoryStore,
+        events: Arc<Recorder>,
+        clock: Clock,
+        key: BrowserKey,
+    }
+
+    fn world(tweak: impl FnOnce(&mut SessionConfig)) -> World {
+        let mut config = SessionConfig {
+            timeout: Cfg::from_secs(10),
+            ..SessionConfig::default()
+        };
+        tweak(&mut config);
+        let events = Arc::new(Recorder::default());
+        let store = MemoryStore::new(
+            Lifetime::from_config(&config),
+            config.max_sessions,
+            config.when_full,
+            events.clone(),
+        );
+        World {
+            store,
+            events,
+            clock: Clock::new(),
+            key: BrowserKey::generate().unwrap(),
+        }
+    }
+
+    impl World {
+        fn create(&self) -> Created {
+            self.store
+                .create(&self.key, None, CreatedKind::New, self.clock.now())
+                .unwrap()
+        }
+
+        /// Advances the paused clock and sweeps, as the sweeper task would.
+        async fn advance(&self, ms: u64) {
+            tokio::time::advance(Duration::from_millis(ms)).await;
+            while self.store.sweep(self.clock.now(), 1024) == 1024 {}
+        }
+
+        fn state(&self, session: &Session) -> State {
+            match session.verdict(self.store.rules(), self.clock.now()) {
+                Verdict::Live(state) => state,
+                Verdict::Due(_) => State::Ended,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_session_warns_then_ends_with_timeout() {
+        let w = world(|_| {});
+        let created = w.create();
+        let session = &created.session;
+        // Heartbeats keep it from being abandoned, but are not activity.
+        for _ in 0..3 {
+            w.advance(3_000).await;
+            assert_eq!(w.store.touch(session, Touch::Signal, w.clock.now()), State::Active);
+        }
+        w.advance(1_500).await; // 10.5 s idle
+        assert_eq!(w.events.kinds(), ["started", "warned"]);
+        assert_eq!(session.stored_state(), State::Warning);
+        assert_eq!(w.store.touch(session, Touch::Signal, w.clock.now()), State::Warning);
+        w.advance(9_000).await;
+        assert_eq!(w.state(session), State::Warning);
+        w.advance(1_000).await; // 20.5 s: countdown over
+        assert_eq!(w.events.ends().len(), 1);
+        assert_eq!(w.events.ends()[0].0, EndReason::Timeout);
+        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        assert_eq!(w.store.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_during_the_countdown_extends() {
+        let w = world(|_| {});
+        let session = w.create().session;
+        w.advance(11_000).await;
+        assert_eq!(session.stored_state(), State::Warning);
+        assert_eq!(w.store.touch(&session, Touch::Activity, w.clock.now()), State::Active);
+        assert_eq!(w.events.kinds(), ["started", "warned", "extended"]);
+        w.advance(9_000).await; // 9 s after the activity: still active
+        assert_eq!(w.state(&session), State::Active);
+        assert!(w.events.ends().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_session_is_abandoned_after_twice_the_timeout() {
+        let w = world(|c| c.on_timeout = OnTimeout::Keep);
+        let session = w.create().session;
+        w.advance(19_000).await;
+        assert_eq!(w.state(&session), State::Active, "keep: no countdown");
+        w.advance(1_500).await;
+        let ends = w.events.ends();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].0, EndReason::Abandoned);
+        // Ended within a sweep of the deadline (20 s after creation).
+        assert!(ends[0].1 - session.created() <= 20_000 + 1_000, "{ends:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_countdown_without_signals_ends_as_abandoned() {
+        // countdown = timeout and abandon = 2 × timeout coincide; no signal at all
+        // means the tab is gone, which is what "abandoned" reports.
+        let w = world(|_| {});
+        w.create();
+        w.advance(20_500).await;
+        assert_eq!(w.events.ends()[0].0, EndReason::Abandoned);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_timeout_end_ends_at_once() {
+        let w = world(|c| c.on_timeout = OnTimeout::End);
+        w.create();
+        w.advance(10_500).await;
+        assert_eq!(w.events.kinds(), ["started", "ended"]);
+        assert_eq!(w.events.ends()[0].0, EndReason::Timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_timeout_never_ends_but_max_lifetime_does() {
+        let w = world(|c| c.timeout = Cfg::ZERO);
+        let session = w.create().session;
+        w.advance(30 * 24 * 3600 * 1000).await;
+        assert_eq!(w.state(&session), State::Active);
+        assert!(w.events.ends().is_empty());
+
+        let w = world(|c| {
+            c.timeout = Cfg::ZERO;
+            c.max_lifetime = Cfg::from_secs(60);
+        });
+        let session = w.create().session;
+        for _ in 0..5 {
+            w.advance(11_000).await;
+            w.store.touch(&session, Touch::Activity, w.clock.now());
+        }
+        w.advance(6_000).await;
+        assert_eq!(w.events.ends()[0].0, EndReason::Lifetime);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_never_return_a_session_past_its_deadline() {
+        let w = world(|_| {});
+        let created = w.create();
+        // No sweep: the lookup itself must notice.
+        tokio::time::advance(Duration::from_millis(20_001)).await;
+        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        assert_eq!(w.events.ends()[0].0, EndReason::Abandoned);
+        assert_eq!(w.store.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_bound_to_their_browser_key() {
+        let w = world(|_| {});
+        let created = w.create();
+        let other = BrowserKey::generate().unwrap();
+        assert!(w.store.resolve(&created.token, &other, w.clock.now()).is_none());
+        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn explicit_end_happens_once() {
+        let w = world(|_| {});
+        let created = w.create();
+        assert!(w.store.end(&created.session, EndReason::Ended, w.clock.now()));
+        assert!(!w.store.end(&created.session, EndReason::Admin, w.clock.now()));
+        assert_eq!(w.events.ends().len(), 1);
+        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        w.advance(60_000).await;
+        assert_eq!(w.events.ends().len(), 1, "the sweeper does not end it again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_timeout_is_swept_on_time() {
+        let w = world(|c| c.timeout = Cfg::from_secs(3600));
+        let session = w.create().session;
+        w.store.set_timeout(&session, 2_000, w.clock.now());
+        w.advance(2_500).await;
+        assert_eq!(session.stored_state(), State::Warning);
+        w.advance(2_000).await;
+        assert_eq!(w.events.ends()[0].0, EndReason::Abandoned);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_work_follows_what_comes_due_not_the_table_size() {
+        let w = world(|c| c.timeout = Cfg::ZERO);
+        for _ in 0..10_000 {
+            w.create();
+        }
+        assert!(w.store.index().is_empty(), "sessions without deadlines are not filed");
+        let w = world(|_| {});
+        let sessions: Vec<_> = (0..1_000).map(|_| w.create().session).collect();
+        // Touches never write the index.
+        for s in &sessions {
+            w.store.touch(s, Touch::Activity, w.clock.now());
+        }
+        assert_eq!(w.store.index().len(), 1_000);
+        tokio::time::advance(Duration::from_millis(5_000)).await;
+        assert_eq!(w.store.sweep(w.clock.now(), 10_000), 0, "nothing due yet");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_store_rejects_or_evicts_the_least_recently_seen() {
+        let w = world(|c| c.max_sessions = 2);
+        w.create();
+        w.create();
+        assert!(matches!(
+            w.store.create(&w.key, None, CreatedKind::New, w.clock.now()),
+            Err(SessionError::Full(2))
+        ));
+
+        let w = world(|c| {
+            c.max_sessions = 2;
+            c.when_full = WhenFull::Evict;
+        });
+        let old = w.create().session;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let recent = w.create().session;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        w.create();
+        assert_eq!(w.store.len(), 2);
+        assert_eq!(old.stored_state(), State::Ended);
+        assert_eq!(recent.stored_state(), State::Active);
+        assert_eq!(w.events.ends()[0].0, EndReason::Evicted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_task_ends_sessions_within_a_second_of_their_deadline() {
+        let w = world(|c| c.on_timeout = OnTimeout::End);
+        let store: Arc<dyn SessionStore> = Arc::new(w.store);
+        let session = store
+            .create(&w.key, None, CreatedKind::New, w.clock.now())
+            .unwrap()
+            .session;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::session::sweeper::run(
+            Arc::clone(&store),
+            w.clock,
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let ends = w.events.ends();
+        assert_eq!(ends.len(), 1);
+        let late_by = ends[0].1 - (session.created() + 10_000);
+        assert!(late_by <= 1_000, "ended {late_by} ms after the deadline");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}

@@ -72,9 +72,22 @@ impl Visitor<'_> for DurationVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
-        u64::try_from(secs)
-            .map(Duration::from_secs)
-            .map_err(|_| E::custom("a duration cannot be negative"))
+        u64::try_from(secs).map(Duration::from_secs).map_err(|_| {
+            E::custom(format!(
+                "invalid duration {secs}: a duration cannot be negative"
+            ))
+        })
+    }
+
+    // `timeout = 1.5` reads naturally as seconds; refusing it would only be pedantic.
+    fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Duration, E> {
+        std::time::Duration::try_from_secs_f64(secs)
+            .map(Duration)
+            .map_err(|_| {
+                E::custom(format!(
+                    "invalid duration {secs}: must be a finite, non-negative number of seconds"
+                ))
+            })
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
@@ -111,6 +124,9 @@ impl<'de> Deserialize<'de> for super::Heartbeat {
             fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Self::Value, E> {
                 DurationVisitor.visit_i64(secs).map(super::Heartbeat::Every)
             }
+            fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Self::Value, E> {
+                DurationVisitor.visit_f64(secs).map(super::Heartbeat::Every)
+            }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
                 if text.trim().eq_ignore_ascii_case("auto") {
                     Ok(super::Heartbeat::Auto)
@@ -120,5 +136,81 @@ impl<'de> Deserialize<'de> for super::Heartbeat {
             }
         }
         d.deserialize_any(HeartbeatVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Heartbeat;
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(toml_value: &str) -> Result<T, String> {
+        #[derive(Deserialize)]
+        struct Wrap<T> {
+            v: T,
+        }
+        toml::from_str::<Wrap<T>>(&format!("v = {toml_value}"))
+            .map(|w| w.v)
+            .map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(parse::<Duration>("120"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse::<Duration>("\"120\""), Ok(Duration::from_secs(120)));
+        assert_eq!(parse::<Duration>("\"120s\""), Ok(Duration::from_secs(120)));
+        assert_eq!(parse::<Duration>("\"2m\""), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse::<Duration>("\"1h 30m\""),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse::<Duration>("\"250ms\""),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(parse::<Duration>("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse::<Duration>("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejected_forms_name_the_value() {
+        for (input, needle) in [
+            ("-5", "-5"),
+            ("\"abc\"", "\"abc\""),
+            ("-1.5", "-1.5"),
+            ("true", ""),
+        ] {
+            let err = parse::<Duration>(input).expect_err(input);
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(120),
+            Duration::from_secs(5400),
+            Duration::from_millis(1500),
+        ] {
+            assert_eq!(parse::<Duration>(&format!("\"{d}\"")), Ok(d), "{d}");
+        }
+        assert_eq!(Duration::from_secs(120).to_string(), "2m");
+        assert_eq!(Duration::ZERO.to_string(), "0s");
+    }
+
+    #[test]
+    fn heartbeat() {
+        assert_eq!(parse::<Heartbeat>("\"auto\""), Ok(Heartbeat::Auto));
+        assert_eq!(parse::<Heartbeat>("\"AUTO\""), Ok(Heartbeat::Auto));
+        assert_eq!(
+            parse::<Heartbeat>("\"30s\""),
+            Ok(Heartbeat::Every(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            parse::<Heartbeat>("20"),
+            Ok(Heartbeat::Every(Duration::from_secs(20)))
+        );
+        assert!(parse::<Heartbeat>("\"sometimes\"").is_err());
     }
 }

@@ -1,1 +1,653 @@
 //! Semantic checks on a deserialized [`Config`](super::Config).
+//!
+//! Deserialization only proves that every value has the right shape; this module
+//! checks what serde cannot: ranges, cross-key rules, URL and header syntax, and
+//! files that must exist. Every problem is returned (never just the first) as a
+//! `(key, reason)` pair; [`load`](super::load) attaches the source that supplied the
+//! key. Reasons are short and name the offending value, except for secrets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::uri::{Authority, Uri};
+
+use super::{Config, Duration, Heartbeat};
+
+/// hyper refuses (panics on) a read buffer smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+/// Far beyond any sane request head; a bigger limit is almost certainly a typo.
+const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+/// A bearer token shorter than this is guessable by brute force over the network.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// Checks `config` and returns every problem found as `(key, reason)`, in key order.
+/// An empty vector means the configuration is usable.
+pub fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Problems::default();
+    check_listen(config, &mut problems);
+    check_upstream(config, &mut problems);
+    check_session(config, &mut problems);
+    check_browser(config, &mut problems);
+    check_hooks(config, &mut problems);
+    check_admin(config, &mut problems);
+    check_log(config, &mut problems);
+    problems.0
+}
+
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn add(&mut self, key: &str, reason: impl Into<String>) {
+        self.0.push((key.to_owned(), reason.into()));
+    }
+
+    fn positive(&mut self, key: &str, value: Duration) {
+        if value.is_zero() {
+            self.add(key, "must be greater than 0s");
+        }
+    }
+}
+
+fn check_listen(config: &Config, p: &mut Problems) {
+    let listen = &config.listen;
+    if listen.max_connections < 1 {
+        p.add("listen.max_connections", "must be at least 1");
+    }
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&listen.max_header_bytes) {
+        p.add(
+            "listen.max_header_bytes",
+            format!(
+                "{} is out of range: must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} (16 MiB)",
+                listen.max_header_bytes
+            ),
+        );
+    }
+    p.positive("listen.header_timeout", listen.header_timeout);
+    p.positive("listen.idle_timeout", listen.idle_timeout);
+    for origin in &listen.origins {
+        if let Err(reason) = check_origin(origin) {
+            p.add("listen.origins", format!("{origin:?}: {reason}"));
+        }
+    }
+    if let Some(tls) = &listen.tls {
+        if let Err(reason) = check_readable_file(&tls.cert) {
+            p.add("listen.tls.cert", reason);
+        }
+        if let Err(reason) = check_readable_file(&tls.key) {
+            p.add("listen.tls.key", reason);
+        }
+    }
+}
+
+/// An origin as browsers send it in `Origin`: `scheme://host[:port]`, nothing else.
+/// Browsers serialize it in lowercase and without a default port, so anything else
+/// could never match and would silently refuse every request.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err("expected scheme://host[:port], e.g. \"https://app.example.com\"".into());
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("scheme must be http or https, not {scheme:?}"));
+    }
+    if let Some(at) = rest.find(['/', '?', '#']) {
+        return Err(format!(
+            "an origin has no path, query or trailing slash; remove {:?}",
+            &rest[at..]
+        ));
+    }
+    if rest.contains('@') {
+        return Err("an origin has no user name or password".into());
+    }
+    let authority: Authority = rest
+        .parse()
+        .map_err(|e| format!("invalid host or port: {e}"))?;
+    if authority.host().is_empty() {
+        return Err("missing host".into());
+    }
+    check_port(&authority)?;
+    if origin != origin.to_ascii_lowercase() {
+        return Err("write it in lowercase, as browsers send it".into());
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if authority.port_u16() == Some(default_port) {
+        return Err(format!(
+            "remove the default port :{default_port}; browsers omit it"
+        ));
+    }
+    Ok(())
+}
+
+/// `http` accepts any text after the host's colon and then reports no port at all,
+/// so `host:x` would silently mean the default port.
+fn check_port(authority: &Authority) -> Result<(), String> {
+    let after_host = authority
+        .as_str()
+        .rsplit('@')
+        .next()
+        .and_then(|hostport| hostport.strip_prefix(authority.host()))
+        .unwrap_or_default();
+    match after_host.strip_prefix(':') {
+        None if after_host.is_empty() => Ok(()),
+        Some(port) if port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!(
+            "invalid port {:?}",
+            after_host.trim_start_matches(':')
+        )),
+    }
+}
+
+fn check_readable_file(path: &Path) -> Result<(), String> {
+    // Opening (not just stat-ing) proves the process may read it, which is what the
+    // TLS setup will do at startup; failing here gives a message naming the key.
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(format!("{} is a directory", path.display())),
+        Ok(_) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn check_upstream(config: &Config, p: &mut Problems) {
+    let upstream = &config.upstream;
+    if let Err(reason) = check_upstream_url(&upstream.url) {
+        p.add("upstream.url", reason);
+    }
+    if let Err(reason) = check_session_header(&upstream.header) {
+        p.add("upstream.header", reason);
+    }
+    p.positive("upstream.connect_timeout", upstream.connect_timeout);
+    p.positive("upstream.response_timeout", upstream.response_timeout);
+}
+
+fn check_upstream_url(url: &str) -> Result<(), String> {
+    // `http::Uri` silently drops a fragment, so look for it in the raw text.
+    if url.contains('#') {
+        return Err(format!("{url:?} must not have a fragment (#...)"));
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https upstreams are not supported yet; terminate TLS in front of the upstream or use http"
+                    .into(),
+            )
+        }
+        Some(other) => {
+            return Err(format!(
+                "{url:?} has scheme {other:?}; expected an http:// URL such as \"http://127.0.0.1:3000\""
+            ))
+        }
+        None => {
+            return Err(format!(
+                "{url:?} is not an absolute URL; expected e.g. \"http://127.0.0.1:3000\""
+            ))
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{url:?} has no host"));
+    };
+    if authority.host().is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{url:?} contains credentials; they are not supported"
+        ));
+    }
+    check_port(authority).map_err(|reason| format!("{url:?}: {reason}"))?;
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query (?...)"));
+    }
+    Ok(())
+}
+
+/// Headers that are hop-by-hop (RFC 9110 §7.6.1), framing-relevant, or that the gateway
+/// itself sets on the upstream request: using one of them for the session handle would
+/// be stripped, corrupt the request, or collide with the gateway's own value.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-session-parent",
+];
+
+fn check_session_header(name: &str) -> Result<(), String> {
+    let header = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid HTTP header name"))?;
+    if RESERVED_HEADERS.contains(&header.as_str()) {
+        return Err(format!(
+            "{name:?} is a hop-by-hop or gateway-managed header; choose another name such as \"X-Session\""
+        ));
+    }
+    Ok(())
+}
+
+fn check_session(config: &Config, p: &mut Problems) {
+    let session = &config.session;
+    if session.max_sessions < 1 {
+        p.add("session.max_sessions", "must be at least 1");
+    }
+    for prefix in &session.require {
+        if !prefix.starts_with('/') {
+            p.add(
+                "session.require",
+                format!("{prefix:?} must be a path prefix starting with \"/\""),
+            );
+        }
+    }
+    let timeout = session.timeout.get();
+    if !timeout.is_zero() && session.abandon_for(timeout).is_zero() {
+        p.add(
+            "session.abandon",
+            "must be greater than 0s when session.timeout is set (0s would abandon every session at once)",
+        );
+    }
+}
+
+fn check_browser(config: &Config, p: &mut Problems) {
+    let browser = &config.browser;
+    if let Err(reason) = check_prefix(&browser.prefix) {
+        p.add("browser.prefix", format!("{:?} {reason}", browser.prefix));
+    }
+    if let Heartbeat::Every(every) = browser.heartbeat {
+        let timeout = config.session.timeout.get();
+        let abandon = Duration::from(config.session.abandon_for(timeout));
+        if every.is_zero() {
+            p.add("browser.heartbeat", "must be greater than 0s (or \"auto\")");
+        } else if !timeout.is_zero() && every.get().saturating_mul(2) > abandon.get() {
+            // Tabs signal only by heartbeat while the user is away; with fewer than two
+            // beats per abandon period one delayed beat ends a session whose tab is open.
+            p.add(
+                "browser.heartbeat",
+                format!(
+                    "{every} is more than half of the abandon time ({abandon}); use at most {} or \"auto\"",
+                    Duration::from(abandon.get() / 2)
+                ),
+            );
+        }
+    }
+}
+
+/// The reserved prefix is compared after the request path is normalized and
+/// lowercased, so only a canonical, lowercase prefix can ever match.
+fn check_prefix(prefix: &str) -> Result<(), &'static str> {
+    if !prefix.starts_with('/') {
+        return Err("must start with \"/\"");
+    }
+    if prefix == "/" {
+        return Err("must be longer than \"/\" (it would reserve every path)");
+    }
+    if prefix.ends_with('/') {
+        return Err("must not end with \"/\"");
+    }
+    if prefix.contains("//") {
+        return Err("must not contain \"//\"");
+    }
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '/');
+    if !prefix.chars().all(allowed) {
+        return Err("may contain only lowercase letters, digits, \"_\", \"-\" and \"/\"");
+    }
+    Ok(())
+}
+
+fn check_hooks(config: &Config, p: &mut Problems) {
+    let hooks = &config.hooks;
+    for (key, target) in [
+        ("hooks.start", &hooks.start),
+        ("hooks.timeout", &hooks.timeout),
+        ("hooks.end", &hooks.end),
+    ] {
+        if let Err(reason) = check_hook_target(target) {
+            p.add(key, format!("{target:?} {reason}"));
+        }
+    }
+    p.positive("hooks.budget", hooks.budget);
+}
+
+fn check_hook_target(target: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str =
+        "must be empty, a path on the upstream starting with \"/\", or an absolute http:// URL";
+    if target.is_empty() {
+        return Ok(());
+    }
+    if target.starts_with("//") {
+        // A network-path reference would silently point at another host.
+        return Err(EXPECTED);
+    }
+    if target.starts_with('/') {
+        return target.parse::<Uri>().map(drop).map_err(|_| EXPECTED);
+    }
+    let uri: Uri = target.parse().map_err(|_| EXPECTED)?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(authority)) if !authority.host().is_empty() => Ok(()),
+        (Some("https"), _) => {
+            Err("is an https URL; https hooks are not supported yet, use http or a path")
+        }
+        _ => Err(EXPECTED),
+    }
+}
+
+fn check_admin(config: &Config, p: &mut Problems) {
+    let admin = &config.admin;
+    let listen = config.listen.address;
+    if collides(admin.address, listen) {
+        p.add(
+            "admin.address",
+            format!(
+                "{} collides with listen.address {listen}; the admin API needs its own port",
+                admin.address
+            ),
+        );
+    }
+    if admin.token.is_empty() && !admin.address.ip().to_canonical().is_loopback() {
+        p.add(
+            "admin.address",
+            format!(
+                "{} is not a loopback address: the admin API would be open to the network; set admin.token",
+                admin.address
+            ),
+        );
+    }
+    // The token itself is never echoed: this message may end up in logs.
+    let chars = admin.token.chars().count();
+    if chars > 0 && chars < MIN_TOKEN_CHARS {
+        p.add(
+            "admin.token",
+            format!("is too short ({chars} characters); use at least {MIN_TOKEN_CHARS}"),
+        );
+    }
+}
+
+/// Whether two listeners would fight over the same port. Port 0 asks the OS for a
+/// free port, so it never collides; a wildcard address overlaps every address.
+fn collides(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || b.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+fn check_log(config: &Config, p: &mut Problems) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = &config.log.level;
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+        p.add(
+            "log.level",
+            format!("{level:?} is not a valid log filter: {e}"),
+        );
+    } else if !level.contains(['=', ',', '['])
+        && !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    {
+        // EnvFilter reads a bare word as a target name, so a misspelt level ("dbug")
+        // would be accepted and silently log nothing useful.
+        p.add(
+            "log.level",
+            format!(
+                "{level:?} is not a level; use one of {} or a filter such as \"sessiongate=debug\"",
+                LEVELS.join(", ")
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Heartbeat, TlsConfig};
+
+    fn keys(config: &Config) -> Vec<String> {
+        validate(config).into_iter().map(|(k, _)| k).collect()
+    }
+
+    fn reasons_for(config: &Config, key: &str) -> Vec<String> {
+        validate(config)
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(validate(&Config::default()), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn listen_limits() {
+        let mut c = Config::default();
+        c.listen.max_connections = 0;
+        c.listen.max_header_bytes = 4096;
+        c.listen.header_timeout = Duration::ZERO;
+        c.listen.idle_timeout = Duration::ZERO;
+        assert_eq!(
+            keys(&c),
+            [
+                "listen.max_connections",
+                "listen.max_header_bytes",
+                "listen.header_timeout",
+                "listen.idle_timeout"
+            ]
+        );
+        c = Config::default();
+        c.listen.max_header_bytes = 16 * 1024 * 1024 + 1;
+        assert_eq!(keys(&c), ["listen.max_header_bytes"]);
+        c.listen.max_header_bytes = 8192;
+        assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn origins() {
+        for good in [
+            "https://app.example.com",
+            "http://localhost:8080",
+            "http://[::1]:3000",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/app",
+            "https://App.example.com",
+            "https://app.example.com:443",
+            "https://user@app.example.com",
+            "https://",
+            "https://app.example.com:x",
+            "https://app.example.com:0",
+            "https://app.example.com:",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::default();
+        c.listen.origins = vec!["https://ok.example".into(), "https://bad.example/".into()];
+        let reasons = reasons_for(&c, "listen.origins");
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("https://bad.example/"), "{reasons:?}");
+    }
+
+    #[test]
+    fn tls_files_must_be_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "x").expect("write");
+        let mut c = Config::default();
+        c.listen.tls = Some(TlsConfig {
+            cert: cert.clone(),
+            key: dir.path().join("missing.pem"),
+        });
+        assert_eq!(keys(&c), ["listen.tls.key"]);
+        c.listen.tls = Some(TlsConfig {
+            cert: dir.path().to_path_buf(),
+            key: cert,
+        });
+        assert_eq!(keys(&c), ["listen.tls.cert"]);
+    }
+
+    #[test]
+    fn upstream_url() {
+        assert_eq!(check_upstream_url("http://127.0.0.1:3000"), Ok(()));
+        assert_eq!(check_upstream_url("http://backend/app"), Ok(()));
+        let https = check_upstream_url("https://backend").unwrap_err();
+        assert!(https.starts_with("https upstreams are not supported yet"));
+        for bad in [
+            "ftp://x",
+            "backend:3000",
+            "/app",
+            "http://backend/?a=1",
+            "http://backend/#top",
+            "http://user:pw@backend",
+            "http://backend:http",
+            "http://",
+            "not a url",
+        ] {
+            assert!(check_upstream_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_header() {
+        assert_eq!(check_session_header("X-Session"), Ok(()));
+        assert_eq!(check_session_header("x-app-session"), Ok(()));
+        for bad in [
+            "",
+            "X Session",
+            "Connection",
+            "Transfer-Encoding",
+            "Host",
+            "X-Request-Id",
+        ] {
+            assert!(check_session_header(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn session_rules() {
+        let mut c = Config::default();
+        c.session.max_sessions = 0;
+        c.session.require = vec!["/app".into(), "admin".into()];
+        c.session.abandon = Some(Duration::ZERO);
+        assert_eq!(
+            keys(&c),
+            ["session.max_sessions", "session.require", "session.abandon"]
+        );
+        // With timeout = 0 sessions are never abandoned, so abandon does not matter.
+        c = Config::default();
+        c.session.timeout = Duration::ZERO;
+        c.session.abandon = Some(Duration::ZERO);
+        assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn browser_prefix() {
+        for good in ["/__sessiongate", "/_sg", "/a/b-c_1"] {
+            assert_eq!(check_prefix(good), Ok(()), "{good}");
+        }
+        for bad in ["", "/", "__sg", "/sg/", "/Sg", "/a//b", "/a.b", "/a b"] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn heartbeat() {
+        let mut c = Config::default(); // timeout 120s, abandon 240s
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(120));
+        assert!(keys(&c).is_empty());
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(121));
+        assert_eq!(keys(&c), ["browser.heartbeat"]);
+        c.session.abandon = Some(Duration::from_secs(600));
+        assert!(keys(&c).is_empty());
+        c.browser.heartbeat = Heartbeat::Every(Duration::ZERO);
+        assert_eq!(keys(&c), ["browser.heartbeat"]);
+        // timeout = 0: never abandoned, any positive interval is fine.
+        c.session.timeout = Duration::ZERO;
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(3600));
+        assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn hooks() {
+        for good in ["", "/hooks/start", "http://hooks.internal:9000/start"] {
+            assert_eq!(check_hook_target(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "hooks/start",
+            "//other/start",
+            "https://x/start",
+            "ftp://x/y",
+            "http://",
+        ] {
+            assert!(check_hook_target(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::default();
+        c.hooks.end = "end".into();
+        c.hooks.budget = Duration::ZERO;
+        assert_eq!(keys(&c), ["hooks.end", "hooks.budget"]);
+    }
+
+    #[test]
+    fn admin_rules() {
+        let mut c = Config::default();
+        c.admin.address = "0.0.0.0:9090".parse().expect("addr");
+        let reasons = reasons_for(&c, "admin.address");
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("set admin.token"), "{reasons:?}");
+
+        c.admin.token = "s3cr3t".into();
+        let reasons = reasons_for(&c, "admin.token");
+        assert_eq!(reasons.len(), 1);
+        assert!(
+            !reasons[0].contains("s3cr3t"),
+            "the token must not be echoed"
+        );
+
+        c.admin.token = "0123456789abcdef".into();
+        assert!(keys(&c).is_empty());
+
+        c.admin.address = "127.0.0.1:8080".parse().expect("addr"); // listen is 0.0.0.0:8080
+        assert_eq!(keys(&c), ["admin.address"]);
+        c.admin.address = "127.0.0.1:0".parse().expect("addr");
+        c.listen.address = "127.0.0.1:0".parse().expect("addr");
+        assert!(keys(&c).is_empty());
+        assert!(collides(
+            "[::]:80".parse().expect("addr"),
+            "127.0.0.1:80".parse().expect("addr")
+        ));
+        assert!(!collides(
+            "127.0.0.2:80".parse().expect("addr"),
+            "127.0.0.1:80".parse().expect("addr")
+        ));
+    }
+
+    #[test]
+    fn log_level() {
+        let mut c = Config::default();
+        c.log.level = "sessiongate=debug,hyper=warn".into();
+        assert!(keys(&c).is_empty());
+        c.log.level = "WARN".into();
+        assert!(keys(&c).is_empty());
+        c.log.level = "dbug".into();
+        assert_eq!(keys(&c), ["log.level"], "a misspelt level is not a target");
+        c.log.level = "sessiongate=lots".into();
+        assert_eq!(keys(&c), ["log.level"]);
+    }
+}

@@ -12,6 +12,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::{self, Limits};
+use crate::proxy::tunnel::Tunnels;
 use crate::proxy::{Gateway, GatewayError};
 use crate::session::events::{LogObserver, Observers};
 use crate::session::store::{MemoryStore, SessionStore};
@@ -43,6 +44,7 @@ pub struct Running {
     pub clock: Clock,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    tunnels: Arc<Tunnels>,
 }
 
 impl Running {
@@ -55,6 +57,7 @@ impl Running {
     pub async fn wait(self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.tunnels.close_all().await;
     }
 }
 
@@ -91,6 +94,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let tunnels = Arc::clone(&gateway.tunnels);
     let limits = Limits::from_config(&config.listen);
     tasks.spawn(net::serve(public, tls, gateway, limits.clone(), shutdown.clone()));
     tasks.spawn(net::serve(admin_listener, None, admin, limits, shutdown.clone()));
@@ -105,6 +109,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         clock,
         shutdown,
         tasks,
+        tunnels,
     })
 }
 

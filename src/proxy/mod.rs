@@ -13,17 +13,21 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod origin;
 pub mod query;
+pub mod tunnel;
 
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
 use self::body::ProxyBody;
 use self::forward::Upstream;
+use self::origin::OriginPolicy;
+use self::tunnel::Tunnels;
 use self::headers::{X_REQUEST_ID, X_SESSION_END, X_SESSION_STATE, X_SESSION_TIMEOUT};
 use crate::config::{Activity, Config};
 use crate::metrics::{Metrics, Route};
@@ -41,6 +45,8 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstream: Upstream,
     pub(crate) reserved: Reserved,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) tunnels: Arc<Tunnels>,
     session_header: HeaderName,
     trust_forwarded: bool,
     activity: Activity,
@@ -70,6 +76,8 @@ impl Gateway {
         Ok(Gateway {
             resolver: Resolver::new(Arc::clone(&store), config.session.mode, secure),
             reserved: Reserved::new(config),
+            origins: OriginPolicy::new(config.listen.origins.clone()),
+            tunnels: Arc::new(Tunnels::new()),
             upstream: Upstream::new(&config.upstream)?,
             store,
             clock,
@@ -100,6 +108,12 @@ impl Gateway {
     async fn forward(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let now = self.clock.now();
         let (mut parts, incoming) = request.into_parts();
+        let upgrade = Upgrade::requested(&mut parts);
+        if upgrade.is_some() && !self.origins.allows(&parts.headers, conn.scheme, parts.uri.authority().map(|a| a.as_str())) {
+            let mut response = body::text(StatusCode::FORBIDDEN, "403 Forbidden: cross-origin upgrade refused");
+            finish_headers(response.headers_mut(), None, &[], None);
+            return response;
+        }
         let may_mint = !is_speculative(&parts.headers);
         let mut identity = match self.resolver.resolve(&parts.headers, may_mint, now) {
             Ok(identity) => identity,
@@ -132,6 +146,9 @@ impl Gateway {
         headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
         headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host.as_ref(), self.trust_forwarded);
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        if let Some(upgrade) = &upgrade {
+            restore_upgrade(&mut parts.headers, &upgrade.protocol);
+        }
         let upstream_host = host.unwrap_or_else(|| {
             HeaderValue::from_str(self.upstream.authority().as_str()).unwrap_or(HeaderValue::from_static("localhost"))
         });
@@ -148,7 +165,7 @@ impl Gateway {
         parts.version = Version::HTTP_11;
         let upstream_request = Request::from_parts(parts, scrub_trailers(incoming));
 
-        let response = match self.upstream.send(upstream_request, &self.metrics).await {
+        let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
             Err(mut failure) => {
                 finish_headers(failure.headers_mut(), state, &identity.set_cookies, Some(&request_id));
@@ -157,8 +174,23 @@ impl Gateway {
         };
 
         // Stage 5: the upstream's word on the session, then ours to the browser.
+        let switched = match upgrade {
+            Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                let session = identity
+                    .session
+                    .clone()
+                    .map(|s| (s, Arc::clone(&self.store), self.clock));
+                self.tunnels.spawn(upgrade.client, upstream_side, session);
+                Some(upgrade.protocol)
+            }
+            _ => None,
+        };
         let (mut parts, incoming) = response.into_parts();
         headers::scrub_response(&mut parts.headers);
+        if let Some(protocol) = &switched {
+            restore_upgrade(&mut parts.headers, protocol);
+        }
         if let Some(session) = identity.session.clone() {
             state = Some(self.apply_control_headers(&parts.headers, &session, &mut identity));
         }
@@ -227,6 +259,37 @@ impl Handler for Gateway {
         tracing::debug!(%method, status = response.status().as_u16(), "response");
         response
     }
+}
+
+/// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
+struct Upgrade {
+    protocol: HeaderValue,
+    /// The client side of the connection, handed over once we answer 101.
+    client: hyper::upgrade::OnUpgrade,
+}
+
+impl Upgrade {
+    /// Takes the upgrade out of a request that asks for one (`Connection: upgrade`).
+    fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
+        let protocol = parts.headers.get(UPGRADE)?.clone();
+        let asks = parts.headers.get_all(CONNECTION).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+        });
+        if !asks {
+            return None;
+        }
+        let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        Some(Upgrade { protocol, client })
+    }
+
+}
+
+/// Puts back the two hop-by-hop headers of an upgrade that scrubbing removed.
+fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
+    headers.insert(UPGRADE, protocol.clone());
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
 /// Stage 1: requests answered before anything else looks at them.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, HOST, ORIGIN};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{ALLOW, CONTENT_LENGTH};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -33,7 +33,6 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Settings of the reserved endpoints.
 pub struct Reserved {
     prefix: String,
-    origins: Vec<String>,
     browser: BrowserConfig,
 }
 
@@ -41,34 +40,12 @@ impl Reserved {
     pub fn new(config: &Config) -> Self {
         Reserved {
             prefix: config.browser.prefix.to_ascii_lowercase(),
-            origins: config.listen.origins.clone(),
             browser: config.browser.clone(),
         }
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// Whether a state-changing request may come from where it says it comes from.
-    fn same_origin(&self, headers: &HeaderMap, scheme: &str) -> bool {
-        if headers
-            .get("sec-fetch-site")
-            .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-        {
-            return false;
-        }
-        let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
-            return true; // not a browser cross-origin request: browsers always send Origin on POST
-        };
-        if !self.origins.is_empty() {
-            return self.origins.iter().any(|allowed| allowed == origin);
-        }
-        let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        origin
-            .strip_prefix(scheme)
-            .and_then(|rest| rest.strip_prefix("://"))
-            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host))
     }
 
     /// Heartbeat interval for a session: the configured one, never more than a third
@@ -145,8 +122,8 @@ async fn change(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let reserved = &gateway.reserved;
-    if !reserved.same_origin(request.headers(), conn.scheme) {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    if !gateway.origins.allows(request.headers(), conn.scheme, authority) {
         return body::json_error(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
     let now = gateway.clock.now();

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("sessiongate: invalid configuration{}:", describe_file(cli.config.as_deref()));
+            eprintln!(
+                "sessiongate: invalid configuration{}:",
+                describe_file(cli.config.as_deref())
+            );
             for error in &errors {
                 eprintln!("  {error}");
             }
@@ -49,7 +52,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             print!("{}", config.to_effective_toml());
-            eprintln!("sessiongate: configuration OK{}", describe_file(cli.config.as_deref()));
+            eprintln!(
+                "sessiongate: configuration OK{}",
+                describe_file(cli.config.as_deref())
+            );
             ExitCode::SUCCESS
         }
         Command::Run => run(config, false),
@@ -58,12 +64,16 @@ fn main() -> ExitCode {
 }
 
 fn describe_file(path: Option<&Path>) -> String {
-    path.map(|p| format!(" in {}", p.display())).unwrap_or_default()
+    path.map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
 }
 
 fn run(config: Config, demo: bool) -> ExitCode {
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sessiongate: cannot start the async runtime: {error}");
@@ -97,8 +107,14 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
 
     let running = server::start(config).await?;
     if demo {
-        println!("sessiongate demo: open http://{} in a browser", running.public_addr);
-        println!("                  metrics at http://{}/metrics", running.admin_addr);
+        println!(
+            "sessiongate demo: open http://{} in a browser",
+            running.public_addr
+        );
+        println!(
+            "                  metrics at http://{}/metrics",
+            running.admin_addr
+        );
     }
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");

@@ -231,7 +231,9 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
-        self.upstream_errors.with_label_values(&[kind.as_str()]).inc();
+        self.upstream_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     pub fn upstream_latency(&self, elapsed: Duration) {
@@ -260,7 +262,9 @@ impl SessionObserver for Metrics {
     fn observe(&self, event: &SessionEvent<'_>) {
         match *event {
             SessionEvent::Started { kind, .. } => {
-                self.sessions_created.with_label_values(&[kind.as_str()]).inc();
+                self.sessions_created
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
                 if let Some(g) = self.state_gauge(State::Active) {
                     g.inc();
                 }
@@ -294,7 +298,9 @@ impl SessionObserver for Metrics {
                 if reason == EndReason::Timeout && was == State::Warning {
                     self.countdowns.with_label_values(&["expired"]).inc();
                 }
-                self.sessions_ended.with_label_values(&[reason.as_str()]).inc();
+                self.sessions_ended
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
                 let lived = at.saturating_sub(session.created());
                 self.session_duration
                     .with_label_values(&[reason.as_str()])

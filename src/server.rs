@@ -74,13 +74,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.session.when_full,
         Arc::new(observers),
     ));
-    let gateway = Arc::new(Gateway::new(&config, Arc::clone(&store), clock, Arc::clone(&metrics))?);
-    let tls = config.listen.tls.as_ref().map(net::tls::acceptor).transpose()?;
+    let gateway = Arc::new(Gateway::new(
+        &config,
+        Arc::clone(&store),
+        clock,
+        Arc::clone(&metrics),
+    )?);
+    let tls = config
+        .listen
+        .tls
+        .as_ref()
+        .map(net::tls::acceptor)
+        .transpose()?;
 
     let bind = |what: &'static str, address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
-            .map_err(|source| StartError::Bind { what, address, source })
+            .map_err(|source| StartError::Bind {
+                what,
+                address,
+                source,
+            })
     };
     let public = bind("listen", config.listen.address).await?;
     let admin_listener = bind("admin", config.admin.address).await?;
@@ -96,8 +110,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tasks = TaskTracker::new();
     let tunnels = Arc::clone(&gateway.tunnels);
     let limits = Limits::from_config(&config.listen);
-    tasks.spawn(net::serve(public, tls, gateway, limits.clone(), shutdown.clone()));
-    tasks.spawn(net::serve(admin_listener, None, admin, limits, shutdown.clone()));
+    tasks.spawn(net::serve(
+        public,
+        tls,
+        gateway,
+        limits.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(net::serve(
+        admin_listener,
+        None,
+        admin,
+        limits,
+        shutdown.clone(),
+    ));
     tasks.spawn(sweeper::run(Arc::clone(&store), clock, shutdown.clone()));
 
     tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = ?config.session.mode, "sessiongate started");
@@ -113,8 +139,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-fn local_addr(listener: &TcpListener, what: &'static str, address: SocketAddr) -> Result<SocketAddr, StartError> {
-    listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { what, address, source })
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    address: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        address,
+        source,
+    })
 }

@@ -34,12 +34,19 @@ impl Admin {
     /// Whether the upstream accepts a TCP connection within the connect timeout.
     async fn upstream_reachable(&self) -> bool {
         let connect = tokio::net::TcpStream::connect(self.upstream.as_str());
-        matches!(tokio::time::timeout(self.connect_timeout, connect).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(self.connect_timeout, connect).await,
+            Ok(Ok(_))
+        )
     }
 }
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, request: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return body::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }

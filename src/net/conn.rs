@@ -87,7 +87,11 @@ struct Tracked<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -99,7 +103,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
@@ -154,7 +162,10 @@ pub(super) async fn serve_connection<H: Handler>(
     };
     match tls {
         None => {
-            let info = ConnInfo { peer, scheme: "http" };
+            let info = ConnInfo {
+                peer,
+                scheme: "http",
+            };
             drive(io, info, handler, &limits, activity, shutdown, force).await;
         }
         Some(acceptor) => {
@@ -173,7 +184,10 @@ pub(super) async fn serve_connection<H: Handler>(
                     }
                 },
             };
-            let info = ConnInfo { peer, scheme: "https" };
+            let info = ConnInfo {
+                peer,
+                scheme: "https",
+            };
             drive(io, info, handler, &limits, activity, shutdown, force).await;
         }
     }
@@ -217,7 +231,8 @@ async fn drive<H, I>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
 
-    let check_every = (limits.header_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(50));
+    let check_every =
+        (limits.header_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(50));
     let mut closing = false;
     loop {
         tokio::select! {

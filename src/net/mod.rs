@@ -118,8 +118,14 @@ pub async fn serve<H: Handler>(
     drop(listener);
     tracker.close();
     tracing::info!(address = ?local, open = tracker.len(), "listener closed; draining connections");
-    if tokio::time::timeout(limits.drain_timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "drain deadline passed; closing the remaining connections");
+    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "drain deadline passed; closing the remaining connections"
+        );
         force.cancel();
         tracker.wait().await;
     }
@@ -128,5 +134,8 @@ pub async fn serve<H: Handler>(
 /// Errors that concern only the connection being accepted (the peer gave up).
 fn is_per_connection_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(error.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+    matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }

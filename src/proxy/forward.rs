@@ -99,7 +99,8 @@ impl Upstream {
         metrics: &Metrics,
     ) -> Result<Response<Incoming>, Response<ProxyBody>> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        let outcome =
+            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
         match outcome {
             Ok(Ok(response)) => {
                 metrics.upstream_latency(started.elapsed());

@@ -26,9 +26,9 @@ use hyper::body::{Frame, Incoming};
 
 use self::body::ProxyBody;
 use self::forward::Upstream;
+use self::headers::{X_REQUEST_ID, X_SESSION_END, X_SESSION_STATE, X_SESSION_TIMEOUT};
 use self::origin::OriginPolicy;
 use self::tunnel::Tunnels;
-use self::headers::{X_REQUEST_ID, X_SESSION_END, X_SESSION_STATE, X_SESSION_TIMEOUT};
 use crate::config::{Activity, Config};
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
@@ -94,11 +94,17 @@ impl Gateway {
         })
     }
 
-    async fn route(&self, request: Request<Incoming>, conn: ConnInfo) -> (Route, Response<ProxyBody>) {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> (Route, Response<ProxyBody>) {
         if let Some(refusal) = refuse(&request) {
             return (Route::Proxy, refusal);
         }
-        if let Some(endpoint) = reserved::path::reserved_endpoint(request.uri().path(), self.reserved.prefix()) {
+        if let Some(endpoint) =
+            reserved::path::reserved_endpoint(request.uri().path(), self.reserved.prefix())
+        {
             let response = reserved::handle(self, &endpoint, request, conn).await;
             return (Route::Reserved, response);
         }
@@ -109,8 +115,17 @@ impl Gateway {
         let now = self.clock.now();
         let (mut parts, incoming) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
-        if upgrade.is_some() && !self.origins.allows(&parts.headers, conn.scheme, parts.uri.authority().map(|a| a.as_str())) {
-            let mut response = body::text(StatusCode::FORBIDDEN, "403 Forbidden: cross-origin upgrade refused");
+        if upgrade.is_some()
+            && !self.origins.allows(
+                &parts.headers,
+                conn.scheme,
+                parts.uri.authority().map(|a| a.as_str()),
+            )
+        {
+            let mut response = body::text(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden: cross-origin upgrade refused",
+            );
             finish_headers(response.headers_mut(), None, &[], None);
             return response;
         }
@@ -130,36 +145,54 @@ impl Gateway {
             }
         }
         if identity.session.is_none() && self.requires_session(parts.uri.path()) {
-            let mut response = body::text(StatusCode::UNAUTHORIZED, "401 Unauthorized: this page needs a session");
+            let mut response = body::text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: this page needs a session",
+            );
             finish_headers(response.headers_mut(), None, &identity.set_cookies, None);
             return response;
         }
 
         // Stage 4: strip everything the client may not decide, then add ours.
         let request_id = headers::request_id(&parts.headers);
-        let host = parts
-            .headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
-        headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host.as_ref(), self.trust_forwarded);
+        headers::set_forwarded(
+            &mut parts.headers,
+            conn.peer.ip(),
+            conn.scheme,
+            host.as_ref(),
+            self.trust_forwarded,
+        );
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(upgrade) = &upgrade {
             restore_upgrade(&mut parts.headers, &upgrade.protocol);
         }
         let upstream_host = host.unwrap_or_else(|| {
-            HeaderValue::from_str(self.upstream.authority().as_str()).unwrap_or(HeaderValue::from_static("localhost"))
+            HeaderValue::from_str(self.upstream.authority().as_str())
+                .unwrap_or(HeaderValue::from_static("localhost"))
         });
         parts.headers.insert(HOST, upstream_host);
         if let Some(session) = &identity.session {
-            parts.headers.insert(self.session_header.clone(), handle_value(session.handle()));
+            parts
+                .headers
+                .insert(self.session_header.clone(), handle_value(session.handle()));
         }
         let query = parts.uri.query().and_then(query::strip_proxy_params);
         parts.uri = match self.upstream.uri_for(parts.uri.path(), query.as_deref()) {
             Ok(uri) => uri,
-            Err(_) => return body::text(StatusCode::BAD_REQUEST, "400 Bad Request: unusable request target"),
+            Err(_) => {
+                return body::text(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: unusable request target",
+                )
+            }
         };
         // The upstream pool speaks HTTP/1.1 whatever the client spoke (h2 included).
         parts.version = Version::HTTP_11;
@@ -168,7 +201,12 @@ impl Gateway {
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
             Err(mut failure) => {
-                finish_headers(failure.headers_mut(), state, &identity.set_cookies, Some(&request_id));
+                finish_headers(
+                    failure.headers_mut(),
+                    state,
+                    &identity.set_cookies,
+                    Some(&request_id),
+                );
                 return failure;
             }
         };
@@ -195,7 +233,12 @@ impl Gateway {
             state = Some(self.apply_control_headers(&parts.headers, &session, &mut identity));
         }
         headers::strip_session_headers(&mut parts.headers);
-        finish_headers(&mut parts.headers, state, &identity.set_cookies, Some(&request_id));
+        finish_headers(
+            &mut parts.headers,
+            state,
+            &identity.set_cookies,
+            Some(&request_id),
+        );
         Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync())
     }
 
@@ -216,7 +259,9 @@ impl Gateway {
             return false;
         }
         let normalized = reserved::path::normalize(path);
-        self.require.iter().any(|prefix| normalized.starts_with(prefix.as_str()))
+        self.require
+            .iter()
+            .any(|prefix| normalized.starts_with(prefix.as_str()))
     }
 
     /// `X-Session-End` and `X-Session-Timeout` from the upstream (DESIGN.md §5).
@@ -239,7 +284,8 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
-            self.store.set_timeout(session, seconds.saturating_mul(1000), now);
+            self.store
+                .set_timeout(session, seconds.saturating_mul(1000), now);
         }
         match session.verdict(self.store.rules(), now) {
             crate::session::Verdict::Live(state) => state,
@@ -249,7 +295,11 @@ impl Gateway {
 }
 
 impl Handler for Gateway {
-    async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let method = request.method().clone();
         let span = tracing::debug_span!("request", %method, path = request.uri().path());
         let _entered = span.enter();
@@ -273,9 +323,10 @@ impl Upgrade {
     fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
         let protocol = parts.headers.get(UPGRADE)?.clone();
         let asks = parts.headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+            })
         });
         if !asks {
             return None;
@@ -283,7 +334,6 @@ impl Upgrade {
         let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
         Some(Upgrade { protocol, client })
     }
-
 }
 
 /// Puts back the two hop-by-hop headers of an upgrade that scrubbing removed.
@@ -296,9 +346,10 @@ fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
 fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     if request.method() == Method::TRACE || request.method() == Method::CONNECT {
         let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed");
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
         return Some(response);
     }
     // Content-Length together with Transfer-Encoding is how request smuggling starts;
@@ -316,10 +367,13 @@ fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
 /// Prefetch and prerender requests never mint or consume anything.
 fn is_speculative(headers: &HeaderMap) -> bool {
     ["sec-purpose", "purpose"].iter().any(|name| {
-        headers.get(*name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            let v = v.to_ascii_lowercase();
-            v.contains("prefetch") || v.contains("prerender")
-        })
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.contains("prefetch") || v.contains("prerender")
+            })
     })
 }
 
@@ -353,7 +407,8 @@ fn scrub_trailers(incoming: Incoming) -> ProxyBody {
 fn handle_value(handle: crate::session::Handle) -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(handle.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static(""))
+    HeaderValue::from_str(handle.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Adds the gateway's response headers: the session state, cookies, request id.
@@ -381,7 +436,10 @@ fn session_error_response(error: &SessionError) -> Response<ProxyBody> {
         ),
         SessionError::Entropy(_) => {
             tracing::error!(%error, "cannot mint a session");
-            body::text(StatusCode::INTERNAL_SERVER_ERROR, "500 Internal Server Error")
+            body::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "500 Internal Server Error",
+            )
         }
     };
     finish_headers(response.headers_mut(), None, &[], None);

@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn own_origin_only_by_default() {
         let policy = OriginPolicy::default();
-        let own = headers(&[("host", "app.example:8080"), ("origin", "http://app.example:8080")]);
+        let own = headers(&[
+            ("host", "app.example:8080"),
+            ("origin", "http://app.example:8080"),
+        ]);
         assert!(policy.allows(&own, "http", None));
         assert!(!policy.allows(&own, "https", None), "scheme matters");
         let foreign = headers(&[("host", "app.example"), ("origin", "http://evil.example")]);
@@ -82,7 +85,13 @@ mod tests {
         let policy = OriginPolicy::new(vec!["https://app.example".into()]);
         let ok = headers(&[("host", "internal:8080"), ("origin", "https://app.example")]);
         assert!(policy.allows(&ok, "http", None));
-        let own = headers(&[("host", "internal:8080"), ("origin", "http://internal:8080")]);
-        assert!(!policy.allows(&own, "http", None), "non-empty list means exactly these");
+        let own = headers(&[
+            ("host", "internal:8080"),
+            ("origin", "http://internal:8080"),
+        ]);
+        assert!(
+            !policy.allows(&own, "http", None),
+            "non-empty list means exactly these"
+        );
     }
 }

@@ -56,7 +56,10 @@ impl Reserved {
         if timeout == 0 {
             return 60_000;
         }
-        let configured = self.browser.heartbeat_for(Duration::from_millis(timeout)).as_millis() as u64;
+        let configured = self
+            .browser
+            .heartbeat_for(Duration::from_millis(timeout))
+            .as_millis() as u64;
         configured.min(rules.abandon_for(timeout) / 3).max(1_000)
     }
 }
@@ -80,7 +83,10 @@ pub async fn handle(
         "heartbeat" | "extend" | "end" => change(gateway, endpoint, request, conn).await,
         _ => body::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
-    if !response.headers().contains_key(crate::proxy::headers::X_SESSION_STATE) {
+    if !response
+        .headers()
+        .contains_key(crate::proxy::headers::X_SESSION_STATE)
+    {
         finish_headers(response.headers_mut(), None, &[], None);
     }
     response
@@ -98,7 +104,10 @@ fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody>
         .ok()
         .and_then(|identity| identity.session);
     match session {
-        None => with_state(body::json(StatusCode::OK, &json!({ "state": "none" })), None),
+        None => with_state(
+            body::json(StatusCode::OK, &json!({ "state": "none" })),
+            None,
+        ),
         Some(session) => {
             let state = match session.verdict(gateway.store.rules(), now) {
                 crate::session::Verdict::Live(state) => state,
@@ -123,19 +132,29 @@ async fn change(
         return method_not_allowed("POST");
     }
     let authority = request.uri().authority().map(|a| a.as_str());
-    if !gateway.origins.allows(request.headers(), conn.scheme, authority) {
+    if !gateway
+        .origins
+        .allows(request.headers(), conn.scheme, authority)
+    {
         return body::json_error(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
     let now = gateway.clock.now();
     let identity = match gateway.resolver.resolve(request.headers(), false, now) {
         Ok(identity) => identity,
-        Err(_) => return body::json_error(StatusCode::INTERNAL_SERVER_ERROR, "session lookup failed"),
+        Err(_) => {
+            return body::json_error(StatusCode::INTERNAL_SERVER_ERROR, "session lookup failed")
+        }
     };
     let Some(session) = identity.session else {
-        return with_state(body::json_error(StatusCode::UNAUTHORIZED, "no valid session"), None);
+        return with_state(
+            body::json_error(StatusCode::UNAUTHORIZED, "no valid session"),
+            None,
+        );
     };
     // A cookie alone is what a cross-site form would carry; the agent's header is not.
-    if identity.carrier == Some(Carrier::Cookie) && !request.headers().contains_key(X_SESSIONGATE_AGENT) {
+    if identity.carrier == Some(Carrier::Cookie)
+        && !request.headers().contains_key(X_SESSIONGATE_AGENT)
+    {
         return body::json_error(
             StatusCode::FORBIDDEN,
             "cookie-carried requests need the X-Sessiongate-Agent header",
@@ -148,8 +167,14 @@ async fn change(
 
     match endpoint {
         "end" => {
-            gateway.store.end(&session, EndReason::Ended, gateway.clock.now());
-            let cookies: Vec<HeaderValue> = gateway.resolver.expire_session_cookie().into_iter().collect();
+            gateway
+                .store
+                .end(&session, EndReason::Ended, gateway.clock.now());
+            let cookies: Vec<HeaderValue> = gateway
+                .resolver
+                .expire_session_cookie()
+                .into_iter()
+                .collect();
             let mut response = body::json(StatusCode::OK, &json!({ "state": "ended" }));
             finish_headers(response.headers_mut(), Some(State::Ended), &cookies, None);
             response
@@ -164,7 +189,12 @@ async fn change(
                 } else {
                     match serde_json::from_slice(&body) {
                         Ok(parsed) => parsed,
-                        Err(_) => return body::json_error(StatusCode::BAD_REQUEST, "body is not valid JSON"),
+                        Err(_) => {
+                            return body::json_error(
+                                StatusCode::BAD_REQUEST,
+                                "body is not valid JSON",
+                            )
+                        }
                     }
                 };
                 if parsed.activity {
@@ -216,13 +246,18 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBo
     match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(body::json_error(StatusCode::BAD_REQUEST, "could not read the body")),
+        Err(_) => Err(body::json_error(
+            StatusCode::BAD_REQUEST,
+            "could not read the body",
+        )),
     }
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
     let mut response = body::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 

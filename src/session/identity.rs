@@ -140,7 +140,12 @@ impl Resolver {
         Ok(Identity::default())
     }
 
-    fn by_header(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
+    fn by_header(
+        &self,
+        headers: &HeaderMap,
+        key: &BrowserKey,
+        now: Millis,
+    ) -> Option<Arc<Session>> {
         let token = headers
             .get_all(X_SESSION_TOKEN)
             .iter()
@@ -148,7 +153,12 @@ impl Resolver {
         self.store.resolve(&token, key, now)
     }
 
-    fn by_cookie(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
+    fn by_cookie(
+        &self,
+        headers: &HeaderMap,
+        key: &BrowserKey,
+        now: Millis,
+    ) -> Option<Arc<Session>> {
         // Several cookies of the same name can arrive (cookie tossing from a sibling
         // subdomain); the first one that is valid for this browser wins.
         cookie_values(headers, self.cookies.session)

@@ -126,7 +126,8 @@ pub enum CreatedKind {
 }
 
 impl CreatedKind {
-    pub const ALL: [CreatedKind; 3] = [CreatedKind::New, CreatedKind::Fork, CreatedKind::ResumeMiss];
+    pub const ALL: [CreatedKind; 3] =
+        [CreatedKind::New, CreatedKind::Fork, CreatedKind::ResumeMiss];
 
     pub fn as_str(self) -> &'static str {
         match self {

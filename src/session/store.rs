@@ -319,9 +319,12 @@ mod tests {
     use crate::config::{Duration as Cfg, OnTimeout, SessionConfig};
     use crate::session::Clock;
 
-    /// Records every event as `(kind, handle, reason, at)`.
+    /// One recorded event: `(kind, handle, end reason, at)`.
+    type Row = (&'static str, Handle, Option<EndReason>, Millis);
+
+    /// Records every event.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(&'static str, Handle, Option<EndReason>, Millis)>>);
+    struct Recorder(Mutex<Vec<Row>>);
 
     impl SessionObserver for Recorder {
         fn observe(&self, event: &SessionEvent<'_>) {
@@ -412,18 +415,27 @@ mod tests {
         // Heartbeats keep it from being abandoned, but are not activity.
         for _ in 0..3 {
             w.advance(3_000).await;
-            assert_eq!(w.store.touch(session, Touch::Signal, w.clock.now()), State::Active);
+            assert_eq!(
+                w.store.touch(session, Touch::Signal, w.clock.now()),
+                State::Active
+            );
         }
         w.advance(1_500).await; // 10.5 s idle
         assert_eq!(w.events.kinds(), ["started", "warned"]);
         assert_eq!(session.stored_state(), State::Warning);
-        assert_eq!(w.store.touch(session, Touch::Signal, w.clock.now()), State::Warning);
+        assert_eq!(
+            w.store.touch(session, Touch::Signal, w.clock.now()),
+            State::Warning
+        );
         w.advance(9_000).await;
         assert_eq!(w.state(session), State::Warning);
         w.advance(1_000).await; // 20.5 s: countdown over
         assert_eq!(w.events.ends().len(), 1);
         assert_eq!(w.events.ends()[0].0, EndReason::Timeout);
-        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        assert!(w
+            .store
+            .resolve(&created.token, &w.key, w.clock.now())
+            .is_none());
         assert_eq!(w.store.len(), 0);
     }
 
@@ -433,7 +445,10 @@ mod tests {
         let session = w.create().session;
         w.advance(11_000).await;
         assert_eq!(session.stored_state(), State::Warning);
-        assert_eq!(w.store.touch(&session, Touch::Activity, w.clock.now()), State::Active);
+        assert_eq!(
+            w.store.touch(&session, Touch::Activity, w.clock.now()),
+            State::Active
+        );
         assert_eq!(w.events.kinds(), ["started", "warned", "extended"]);
         w.advance(9_000).await; // 9 s after the activity: still active
         assert_eq!(w.state(&session), State::Active);
@@ -500,7 +515,10 @@ mod tests {
         let created = w.create();
         // No sweep: the lookup itself must notice.
         tokio::time::advance(Duration::from_millis(20_001)).await;
-        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        assert!(w
+            .store
+            .resolve(&created.token, &w.key, w.clock.now())
+            .is_none());
         assert_eq!(w.events.ends()[0].0, EndReason::Abandoned);
         assert_eq!(w.store.len(), 0);
     }
@@ -510,20 +528,37 @@ mod tests {
         let w = world(|_| {});
         let created = w.create();
         let other = BrowserKey::generate().unwrap();
-        assert!(w.store.resolve(&created.token, &other, w.clock.now()).is_none());
-        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_some());
+        assert!(w
+            .store
+            .resolve(&created.token, &other, w.clock.now())
+            .is_none());
+        assert!(w
+            .store
+            .resolve(&created.token, &w.key, w.clock.now())
+            .is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn explicit_end_happens_once() {
         let w = world(|_| {});
         let created = w.create();
-        assert!(w.store.end(&created.session, EndReason::Ended, w.clock.now()));
-        assert!(!w.store.end(&created.session, EndReason::Admin, w.clock.now()));
+        assert!(w
+            .store
+            .end(&created.session, EndReason::Ended, w.clock.now()));
+        assert!(!w
+            .store
+            .end(&created.session, EndReason::Admin, w.clock.now()));
         assert_eq!(w.events.ends().len(), 1);
-        assert!(w.store.resolve(&created.token, &w.key, w.clock.now()).is_none());
+        assert!(w
+            .store
+            .resolve(&created.token, &w.key, w.clock.now())
+            .is_none());
         w.advance(60_000).await;
-        assert_eq!(w.events.ends().len(), 1, "the sweeper does not end it again");
+        assert_eq!(
+            w.events.ends().len(),
+            1,
+            "the sweeper does not end it again"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -543,7 +578,10 @@ mod tests {
         for _ in 0..10_000 {
             w.create();
         }
-        assert!(w.store.index().is_empty(), "sessions without deadlines are not filed");
+        assert!(
+            w.store.index().is_empty(),
+            "sessions without deadlines are not filed"
+        );
         let w = world(|_| {});
         let sessions: Vec<_> = (0..1_000).map(|_| w.create().session).collect();
         // Touches never write the index.
@@ -561,7 +599,8 @@ mod tests {
         w.create();
         w.create();
         assert!(matches!(
-            w.store.create(&w.key, None, CreatedKind::New, w.clock.now()),
+            w.store
+                .create(&w.key, None, CreatedKind::New, w.clock.now()),
             Err(SessionError::Full(2))
         ));
 

@@ -25,7 +25,9 @@ async fn session_cookies(fx: &Fixture) -> String {
 async fn spoofed_session_headers_never_reach_the_upstream() {
     let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
     let cookies = session_cookies(&fx).await;
-    let genuine = fx.upstream.wait_for(1).await[0].header("x-session").unwrap();
+    let genuine = fx.upstream.wait_for(1).await[0]
+        .header("x-session")
+        .unwrap();
 
     let spoofs = [
         "X-Session: 00000000-0000-0000-0000-000000000001\r\n",
@@ -38,7 +40,9 @@ async fn spoofed_session_headers_never_reach_the_upstream() {
     ];
     for spoof in spoofs {
         for cookie in [Some(cookies.as_str()), None] {
-            let cookie_line = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+            let cookie_line = cookie
+                .map(|c| format!("Cookie: {c}\r\n"))
+                .unwrap_or_default();
             let raw = format!(
                 "GET /spoof HTTP/1.1\r\nHost: gw\r\n{cookie_line}{spoof}Connection: close\r\n\r\n"
             );
@@ -74,12 +78,17 @@ async fn spoofed_session_headers_never_reach_the_upstream() {
             );
         } else {
             assert!(
-                session_headers.iter().all(|(_, v)| !v.starts_with("00000000")),
+                session_headers
+                    .iter()
+                    .all(|(_, v)| !v.starts_with("00000000")),
                 "{:?}",
                 request.headers
             );
         }
-        assert!(request.header("x-custom").is_none(), "Connection-named header forwarded");
+        assert!(
+            request.header("x-custom").is_none(),
+            "Connection-named header forwarded"
+        );
     }
     let chunked = seen.last().unwrap();
     assert_eq!(&chunked.body[..], b"hello");
@@ -128,7 +137,10 @@ async fn the_reserved_prefix_is_never_forwarded_in_any_spelling() {
     )
     .await;
     assert!(!answer.is_empty());
-    assert!(fx.upstream.requests().is_empty(), "backslash spelling was forwarded");
+    assert!(
+        fx.upstream.requests().is_empty(),
+        "backslash spelling was forwarded"
+    );
 }
 
 /// hyper's HTTP/1 parser treats Content-Length next to Transfer-Encoding as RFC 9112
@@ -140,14 +152,19 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
     for raw in [
         &b"POST /smuggle HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\
-            Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"[..],
+            Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
+            [..],
         b"POST /smuggle HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\
             Content-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n",
     ] {
         // No `Connection: close`: the gateway must close by itself.
         let answer = raw_exchange(fx.gateway.public_addr, raw).await;
         assert_eq!(status_of(&answer), 200, "{answer}");
-        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "one response: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "one response: {answer}"
+        );
     }
     let seen = fx.upstream.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -192,7 +209,11 @@ async fn silent_and_slow_connections_are_closed_after_header_timeout() {
         c.listen.header_timeout = CfgDuration::from_millis(400);
     })
     .await;
-    for partial in [&b""[..], b"GET / HTTP/1.1\r\nHost: gw\r\n", b"PRI * HTTP/2.0\r\n"] {
+    for partial in [
+        &b""[..],
+        b"GET / HTTP/1.1\r\nHost: gw\r\n",
+        b"PRI * HTTP/2.0\r\n",
+    ] {
         let mut stream = TcpStream::connect(fx.gateway.public_addr).await.unwrap();
         stream.write_all(partial).await.unwrap();
         let started = Instant::now();

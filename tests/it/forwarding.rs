@@ -23,10 +23,16 @@ async fn forwards_method_path_query_and_body_and_streams_the_answer() {
     let seen = fx.upstream.wait_for(1).await;
     let request = &seen[0];
     assert_eq!(request.method, "POST");
-    assert_eq!(request.uri, "/echo/form?a=1&b=two", "__sg* params are stripped");
+    assert_eq!(
+        request.uri, "/echo/form?a=1&b=two",
+        "__sg* params are stripped"
+    );
     assert_eq!(&request.body[..], b"name=value&x=%20y");
     assert_eq!(request.version, Version::HTTP_11);
-    assert!(request.header("x-session").is_none(), "no session, no X-Session");
+    assert!(
+        request.header("x-session").is_none(),
+        "no session, no X-Session"
+    );
 }
 
 #[tokio::test]
@@ -59,8 +65,14 @@ async fn sets_forwarded_headers_from_the_connection_unless_trusted() {
         .await
         .unwrap();
     let request = &trusted.upstream.wait_for(1).await[0];
-    assert_eq!(request.header("x-forwarded-for").as_deref(), Some("6.6.6.6, 127.0.0.1"));
-    assert_eq!(request.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        request.header("x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 127.0.0.1")
+    );
+    assert_eq!(
+        request.header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
 }
 
 #[tokio::test]
@@ -81,10 +93,16 @@ async fn keeps_a_sane_request_id_and_replaces_others() {
         .await
         .unwrap();
     let seen = fx.upstream.wait_for(2).await;
-    assert_eq!(seen[0].header("x-request-id").as_deref(), Some("abc-123_x.y"));
+    assert_eq!(
+        seen[0].header("x-request-id").as_deref(),
+        Some("abc-123_x.y")
+    );
     let replaced = seen[1].header("x-request-id").unwrap();
     assert_ne!(replaced, "bad id with spaces");
-    assert!(uuid::Uuid::parse_str(&replaced).is_ok(), "a fresh UUID: {replaced}");
+    assert!(
+        uuid::Uuid::parse_str(&replaced).is_ok(),
+        "a fresh UUID: {replaced}"
+    );
 }
 
 #[tokio::test]
@@ -102,17 +120,27 @@ async fn http2_client_reaches_the_http1_upstream_with_host_from_authority() {
     let seen = fx.upstream.wait_for(2).await;
     for request in &seen {
         assert_eq!(request.version, Version::HTTP_11);
-        assert_eq!(request.header("host"), Some(fx.gateway.public_addr.to_string()));
+        assert_eq!(
+            request.header("host"),
+            Some(fx.gateway.public_addr.to_string())
+        );
     }
     let handle = seen[0].header_all("x-session");
     assert_eq!(handle.len(), 1);
-    assert_eq!(seen[1].header_all("x-session"), handle, "same session over h2");
+    assert_eq!(
+        seen[1].header_all("x-session"),
+        handle,
+        "same session over h2"
+    );
 }
 
 #[tokio::test]
 async fn upstream_down_is_502_and_counted() {
     // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let upstream = Upstream::start().await; // unused, keeps Fixture's shape
     drop(upstream);
     let fx = Fixture::start(SessionMode::Browser, |c| {
@@ -124,15 +152,21 @@ async fn upstream_down_is_502_and_counted() {
     let response = client.get(fx.url("/")).send().await.unwrap();
     assert_eq!(response.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(response.headers()["x-session-state"], "active", "session untouched");
+    assert_eq!(
+        response.headers()["x-session-state"],
+        "active",
+        "session untouched"
+    );
     let body = response.text().await.unwrap();
     assert!(body.contains("cannot be reached"), "{body}");
     assert_eq!(
-        fx.metric("sessiongate_upstream_errors_total{kind=\"connect\"}").await,
+        fx.metric("sessiongate_upstream_errors_total{kind=\"connect\"}")
+            .await,
         1.0
     );
     assert_eq!(
-        fx.metric("sessiongate_requests_total{code=\"5xx\",route=\"proxy\"}").await,
+        fx.metric("sessiongate_requests_total{code=\"5xx\",route=\"proxy\"}")
+            .await,
         1.0
     );
 }
@@ -150,7 +184,8 @@ async fn slow_upstream_is_504_within_the_response_timeout() {
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     assert_eq!(
-        fx.metric("sessiongate_upstream_errors_total{kind=\"timeout\"}").await,
+        fx.metric("sessiongate_upstream_errors_total{kind=\"timeout\"}")
+            .await,
         1.0
     );
 }
@@ -159,11 +194,16 @@ async fn slow_upstream_is_504_within_the_response_timeout() {
 async fn response_bodies_stream_without_buffering() {
     let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
     let started = Instant::now();
-    let mut response = reqwest::get(fx.url("/stream?chunks=3&ms=400")).await.unwrap();
+    let mut response = reqwest::get(fx.url("/stream?chunks=3&ms=400"))
+        .await
+        .unwrap();
     let first = response.chunk().await.unwrap().unwrap();
     let first_at = started.elapsed();
     assert!(first.starts_with(b"chunk 0"), "{first:?}");
-    assert!(first_at < Duration::from_millis(700), "first chunk after {first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(700),
+        "first chunk after {first_at:?}"
+    );
     let mut rest = Vec::new();
     while let Some(chunk) = response.chunk().await.unwrap() {
         rest.extend_from_slice(&chunk);
@@ -212,7 +252,8 @@ async fn upstream_can_end_the_session() {
     let after = seen[2].header("x-session").unwrap();
     assert_ne!(first, after, "an ended session is never forwarded again");
     assert_eq!(
-        fx.metric("sessiongate_sessions_ended_total{reason=\"upstream\"}").await,
+        fx.metric("sessiongate_sessions_ended_total{reason=\"upstream\"}")
+            .await,
         1.0
     );
 }

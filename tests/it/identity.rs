@@ -24,7 +24,10 @@ async fn browser_mode_gives_one_session_to_a_cookie_jar() {
     }
     for path in ["/two", "/three?x=1", "/four"] {
         let later = client.get(fx.url(path)).send().await.unwrap();
-        assert!(later.headers().get("set-cookie").is_none(), "no new cookie on {path}");
+        assert!(
+            later.headers().get("set-cookie").is_none(),
+            "no new cookie on {path}"
+        );
     }
     let seen = fx.upstream.wait_for(4).await;
     let handle = seen[0].header_all("x-session");
@@ -33,13 +36,21 @@ async fn browser_mode_gives_one_session_to_a_cookie_jar() {
     for request in &seen {
         assert_eq!(request.header_all("x-session"), handle, "{}", request.uri);
         let cookie = request.header("cookie").unwrap_or_default();
-        assert!(!cookie.contains("sg_"), "proxy cookies reach the upstream: {cookie}");
+        assert!(
+            !cookie.contains("sg_"),
+            "proxy cookies reach the upstream: {cookie}"
+        );
     }
     assert_eq!(
-        fx.metric("sessiongate_sessions_created_total{kind=\"new\"}").await,
+        fx.metric("sessiongate_sessions_created_total{kind=\"new\"}")
+            .await,
         1.0
     );
-    assert_eq!(fx.metric("sessiongate_sessions_active{state=\"active\"}").await, 1.0);
+    assert_eq!(
+        fx.metric("sessiongate_sessions_active{state=\"active\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -64,7 +75,10 @@ async fn two_cookie_jars_get_two_sessions_and_other_cookies_pass() {
     let (ha, hb) = (seen[0].header("x-session"), seen[1].header("x-session"));
     assert_ne!(ha, hb);
     assert_eq!(seen[2].header("x-session"), ha);
-    assert_eq!(seen[2].header("cookie").as_deref(), Some("app=1; theme=dark"));
+    assert_eq!(
+        seen[2].header("cookie").as_deref(),
+        Some("app=1; theme=dark")
+    );
 }
 
 /// Extracts the value of cookie `name` from a response's Set-Cookie headers.
@@ -104,7 +118,12 @@ async fn forged_malformed_and_foreign_tokens_are_never_adopted() {
         format!("sg_browser={key}; sg_session=../../etc/passwd"),
     ];
     for cookie in &attempts {
-        client.get(fx.url("/x")).header("cookie", cookie).send().await.unwrap();
+        client
+            .get(fx.url("/x"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
     }
     // The same forged token in the header, with the right browser key.
     client
@@ -115,7 +134,12 @@ async fn forged_malformed_and_foreign_tokens_are_never_adopted() {
         .await
         .unwrap();
     // And the genuine pair still works.
-    client.get(fx.url("/x")).header("cookie", &good).send().await.unwrap();
+    client
+        .get(fx.url("/x"))
+        .header("cookie", &good)
+        .send()
+        .await
+        .unwrap();
 
     let seen = fx.upstream.wait_for(attempts.len() + 3).await;
     let genuine = seen[0].header("x-session").unwrap();
@@ -138,7 +162,12 @@ async fn tab_mode_without_a_token_forwards_without_a_session() {
     let open = client.get(fx.url("/public")).send().await.unwrap();
     assert_eq!(open.status(), 200);
     assert_eq!(open.headers()["x-session-state"], "none");
-    for path in ["/private/page", "//private/page", "/PRIVATE/x", "/a/../private"] {
+    for path in [
+        "/private/page",
+        "//private/page",
+        "/PRIVATE/x",
+        "/a/../private",
+    ] {
         let response = client.get(fx.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
         assert_eq!(response.headers()["x-session-state"], "none");
@@ -159,7 +188,8 @@ async fn prefetch_never_mints_a_session() {
     assert!(response.headers().get("set-cookie").is_none());
     assert_eq!(response.headers()["x-session-state"], "none");
     assert_eq!(
-        fx.metric("sessiongate_sessions_created_total{kind=\"new\"}").await,
+        fx.metric("sessiongate_sessions_created_total{kind=\"new\"}")
+            .await,
         0.0
     );
 }

@@ -23,7 +23,11 @@ async fn status_heartbeat_and_end_for_a_cookie_session() {
     assert!(status["deadline"].as_u64().unwrap() > status["now"].as_u64().unwrap());
 
     // A cookie alone is what a cross-site form carries: refused without the agent header.
-    let bare = client.post(fx.url("/__sessiongate/heartbeat")).send().await.unwrap();
+    let bare = client
+        .post(fx.url("/__sessiongate/heartbeat"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bare.status(), 403);
 
     let beat = client
@@ -55,10 +59,14 @@ async fn status_heartbeat_and_end_for_a_cookie_session() {
         .any(|c| c.to_str().unwrap().starts_with("sg_session=;"));
     assert!(expired, "the session cookie is expired");
     assert_eq!(
-        fx.metric("sessiongate_sessions_ended_total{reason=\"ended\"}").await,
+        fx.metric("sessiongate_sessions_ended_total{reason=\"ended\"}")
+            .await,
         1.0
     );
-    assert!(fx.upstream.requests().len() == 1, "nothing reserved was forwarded");
+    assert!(
+        fx.upstream.requests().len() == 1,
+        "nothing reserved was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -66,11 +74,7 @@ async fn reserved_posts_are_guarded() {
     let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
     let client = cookie_client();
     client.get(fx.url("/")).send().await.unwrap();
-    let post = |path: &str| {
-        client
-            .post(fx.url(path))
-            .header("x-sessiongate-agent", "1")
-    };
+    let post = |path: &str| client.post(fx.url(path)).header("x-sessiongate-agent", "1");
 
     let cross = post("/__sessiongate/heartbeat")
         .header("sec-fetch-site", "cross-site")
@@ -84,7 +88,10 @@ async fn reserved_posts_are_guarded() {
         .await
         .unwrap();
     assert_eq!(foreign.status(), 403);
-    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
     let own_origin = post("/__sessiongate/heartbeat")
         .header("origin", format!("http://{}", fx.gateway.public_addr))
         .send()
@@ -98,13 +105,25 @@ async fn reserved_posts_are_guarded() {
         .await
         .unwrap();
     assert_eq!(big.status(), 413);
-    let junk = post("/__sessiongate/heartbeat").body("{nope").send().await.unwrap();
+    let junk = post("/__sessiongate/heartbeat")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(junk.status(), 400);
 
-    let get = client.get(fx.url("/__sessiongate/heartbeat")).send().await.unwrap();
+    let get = client
+        .get(fx.url("/__sessiongate/heartbeat"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 405);
     assert_eq!(get.headers()["allow"], "POST");
-    let missing = client.get(fx.url("/__sessiongate/nothing")).send().await.unwrap();
+    let missing = client
+        .get(fx.url("/__sessiongate/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
     // No session at all: 401 for POST, "none" for status.
@@ -125,5 +144,8 @@ async fn reserved_posts_are_guarded() {
         .await
         .unwrap();
     assert_eq!(status["state"], "none");
-    assert!(fx.upstream.requests().len() == 1, "nothing reserved was forwarded");
+    assert!(
+        fx.upstream.requests().len() == 1,
+        "nothing reserved was forwarded"
+    );
 }

@@ -24,7 +24,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, Subcommand)]
 enum Command {
     /// Run the gateway (the default).
     Run,
@@ -36,7 +36,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
+    let command = cli.command.unwrap_or(Command::Run);
+    let defaults = match command {
+        Command::Demo => demo_defaults(),
+        Command::Run | Command::Check => Config::default(),
+    };
+    let config = match config::load_with_defaults(cli.config.as_deref(), defaults) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!(
@@ -49,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Check => {
             print!("{}", config.to_effective_toml());
             eprintln!(
@@ -61,6 +66,15 @@ fn main() -> ExitCode {
         Command::Run => run(config, false),
         Command::Demo => run(config, true),
     }
+}
+
+/// The demo listens on loopback only, and (until the per-tab agent ships) carries
+/// its session in a cookie so that it works in any browser and with curl.
+fn demo_defaults() -> Config {
+    let mut config = Config::default();
+    config.listen.address = SocketAddr::from(([127, 0, 0, 1], 8080));
+    config.session.mode = SessionMode::Browser;
+    config
 }
 
 fn describe_file(path: Option<&Path>) -> String {
@@ -97,9 +111,6 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
             .context("cannot start the demo app")?;
         let app_addr = app.local_addr().context("cannot start the demo app")?;
         config.upstream.url = format!("http://{app_addr}");
-        // Per-tab sessions need the browser agent; until it ships, the demo runs the
-        // cookie-carried browser mode, which works in any browser and with curl.
-        config.session.mode = SessionMode::Browser;
         let header = http::HeaderName::try_from(config.upstream.header.as_str())
             .context("upstream.header is not a valid header name")?;
         tokio::spawn(sessiongate::demo::serve(app, header, demo_stop.clone()));

@@ -121,8 +121,14 @@ impl<'a> IntoIterator for &'a ConfigErrors {
 /// must exist when given), then `SESSIONGATE_*` environment variables. Returns every
 /// problem found, each naming its file or variable, the key and the reason.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    load_with_defaults(path, Config::default())
+}
+
+/// [`load`] on top of other built-in defaults (`sessiongate demo` starts from a
+/// loopback listener); the file and the environment still override them.
+pub fn load_with_defaults(path: Option<&Path>, defaults: Config) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let mut figment = Figment::from(Serialized::defaults(defaults));
     let mut file_ok = true;
     if let Some(path) = path {
         match FileLayer::read(path) {
@@ -303,7 +309,10 @@ impl Config {
         };
         let countdown = super::Duration::from(self.session.countdown_for(timeout));
         let abandon = super::Duration::from(self.session.abandon_for(timeout));
-        let heartbeat = super::Duration::from(self.browser.heartbeat_for(timeout));
+        let heartbeat = super::Duration::from(
+            self.browser
+                .heartbeat_for(timeout, self.session.abandon_for(timeout)),
+        );
 
         let mut out = String::with_capacity(text.len() + 200);
         let mut table = String::new();

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
-pub use load::{load, ConfigError, ConfigErrors, Source};
+pub use load::{load, load_with_defaults, ConfigError, ConfigErrors, Source};
 
 /// The whole configuration, one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -286,14 +286,25 @@ impl SessionConfig {
 }
 
 impl BrowserConfig {
-    /// The heartbeat interval for a session timeout of `timeout`.
-    pub fn heartbeat_for(&self, timeout: std::time::Duration) -> std::time::Duration {
+    /// The heartbeat interval for a session with these timeout and abandon times.
+    ///
+    /// `"auto"` is `clamp(timeout / 4, 15 s, 60 s)` (DESIGN.md §4), but never more than
+    /// a third of the abandon time, so that short test and demo timeouts still get two
+    /// missed beats of slack before a live tab would count as gone. With no timeout,
+    /// one beat a minute keeps `last_seen` meaningful for operators.
+    pub fn heartbeat_for(
+        &self,
+        timeout: std::time::Duration,
+        abandon: std::time::Duration,
+    ) -> std::time::Duration {
+        use std::time::Duration as StdDuration;
         match self.heartbeat {
             Heartbeat::Every(d) => d.get(),
-            Heartbeat::Auto => (timeout / 4).clamp(
-                std::time::Duration::from_secs(15),
-                std::time::Duration::from_secs(60),
-            ),
+            Heartbeat::Auto if timeout.is_zero() => StdDuration::from_secs(60),
+            Heartbeat::Auto => (timeout / 4)
+                .clamp(StdDuration::from_secs(15), StdDuration::from_secs(60))
+                .min(abandon / 3)
+                .max(StdDuration::from_secs(1)),
         }
     }
 }

@@ -48,19 +48,16 @@ impl Reserved {
         &self.prefix
     }
 
-    /// Heartbeat interval for a session: the configured one, never more than a third
-    /// of the abandon time (so two lost beats do not end a live tab).
+    /// Heartbeat interval for a session (its timeout may differ from the config's).
     fn heartbeat_ms(&self, session: &Session, gateway: &Gateway) -> u64 {
-        let rules = gateway.store.rules();
         let timeout = session.timeout();
-        if timeout == 0 {
-            return 60_000;
-        }
-        let configured = self
-            .browser
-            .heartbeat_for(Duration::from_millis(timeout))
-            .as_millis() as u64;
-        configured.min(rules.abandon_for(timeout) / 3).max(1_000)
+        let abandon = gateway.store.rules().abandon_for(timeout);
+        self.browser
+            .heartbeat_for(
+                Duration::from_millis(timeout),
+                Duration::from_millis(abandon),
+            )
+            .as_millis() as u64
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `/status?code=N` | status N |
 //! | `/respond?header=Name:Value&…&body=…&type=…` | 200 with those headers and body |
 //! | `/stream?chunks=N&ms=M` | N chunks `chunk i\n`, M ms apart |
+//! | `/upgrade` with `Upgrade:` | 101, then echoes raw bytes both ways |
 //! | anything else | 200 `text/plain` `ok` |
 //!
 //! Query values are percent-decoded (`+` is a space). Dropping the [`Upstream`]
@@ -192,9 +193,26 @@ async fn accept_loop(
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn handle(req: Request<Incoming>, log: &Mutex<Vec<Recorded>>) -> Response<TestBody> {
+async fn handle(mut req: Request<Incoming>, log: &Mutex<Vec<Recorded>>) -> Response<TestBody> {
+    // `/upgrade` accepts any `Upgrade` protocol and then echoes raw bytes back.
+    let upgrade = (req.uri().path() == "/upgrade" && req.headers().contains_key("upgrade"))
+        .then(|| hyper::upgrade::on(&mut req));
     let recorded = record(req).await;
     log.lock().unwrap().push(recorded.clone());
+    if let Some(upgrade) = upgrade {
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .body(full(Bytes::new()))
+            .unwrap();
+    }
 
     let path = recorded.uri.split('?').next().unwrap_or("");
     let query = |name: &str| recorded.query(name);

@@ -9,3 +9,4 @@ mod cli;
 mod forwarding;
 mod identity;
 mod reserved;
+mod upgrade;

@@ -9,4 +9,5 @@ mod cli;
 mod forwarding;
 mod identity;
 mod reserved;
+mod tls;
 mod upgrade;

@@ -23,6 +23,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODI
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
+use tracing::Instrument;
 
 use self::body::ProxyBody;
 use self::forward::Upstream;
@@ -99,7 +100,8 @@ impl Gateway {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> (Route, Response<ProxyBody>) {
-        if let Some(refusal) = refuse(&request) {
+        if let Some(mut refusal) = refuse(&request) {
+            finish_headers(refusal.headers_mut(), None, &[], None);
             return (Route::Proxy, refusal);
         }
         if let Some(endpoint) =
@@ -300,13 +302,10 @@ impl Handler for Gateway {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
-        let method = request.method().clone();
-        let span = tracing::debug_span!("request", %method, path = request.uri().path());
-        let _entered = span.enter();
-        drop(_entered);
-        let (route, response) = self.route(request, conn).await;
+        let span = tracing::debug_span!("request", method = %request.method(), path = request.uri().path());
+        let (route, response) = self.route(request, conn).instrument(span.clone()).await;
         self.metrics.request(route, response.status());
-        tracing::debug!(%method, status = response.status().as_u16(), "response");
+        span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
         response
     }
 }

@@ -75,6 +75,18 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
         })
 }
 
+/// Mints a session with a polite client and returns its `Cookie` header value.
+pub async fn session_cookies(fx: &Fixture) -> String {
+    let response = reqwest::get(fx.url("/")).await.unwrap();
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A client with a cookie jar, like a browser without JavaScript.
 pub fn cookie_client() -> reqwest::Client {
     reqwest::Client::builder()

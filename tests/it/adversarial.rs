@@ -7,19 +7,7 @@ use sessiongate::config::{Duration as CfgDuration, SessionMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{header_of, raw_exchange, status_of, Fixture};
-
-/// Gets a real session (cookies) from the gateway with a polite client.
-async fn session_cookies(fx: &Fixture) -> String {
-    let response = reqwest::get(fx.url("/")).await.unwrap();
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+use crate::common::{header_of, raw_exchange, session_cookies, status_of, Fixture};
 
 #[tokio::test]
 async fn spoofed_session_headers_never_reach_the_upstream() {

@@ -7,7 +7,7 @@ use sessiongate::config::SessionMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{header_of, raw_exchange, status_of, Fixture};
+use crate::common::{header_of, raw_exchange, session_cookies, status_of, Fixture};
 
 /// Opens an upgrade through the gateway; returns the stream after the 101 head.
 async fn open_tunnel(fx: &Fixture, extra: &str) -> (TcpStream, String) {
@@ -32,16 +32,7 @@ async fn open_tunnel(fx: &Fixture, extra: &str) -> (TcpStream, String) {
 #[tokio::test]
 async fn upgrade_is_tunnelled_with_the_session() {
     let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
-    let cookies = {
-        let minted = reqwest::get(fx.url("/")).await.unwrap();
-        minted
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let cookies = session_cookies(&fx).await;
     let (mut stream, head) = open_tunnel(&fx, &format!("Cookie: {cookies}\r\n")).await;
     assert_eq!(status_of(&head), 101, "{head}");
     assert_eq!(header_of(&head, "upgrade"), Some("echo"));

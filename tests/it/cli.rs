@@ -138,9 +138,11 @@ struct Gate {
 
 impl Gate {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Gate {
-        let mut child = command(args, env)
-            .spawn()
-            .expect("the sessiongate binary starts");
+        Gate::from_command(command(args, env))
+    }
+
+    fn from_command(mut command: Command) -> Gate {
+        let mut child = command.spawn().expect("the sessiongate binary starts");
         let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
         let stderr = Lines::collect(child.stderr.take().expect("stderr is piped"));
         Gate {
@@ -647,5 +649,88 @@ async fn demo_serves_two_independent_counters() {
         page_b.handle,
         load_home(&b, &base).await.handle,
         "B keeps its session"
+    );
+}
+
+#[tokio::test]
+async fn accept_loop_survives_running_out_of_file_descriptors() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        &format!(
+            r#"
+[listen]
+address = "127.0.0.1:0"
+header_timeout = "30s"
+[admin]
+address = "127.0.0.1:0"
+[upstream]
+url = "{}"
+[log]
+format = "json"
+"#,
+            upstream.url()
+        ),
+    );
+    let mut command = command(&["--config", path_str(&file)], &[]);
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut gate = Gate::from_command(command);
+    let listen: SocketAddr = gate
+        .stderr_line("JSON `sessiongate started` event", |line| {
+            json_event(line, "sessiongate started")?
+                .get("listen")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .await;
+
+    // More silent connections than the process has descriptors: the kernel completes
+    // the handshakes, and accept(2) starts failing with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(listen).await.unwrap());
+    }
+    gate.stderr_line("an `accept failed` warning", |line| {
+        line.contains("accept failed").then_some(())
+    })
+    .await;
+    drop(held);
+
+    // Once descriptors are free again, it serves as before.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let attempt = reqwest::Client::new()
+            .get(format!("http://{listen}/after"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if matches!(&attempt, Ok(r) if r.status() == 200) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not serving again: {attempt:?}\n{}",
+            gate.transcript()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gate.child.try_wait().unwrap().is_none(),
+        "the gateway exited"
     );
 }

@@ -3,7 +3,7 @@
 //! Every key has a default (see `config/sessiongate.toml` at the repository root, which
 //! documents each one). Values are layered: built-in defaults < TOML file <
 //! `SESSIONGATE_*` environment variables (`__` between levels). Loading lives in
-//! [`load`], semantic checks in [`validate`], and the duration syntax in [`duration`].
+//! [`load`](mod@load), semantic checks in [`validate`], and the duration syntax in [`duration`].
 
 pub mod duration;
 pub mod load;

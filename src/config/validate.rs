@@ -1,9 +1,9 @@
-//! Semantic checks on a deserialized [`Config`](super::Config).
+//! Semantic checks on a deserialized [`Config`].
 //!
 //! Deserialization only proves that every value has the right shape; this module
 //! checks what serde cannot: ranges, cross-key rules, URL and header syntax, and
 //! files that must exist. Every problem is returned (never just the first) as a
-//! `(key, reason)` pair; [`load`](super::load) attaches the source that supplied the
+//! `(key, reason)` pair; [`load`](mod@super::load) attaches the source that supplied the
 //! key. Reasons are short and name the offending value, except for secrets.
 
 use std::net::SocketAddr;

@@ -114,30 +114,77 @@ impl Gateway {
     }
 
     async fn forward(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        let now = self.clock.now();
-        let (mut parts, incoming) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
-        if upgrade.is_some()
-            && !self.origins.allows(
-                &parts.headers,
-                conn.scheme,
-                parts.uri.authority().map(|a| a.as_str()),
-            )
-        {
-            let mut response = body::text(
+        if upgrade.is_some() && !self.origin_allowed(&parts, conn) {
+            let refusal = body::text(
                 StatusCode::FORBIDDEN,
                 "403 Forbidden: cross-origin upgrade refused",
             );
-            finish_headers(response.headers_mut(), None, &[], None);
-            return response;
+            return Exchange::default().finish(refusal);
         }
-        let may_mint = !is_speculative(&parts.headers);
-        let mut identity = match self.resolver.resolve(&parts.headers, may_mint, now) {
-            Ok(identity) => identity,
+
+        // Stage 3: identify.
+        let exchange = match self.identify(&parts) {
+            Ok(exchange) => exchange,
             Err(error) => return session_error_response(&error),
         };
+        if exchange.identity.session.is_none() && self.requires_session(parts.uri.path()) {
+            let refusal = body::text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: this page needs a session",
+            );
+            return exchange.finish(refusal);
+        }
 
-        // Stage 3: the request is a signal for its session, or activity.
+        // Stage 4: forward.
+        let mut exchange = exchange;
+        exchange.request_id = Some(headers::request_id(&parts.headers));
+        if self
+            .prepare_upstream(&mut parts, conn, &exchange, upgrade.as_ref())
+            .is_err()
+        {
+            let refusal = body::text(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: unusable request target",
+            );
+            return exchange.finish(refusal);
+        }
+        let upstream_request = Request::from_parts(parts, scrub_trailers(body));
+        let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
+            Ok(response) => response,
+            Err(failure) => return exchange.finish(failure),
+        };
+
+        // Stage 5: respond.
+        let switched =
+            upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, &exchange));
+        let (mut parts, body) = response.into_parts();
+        headers::scrub_response(&mut parts.headers);
+        if let Some(protocol) = &switched {
+            restore_upgrade(&mut parts.headers, protocol);
+        }
+        if let Some(session) = exchange.identity.session.clone() {
+            exchange.state =
+                Some(self.apply_control_headers(&parts.headers, &session, &mut exchange.identity));
+        }
+        headers::strip_session_headers(&mut parts.headers);
+        exchange.finish(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
+    }
+
+    fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        self.origins.allows(&parts.headers, conn.scheme, authority)
+    }
+
+    /// Finds (or mints) the request's session and records the request on it.
+    fn identify(&self, parts: &http::request::Parts) -> Result<Exchange, SessionError> {
+        let now = self.clock.now();
+        let may_mint = !is_speculative(&parts.headers);
+        let mut identity = self.resolver.resolve(&parts.headers, may_mint, now)?;
         let mut state = None;
         if let Some(session) = &identity.session {
             let touch = self.touch_kind(&parts.method, &parts.headers);
@@ -146,17 +193,23 @@ impl Gateway {
                 live => state = Some(live),
             }
         }
-        if identity.session.is_none() && self.requires_session(parts.uri.path()) {
-            let mut response = body::text(
-                StatusCode::UNAUTHORIZED,
-                "401 Unauthorized: this page needs a session",
-            );
-            finish_headers(response.headers_mut(), None, &identity.set_cookies, None);
-            return response;
-        }
+        Ok(Exchange {
+            identity,
+            state,
+            request_id: None,
+        })
+    }
 
-        // Stage 4: strip everything the client may not decide, then add ours.
-        let request_id = headers::request_id(&parts.headers);
+    /// Turns the client's request head into the upstream's: strip everything the
+    /// client may not decide, then add the gateway's own headers.
+    fn prepare_upstream(
+        &self,
+        parts: &mut http::request::Parts,
+        conn: ConnInfo,
+        exchange: &Exchange,
+        upgrade: Option<&Upgrade>,
+    ) -> Result<(), http::Error> {
+        // Taken before scrubbing: `Connection: host` would remove it.
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -172,76 +225,47 @@ impl Gateway {
             host.as_ref(),
             self.trust_forwarded,
         );
-        parts.headers.insert(X_REQUEST_ID, request_id.clone());
-        if let Some(upgrade) = &upgrade {
+        if let Some(id) = &exchange.request_id {
+            parts.headers.insert(X_REQUEST_ID, id.clone());
+        }
+        if let Some(upgrade) = upgrade {
             restore_upgrade(&mut parts.headers, &upgrade.protocol);
         }
-        let upstream_host = host.unwrap_or_else(|| {
-            HeaderValue::from_str(self.upstream.authority().as_str())
-                .unwrap_or(HeaderValue::from_static("localhost"))
-        });
-        parts.headers.insert(HOST, upstream_host);
-        if let Some(session) = &identity.session {
+        let host = host.or_else(|| HeaderValue::from_str(self.upstream.authority().as_str()).ok());
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
+        }
+        if let Some(session) = &exchange.identity.session {
             parts
                 .headers
                 .insert(self.session_header.clone(), handle_value(session.handle()));
         }
         let query = parts.uri.query().and_then(query::strip_proxy_params);
-        parts.uri = match self.upstream.uri_for(parts.uri.path(), query.as_deref()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return body::text(
-                    StatusCode::BAD_REQUEST,
-                    "400 Bad Request: unusable request target",
-                )
-            }
-        };
+        parts.uri = self.upstream.uri_for(parts.uri.path(), query.as_deref())?;
         // The upstream pool speaks HTTP/1.1 whatever the client spoke (h2 included).
         parts.version = Version::HTTP_11;
-        let upstream_request = Request::from_parts(parts, scrub_trailers(incoming));
+        Ok(())
+    }
 
-        let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
-            Ok(response) => response,
-            Err(mut failure) => {
-                finish_headers(
-                    failure.headers_mut(),
-                    state,
-                    &identity.set_cookies,
-                    Some(&request_id),
-                );
-                return failure;
-            }
-        };
-
-        // Stage 5: the upstream's word on the session, then ours to the browser.
-        let switched = match upgrade {
-            Some(upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                let session = identity
-                    .session
-                    .clone()
-                    .map(|s| (s, Arc::clone(&self.store), self.clock));
-                self.tunnels.spawn(upgrade.client, upstream_side, session);
-                Some(upgrade.protocol)
-            }
-            _ => None,
-        };
-        let (mut parts, incoming) = response.into_parts();
-        headers::scrub_response(&mut parts.headers);
-        if let Some(protocol) = &switched {
-            restore_upgrade(&mut parts.headers, protocol);
+    /// On `101 Switching Protocols`, joins both sides of the upgrade in a tunnel and
+    /// returns the protocol to announce to the client.
+    fn start_tunnel(
+        &self,
+        upgrade: Upgrade,
+        response: &mut Response<Incoming>,
+        exchange: &Exchange,
+    ) -> Option<HeaderValue> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return None;
         }
-        if let Some(session) = identity.session.clone() {
-            state = Some(self.apply_control_headers(&parts.headers, &session, &mut identity));
-        }
-        headers::strip_session_headers(&mut parts.headers);
-        finish_headers(
-            &mut parts.headers,
-            state,
-            &identity.set_cookies,
-            Some(&request_id),
-        );
-        Response::from_parts(parts, incoming.map_err(Into::into).boxed_unsync())
+        let upstream_side = hyper::upgrade::on(response);
+        let session = exchange
+            .identity
+            .session
+            .clone()
+            .map(|s| (s, Arc::clone(&self.store), self.clock));
+        self.tunnels.spawn(upgrade.client, upstream_side, session);
+        Some(upgrade.protocol)
     }
 
     /// Whether this request counts as user activity or only as a sign of life.
@@ -306,6 +330,28 @@ impl Handler for Gateway {
         let (route, response) = self.route(request, conn).instrument(span.clone()).await;
         self.metrics.request(route, response.status());
         span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        response
+    }
+}
+
+/// What the gateway knows about one proxied request as it moves through the stages.
+#[derive(Debug, Default)]
+struct Exchange {
+    identity: Identity,
+    /// The session's state after this request (`None`: no session).
+    state: Option<State>,
+    request_id: Option<HeaderValue>,
+}
+
+impl Exchange {
+    /// Adds the gateway's response headers to any answer, proxied or its own.
+    fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        finish_headers(
+            response.headers_mut(),
+            self.state,
+            &self.identity.set_cookies,
+            self.request_id.as_ref(),
+        );
         response
     }
 }

@@ -1,6 +1,8 @@
 //! The request path, as a chain of stages:
 //!
-//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT, framing tricks);
+//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT; a request that
+//!    sends both `Content-Length` and `Transfer-Encoding` is framed by the latter alone
+//!    and its connection closed by hyper, so nothing can be smuggled behind it);
 //! 2. **reserved**: anything under `browser.prefix` is answered by the gateway
 //!    ([`crate::reserved`]) and never forwarded;
 //! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
@@ -19,7 +21,7 @@ pub mod tunnel;
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, SET_COOKIE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
@@ -313,10 +315,7 @@ impl Gateway {
             self.store
                 .set_timeout(session, seconds.saturating_mul(1000), now);
         }
-        match session.verdict(self.store.rules(), now) {
-            crate::session::Verdict::Live(state) => state,
-            crate::session::Verdict::Due(_) => State::Ended,
-        }
+        session.state_at(self.store.rules(), now)
     }
 }
 
@@ -396,15 +395,6 @@ fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
             HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
         );
         return Some(response);
-    }
-    // Content-Length together with Transfer-Encoding is how request smuggling starts;
-    // hyper tolerates it, nginx and Envoy refuse it, and so do we.
-    let headers = request.headers();
-    if headers.contains_key(CONTENT_LENGTH) && headers.contains_key(TRANSFER_ENCODING) {
-        return Some(body::text(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: Content-Length together with Transfer-Encoding",
-        ));
     }
     None
 }

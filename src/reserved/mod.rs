@@ -106,10 +106,7 @@ fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody>
             None,
         ),
         Some(session) => {
-            let state = match session.verdict(gateway.store.rules(), now) {
-                crate::session::Verdict::Live(state) => state,
-                crate::session::Verdict::Due(_) => State::Ended,
-            };
+            let state = session.state_at(gateway.store.rules(), now);
             with_state(
                 body::json(StatusCode::OK, &describe(gateway, &session, state)),
                 Some(state),
@@ -128,45 +125,18 @@ async fn change(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let authority = request.uri().authority().map(|a| a.as_str());
-    if !gateway
-        .origins
-        .allows(request.headers(), conn.scheme, authority)
-    {
-        return body::json_error(StatusCode::FORBIDDEN, "cross-origin request refused");
-    }
-    let now = gateway.clock.now();
-    let identity = match gateway.resolver.resolve(request.headers(), false, now) {
-        Ok(identity) => identity,
-        Err(_) => {
-            return body::json_error(StatusCode::INTERNAL_SERVER_ERROR, "session lookup failed")
-        }
+    let session = match authorize(gateway, &request, conn) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.response(),
     };
-    let Some(session) = identity.session else {
-        return with_state(
-            body::json_error(StatusCode::UNAUTHORIZED, "no valid session"),
-            None,
-        );
-    };
-    // A cookie alone is what a cross-site form would carry; the agent's header is not.
-    if identity.carrier == Some(Carrier::Cookie)
-        && !request.headers().contains_key(X_SESSIONGATE_AGENT)
-    {
-        return body::json_error(
-            StatusCode::FORBIDDEN,
-            "cookie-carried requests need the X-Sessiongate-Agent header",
-        );
-    }
     let body = match read_body(request).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refusal) => return refusal.response(),
     };
-
+    let now = gateway.clock.now();
     match endpoint {
         "end" => {
-            gateway
-                .store
-                .end(&session, EndReason::Ended, gateway.clock.now());
+            gateway.store.end(&session, EndReason::Ended, now);
             let cookies: Vec<HeaderValue> = gateway
                 .resolver
                 .expire_session_cookie()
@@ -176,37 +146,95 @@ async fn change(
             finish_headers(response.headers_mut(), Some(State::Ended), &cookies, None);
             response
         }
+        "extend" => touched(gateway, &session, Touch::Activity, now),
         _ => {
-            let touch = if endpoint == "extend" {
-                Touch::Activity
+            gateway.metrics.heartbeats.inc();
+            let beat: HeartbeatBody = if body.is_empty() {
+                HeartbeatBody::default()
             } else {
-                gateway.metrics.heartbeats.inc();
-                let parsed: HeartbeatBody = if body.is_empty() {
-                    HeartbeatBody::default()
-                } else {
-                    match serde_json::from_slice(&body) {
-                        Ok(parsed) => parsed,
-                        Err(_) => {
-                            return body::json_error(
-                                StatusCode::BAD_REQUEST,
-                                "body is not valid JSON",
-                            )
-                        }
-                    }
-                };
-                if parsed.activity {
-                    Touch::Activity
-                } else {
-                    Touch::Signal
+                match serde_json::from_slice(&body) {
+                    Ok(beat) => beat,
+                    Err(_) => return Refusal::BadJson.response(),
                 }
             };
-            let state = gateway.store.touch(&session, touch, gateway.clock.now());
-            with_state(
-                body::json(StatusCode::OK, &describe(gateway, &session, state)),
-                Some(state),
-            )
+            let touch = if beat.activity {
+                Touch::Activity
+            } else {
+                Touch::Signal
+            };
+            touched(gateway, &session, touch, now)
         }
     }
+}
+
+/// Why a state-changing request was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    CrossOrigin,
+    NoSession,
+    MissingAgentHeader,
+    TooLarge,
+    Unreadable,
+    BadJson,
+}
+
+impl Refusal {
+    fn response(self) -> Response<ProxyBody> {
+        let (status, message) = match self {
+            Refusal::CrossOrigin => (StatusCode::FORBIDDEN, "cross-origin request refused"),
+            Refusal::NoSession => (StatusCode::UNAUTHORIZED, "no valid session"),
+            Refusal::MissingAgentHeader => (
+                StatusCode::FORBIDDEN,
+                "cookie-carried requests need the X-Sessiongate-Agent header",
+            ),
+            Refusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB"),
+            Refusal::Unreadable => (StatusCode::BAD_REQUEST, "could not read the body"),
+            Refusal::BadJson => (StatusCode::BAD_REQUEST, "body is not valid JSON"),
+        };
+        with_state(body::json_error(status, message), None)
+    }
+}
+
+/// The session a state-changing request may act on: same origin, a valid session,
+/// and — when only the cookie carries it — the agent's header, which a cross-site
+/// form cannot send.
+fn authorize(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Arc<Session>, Refusal> {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    if !gateway
+        .origins
+        .allows(request.headers(), conn.scheme, authority)
+    {
+        return Err(Refusal::CrossOrigin);
+    }
+    let identity = gateway
+        .resolver
+        .resolve(request.headers(), false, gateway.clock.now())
+        .map_err(|_| Refusal::NoSession)?;
+    let session = identity.session.ok_or(Refusal::NoSession)?;
+    if identity.carrier == Some(Carrier::Cookie)
+        && !request.headers().contains_key(X_SESSIONGATE_AGENT)
+    {
+        return Err(Refusal::MissingAgentHeader);
+    }
+    Ok(session)
+}
+
+/// Records a touch and answers with the session's deadlines.
+fn touched(
+    gateway: &Gateway,
+    session: &Arc<Session>,
+    touch: Touch,
+    now: u64,
+) -> Response<ProxyBody> {
+    let state = gateway.store.touch(session, touch, now);
+    with_state(
+        body::json(StatusCode::OK, &describe(gateway, session, state)),
+        Some(state),
+    )
 }
 
 /// The JSON description of a session for the agent (times in ms since the epoch).
@@ -230,23 +258,19 @@ fn describe(gateway: &Gateway, session: &Arc<Session>, state: State) -> serde_js
 }
 
 /// Reads at most [`MAX_BODY`] bytes of a reserved request's body.
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
-    let too_large = || body::json_error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB");
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Refusal> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
-        return Err(too_large());
+        return Err(Refusal::TooLarge);
     }
     match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(body::json_error(
-            StatusCode::BAD_REQUEST,
-            "could not read the body",
-        )),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Err(_) => Err(Refusal::Unreadable),
     }
 }
 

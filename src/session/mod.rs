@@ -368,6 +368,15 @@ impl Session {
         }
     }
 
+    /// The state at `now` as browsers see it: a session past a deadline is `Ended`
+    /// even before anyone has ended it.
+    pub fn state_at(&self, rules: &Lifetime, now: Millis) -> State {
+        match self.verdict(rules, now) {
+            Verdict::Live(state) => state,
+            Verdict::Due(_) => State::Ended,
+        }
+    }
+
     /// The next instant after `now` at which the verdict can change, if any.
     pub fn next_due(&self, rules: &Lifetime, now: Millis) -> Option<Millis> {
         let d = self.deadlines(rules);

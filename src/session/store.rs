@@ -241,10 +241,7 @@ impl SessionStore for MemoryStore {
         if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
             self.observer.observe(&SessionEvent::Extended { session });
         }
-        match session.verdict(&self.rules, now) {
-            Verdict::Live(state) => state,
-            Verdict::Due(_) => State::Ended,
-        }
+        session.state_at(&self.rules, now)
     }
 
     fn end(&self, session: &Session, reason: EndReason, now: Millis) -> bool {
@@ -400,10 +397,7 @@ mod tests {
         }
 
         fn state(&self, session: &Session) -> State {
-            match session.verdict(self.store.rules(), self.clock.now()) {
-                Verdict::Live(state) => state,
-                Verdict::Due(_) => State::Ended,
-            }
+            session.state_at(self.store.rules(), self.clock.now())
         }
     }
 

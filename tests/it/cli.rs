@@ -179,6 +179,19 @@ impl Gate {
         }
     }
 
+    /// The public address, from the JSON `sessiongate started` event (`log.format =
+    /// "json"` in the config).
+    async fn listen_addr(&mut self) -> SocketAddr {
+        self.stderr_line("JSON `sessiongate started` event", |line| {
+            json_event(line, "sessiongate started")?
+                .get("listen")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .await
+    }
+
     fn pid(&self) -> libc::pid_t {
         let pid = self.child.id().expect("the child is still running");
         libc::pid_t::try_from(pid).expect("pid fits in pid_t")
@@ -479,15 +492,7 @@ format = "json"
         ),
     );
     let mut gate = Gate::spawn(&["--config", path_str(&file)], &[]);
-    let listen: SocketAddr = gate
-        .stderr_line("JSON `sessiongate started` event", |line| {
-            json_event(line, "sessiongate started")?
-                .get("listen")?
-                .as_str()?
-                .parse()
-                .ok()
-        })
-        .await;
+    let listen = gate.listen_addr().await;
 
     let client = cookie_client();
     let slow = tokio::spawn(async move {
@@ -689,15 +694,7 @@ format = "json"
         });
     }
     let mut gate = Gate::from_command(command);
-    let listen: SocketAddr = gate
-        .stderr_line("JSON `sessiongate started` event", |line| {
-            json_event(line, "sessiongate started")?
-                .get("listen")?
-                .as_str()?
-                .parse()
-                .ok()
-        })
-        .await;
+    let listen = gate.listen_addr().await;
 
     // More silent connections than the process has descriptors: the kernel completes
     // the handshakes, and accept(2) starts failing with EMFILE.

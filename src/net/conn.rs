@@ -6,14 +6,15 @@
 //! - a connection that sends no complete request within `header_timeout` of being
 //!   accepted (including one stalled during protocol detection, which the auto
 //!   builder does without any timeout) is closed;
-//! - a connection with no bytes moving for `idle_timeout` is asked to shut down
-//!   gracefully (in-flight requests still finish) — and closed if it stays idle;
+//! - a connection with no request for `idle_timeout` is asked to shut down
+//!   gracefully (a response still streaming finishes first) — and closed once no
+//!   byte has moved for twice that;
 //! - on shutdown it is asked to finish and close; past the drain deadline, dropped.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Handler, Limits};
 
-/// When bytes last moved on a connection, and whether a request ever arrived.
+/// What the watchdog knows about a connection: when bytes last moved, when a
+/// request last started or got its answer, and how many wait for their answer.
+/// Times are milliseconds since `opened`, plus one so that 0 means "never".
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
-    last_io_ms: AtomicU64,
-    saw_request: AtomicBool,
+    last_io: AtomicU64,
+    last_request: AtomicU64,
     /// Requests whose response head is not ready yet (waiting on the upstream moves
     /// no bytes, and must not count as an idle connection).
     in_flight: AtomicUsize,
@@ -46,8 +49,8 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> Self {
-        activity.saw_request.store(true, Ordering::Relaxed);
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.mark(&activity.last_request);
         InFlight(Arc::clone(activity))
     }
 }
@@ -55,7 +58,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.mark_io();
+        self.0.mark(&self.0.last_request);
     }
 }
 
@@ -63,20 +66,34 @@ impl Activity {
     fn new() -> Self {
         Activity {
             opened: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
-            saw_request: AtomicBool::new(false),
+            last_io: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         }
     }
 
-    fn mark_io(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_io_ms.fetch_max(ms, Ordering::Relaxed);
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
     }
 
-    fn idle_for(&self) -> Duration {
-        let now = self.opened.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    fn mark(&self, field: &AtomicU64) {
+        field.fetch_max(self.now(), Ordering::Relaxed);
+    }
+
+    /// Time since `field` was last marked (since the connection opened if never).
+    fn since(&self, field: &AtomicU64) -> Duration {
+        Duration::from_millis(
+            self.now()
+                .saturating_sub(field.load(Ordering::Relaxed).max(1)),
+        )
+    }
+
+    fn saw_request(&self) -> bool {
+        self.last_request.load(Ordering::Relaxed) != 0
+    }
+
+    fn waiting(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -96,7 +113,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.mark_io();
+            this.activity.mark(&this.activity.last_io);
         }
         poll
     }
@@ -111,7 +128,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark_io();
+            this.activity.mark(&this.activity.last_io);
         }
         poll
     }
@@ -124,7 +141,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark_io();
+            this.activity.mark(&this.activity.last_io);
         }
         poll
     }
@@ -248,21 +265,22 @@ async fn drive<H, I>(
             }
             _ = force.cancelled() => return,
             _ = tokio::time::sleep(check_every) => {
-                if !activity.saw_request.load(Ordering::Relaxed)
-                    && activity.opened.elapsed() >= limits.header_timeout
-                {
+                if !activity.saw_request() && activity.opened.elapsed() >= limits.header_timeout {
                     tracing::debug!(peer = %info.peer, "no request within header_timeout; closing");
                     return;
                 }
-                let waiting = activity.in_flight.load(Ordering::Relaxed) > 0;
-                if !waiting && activity.idle_for() >= limits.idle_timeout {
-                    if !closing {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    } else if activity.idle_for() >= limits.idle_timeout * 2 {
-                        // Asked to close and still nothing moves: the peer is gone.
-                        return;
-                    }
+                if activity.waiting() {
+                    continue;
+                }
+                // Idle means no request for a while. Bytes alone do not count: HTTP/2
+                // keep-alive pings move bytes on a connection nobody uses.
+                if !closing && activity.saw_request() && activity.since(&activity.last_request) >= limits.idle_timeout {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                } else if closing && activity.since(&activity.last_io) >= limits.idle_timeout * 2 {
+                    // Asked to close (a response may still be streaming), and nothing
+                    // has moved for a long time: the peer is gone.
+                    return;
                 }
             }
         }

@@ -233,3 +233,31 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(closed.is_ok(), "idle connection still open");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+/// HTTP/2 keep-alive pings move bytes; they must not keep an unused connection open.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_despite_pings() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let fx = Fixture::start(SessionMode::Tab, |c| {
+        c.listen.idle_timeout = CfgDuration::from_millis(400);
+    })
+    .await;
+    let stream = TcpStream::connect(fx.gateway.public_addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(fx.url("/"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), connection).await;
+    assert!(closed.is_ok(), "idle h2 connection still open after 3 s");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

@@ -5,20 +5,24 @@ use sessiongate::config::SessionMode;
 
 use crate::common::{cookie_client, Fixture};
 
+/// `GET /__sessiongate/status` as `client` sees it.
+async fn status(fx: &Fixture, client: &reqwest::Client) -> Value {
+    let response = client
+        .get(fx.url("/__sessiongate/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn status_heartbeat_and_end_for_a_cookie_session() {
     let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
     let client = cookie_client();
     client.get(fx.url("/")).send().await.unwrap();
 
-    let status: Value = client
-        .get(fx.url("/__sessiongate/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&fx, &client).await;
     assert_eq!(status["state"], "active");
     assert!(status["deadline"].as_u64().unwrap() > status["now"].as_u64().unwrap());
 
@@ -135,14 +139,7 @@ async fn reserved_posts_are_guarded() {
         .unwrap();
     assert_eq!(no_session.status(), 401);
     assert_eq!(no_session.headers()["x-session-state"], "none");
-    let status: Value = anonymous
-        .get(fx.url("/__sessiongate/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&fx, &anonymous).await;
     assert_eq!(status["state"], "none");
     assert!(
         fx.upstream.requests().len() == 1,

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::session::events::{SessionEvent, SessionObserver};
@@ -75,6 +75,17 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
+    hot: Hot,
+}
+
+/// The per-request and per-transition series, resolved from their vectors at start.
+/// Indexed by the enums' discriminants (`Route as usize`, `UpstreamError as usize`),
+/// which follow the order the arrays are built in.
+struct Hot {
+    requests: [[IntCounter; 5]; 3],
+    upstream_errors: [IntCounter; 4],
+    active: IntGauge,
+    warning: IntGauge,
 }
 
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -100,12 +111,37 @@ impl Metrics {
             Ok::<_, prometheus::Error>(h)
         };
 
+        let sessions_active = gauge(
+            "sessiongate_sessions_active",
+            "Live sessions by state.",
+            &["state"],
+        )?;
+        let requests = counter(
+            "sessiongate_requests_total",
+            "Responses by route and status class.",
+            &["route", "code"],
+        )?;
+        let upstream_errors = counter(
+            "sessiongate_upstream_errors_total",
+            "Failed upstream exchanges by kind.",
+            &["kind"],
+        )?;
+        // Resolved once: the request path bumps these without hashing label values.
+        let hot = Hot {
+            requests: [Route::Proxy, Route::Reserved, Route::Bootstrap].map(|route| {
+                CODE_CLASSES.map(|code| requests.with_label_values(&[route.as_str(), code]))
+            }),
+            upstream_errors: UpstreamError::ALL
+                .map(|kind| upstream_errors.with_label_values(&[kind.as_str()])),
+            active: sessions_active.with_label_values(&["active"]),
+            warning: sessions_active.with_label_values(&["warning"]),
+        };
+
         let metrics = Metrics {
-            sessions_active: gauge(
-                "sessiongate_sessions_active",
-                "Live sessions by state.",
-                &["state"],
-            )?,
+            sessions_active,
+            requests,
+            upstream_errors,
+            hot,
             sessions_created: counter(
                 "sessiongate_sessions_created_total",
                 "Sessions created, by kind.",
@@ -140,11 +176,6 @@ impl Metrics {
                 "Bootstrap exchanges by outcome.",
                 &["outcome"],
             )?,
-            requests: counter(
-                "sessiongate_requests_total",
-                "Responses by route and status class.",
-                &["route", "code"],
-            )?,
             upstream_duration: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
@@ -159,11 +190,6 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
-            upstream_errors: counter(
-                "sessiongate_upstream_errors_total",
-                "Failed upstream exchanges by kind.",
-                &["kind"],
-            )?,
             injections: counter(
                 "sessiongate_injections_total",
                 "HTML responses by agent injection outcome.",
@@ -221,19 +247,15 @@ impl Metrics {
 
     /// Counts one response.
     pub fn request(&self, route: Route, status: http::StatusCode) {
-        let class = CODE_CLASSES
-            .get(usize::from(status.as_u16() / 100).saturating_sub(1))
-            .copied()
-            .unwrap_or("5xx");
-        self.requests
-            .with_label_values(&[route.as_str(), class])
-            .inc();
+        // 1xx..5xx map to 0..4; anything outside (hyper never sends it) counts as 5xx.
+        let class = usize::from(status.as_u16() / 100)
+            .saturating_sub(1)
+            .min(CODE_CLASSES.len() - 1);
+        self.hot.requests[route as usize][class].inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
-        self.upstream_errors
-            .with_label_values(&[kind.as_str()])
-            .inc();
+        self.hot.upstream_errors[kind as usize].inc();
     }
 
     pub fn upstream_latency(&self, elapsed: Duration) {
@@ -249,10 +271,10 @@ impl Metrics {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    fn state_gauge(&self, state: State) -> Option<prometheus::IntGauge> {
+    fn state_gauge(&self, state: State) -> Option<&IntGauge> {
         match state {
-            State::Active => Some(self.sessions_active.with_label_values(&["active"])),
-            State::Warning => Some(self.sessions_active.with_label_values(&["warning"])),
+            State::Active => Some(&self.hot.active),
+            State::Warning => Some(&self.hot.warning),
             State::Ended => None,
         }
     }
@@ -306,6 +328,33 @@ impl SessionObserver for Metrics {
                     .with_label_values(&[reason.as_str()])
                     .observe(lived as f64 / 1000.0);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-resolved series must be the ones their labels name.
+    #[test]
+    fn hot_counters_land_on_their_labels() {
+        let metrics = Metrics::new().unwrap();
+        metrics.request(Route::Reserved, http::StatusCode::NOT_FOUND);
+        metrics.request(Route::Proxy, http::StatusCode::SWITCHING_PROTOCOLS);
+        metrics.upstream_error(UpstreamError::Reset);
+        let page = metrics.render();
+        for sample in [
+            "sessiongate_requests_total{code=\"4xx\",route=\"reserved\"} 1",
+            "sessiongate_requests_total{code=\"1xx\",route=\"proxy\"} 1",
+            "sessiongate_requests_total{code=\"4xx\",route=\"proxy\"} 0",
+            "sessiongate_upstream_errors_total{kind=\"reset\"} 1",
+            "sessiongate_upstream_errors_total{kind=\"connect\"} 0",
+        ] {
+            assert!(
+                page.lines().any(|line| line == sample),
+                "{sample} not in:\n{page}"
+            );
         }
     }
 }

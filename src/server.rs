@@ -67,7 +67,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let observers = Observers::new()
         .with(Arc::clone(&metrics) as _)
-        .with(Arc::new(LogObserver { clock }));
+        .with(Arc::new(LogObserver));
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
         Lifetime::from_config(&config.session),
         config.session.max_sessions,

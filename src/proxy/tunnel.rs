@@ -80,13 +80,4 @@ impl Tunnels {
         self.close.cancel();
         self.tracker.wait().await;
     }
-
-    /// Number of open tunnels.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
-    }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Clock, CreatedKind, EndReason, Millis, Session, State};
+use super::{CreatedKind, EndReason, Millis, Session, State};
 
 /// A session transition.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +58,7 @@ impl SessionObserver for Observers {
 }
 
 /// Logs session starts and ends with the handle (never the token).
-pub struct LogObserver {
-    pub clock: Clock,
-}
+pub struct LogObserver;
 
 impl SessionObserver for LogObserver {
     fn observe(&self, event: &SessionEvent<'_>) {

@@ -98,10 +98,6 @@ impl Resolver {
         }
     }
 
-    pub fn mode(&self) -> SessionMode {
-        self.mode
-    }
-
     /// The request's browser key, if it carries a well-formed one.
     pub fn browser_key(&self, headers: &HeaderMap) -> Option<BrowserKey> {
         cookie_values(headers, self.cookies.browser).find_map(BrowserKey::parse)

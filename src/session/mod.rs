@@ -14,6 +14,7 @@ pub mod expiry;
 pub mod identity;
 pub mod store;
 pub mod sweeper;
+pub mod ticket;
 pub mod token;
 
 use std::fmt;

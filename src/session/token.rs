@@ -54,6 +54,11 @@ macro_rules! secret_type {
             pub fn encode(&self) -> String {
                 URL_SAFE_NO_PAD.encode(self.0)
             }
+
+            /// The raw bytes (for MACs that bind a value to this secret).
+            pub(crate) fn as_bytes(&self) -> &[u8; SECRET_BYTES] {
+                &self.0
+            }
         }
 
         impl fmt::Debug for $name {

@@ -90,6 +90,10 @@ pub struct SessionConfig {
     pub duplicate_tab: DuplicateTab,
     pub max_sessions: usize,
     pub when_full: WhenFull,
+    /// New sessions one client address may create per minute (burst of the same
+    /// size); 0 = no limit. Keeps a flood from one address from filling
+    /// `max_sessions` or evicting real users.
+    pub new_per_client: u32,
     /// Path prefixes that must carry a session (else 401).
     pub require: Vec<String>,
 }
@@ -227,6 +231,7 @@ impl Default for SessionConfig {
             duplicate_tab: DuplicateTab::New,
             max_sessions: 100_000,
             when_full: WhenFull::Reject,
+            new_per_client: 120,
             require: Vec::new(),
         }
     }

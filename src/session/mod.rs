@@ -12,6 +12,7 @@ pub mod clock;
 pub mod events;
 pub mod expiry;
 pub mod identity;
+pub mod limit;
 pub mod store;
 pub mod sweeper;
 pub mod ticket;

@@ -8,8 +8,10 @@
 //! all together from a [`config::Config`].
 
 pub mod admin;
+pub mod agent;
 pub mod config;
 pub mod demo;
+pub mod inject;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

@@ -308,6 +308,16 @@ impl SessionObserver for Metrics {
                 }
                 self.countdowns.with_label_values(&["extended"]).inc();
             }
+            SessionEvent::Handled { .. } => {
+                if let Some(g) = self.state_gauge(State::Warning) {
+                    g.dec();
+                }
+                if let Some(g) = self.state_gauge(State::Active) {
+                    g.inc();
+                }
+                self.countdowns.with_label_values(&["handled"]).inc();
+            }
+            SessionEvent::Idle { .. } => {}
             SessionEvent::Ended {
                 session,
                 reason,

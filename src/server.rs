@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let tunnels = Arc::clone(&gateway.tunnels);
+    let gateway_for_housekeeping = Arc::clone(&gateway);
     let limits = Limits::from_config(&config.listen);
     tasks.spawn(net::serve(
         public,
@@ -125,6 +126,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     tasks.spawn(sweeper::run(Arc::clone(&store), clock, shutdown.clone()));
+    tasks.spawn(housekeeping(
+        Arc::clone(&gateway_for_housekeeping),
+        clock,
+        shutdown.clone(),
+    ));
 
     tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = ?config.session.mode, "sessiongate started");
     Ok(Running {
@@ -137,6 +143,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         tunnels,
     })
+}
+
+/// How often side tables (spent tickets, rate-limit buckets, retired tokens) are
+/// pruned. They are bounded anyway; pruning only keeps them small.
+const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn housekeeping(gateway: Arc<Gateway>, clock: Clock, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(HOUSEKEEPING);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = clock.now();
+        gateway.store.maintain(now);
+        gateway.resolver.maintain(now);
+    }
 }
 
 fn local_addr(

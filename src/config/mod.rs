@@ -108,6 +108,15 @@ pub enum SessionMode {
     Browser,
 }
 
+impl SessionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Tab => "tab",
+            SessionMode::Browser => "browser",
+        }
+    }
+}
+
 /// What happens when a session has been idle for `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -257,6 +257,23 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// The client address per-client limits apply to: the peer, or — behind a trusted
+/// proxy (`upstream.trust_forwarded`) — the last `X-Forwarded-For` hop, which that
+/// proxy appended and the client cannot forge.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trust_forwarded: bool) -> IpAddr {
+    if !trust_forwarded {
+        return peer;
+    }
+    headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer)
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` for the upstream (DESIGN.md §5).
 ///
 /// `host` is the request's host as the client addressed it: the `Host` header for

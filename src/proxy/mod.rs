@@ -13,6 +13,7 @@
 //!    cookies, and stream the body back.
 
 pub mod body;
+pub mod bootstrap;
 pub mod forward;
 pub mod headers;
 pub mod origin;
@@ -29,14 +30,20 @@ use tracing::Instrument;
 
 use self::body::ProxyBody;
 use self::forward::Upstream;
-use self::headers::{X_REQUEST_ID, X_SESSION_END, X_SESSION_STATE, X_SESSION_TIMEOUT};
+use self::headers::{
+    X_REQUEST_ID, X_SESSION_END, X_SESSION_PARENT, X_SESSION_ROTATE, X_SESSION_STATE,
+    X_SESSION_TIMEOUT, X_SESSION_TOKEN,
+};
 use self::origin::OriginPolicy;
 use self::tunnel::Tunnels;
 use crate::config::{Activity, Config};
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::{self, Reserved};
-use crate::session::identity::{Identity, Resolver};
+use crate::inject;
+use crate::session::identity::{Ask, Carrier, Identity, Outcome, Resolver};
+use crate::session::limit::CreationLimiter;
+use crate::session::ticket::Tickets;
 use crate::session::store::SessionStore;
 use crate::session::{Clock, EndReason, SessionError, State, Touch};
 
@@ -50,6 +57,8 @@ pub struct Gateway {
     pub(crate) reserved: Reserved,
     pub(crate) origins: OriginPolicy,
     pub(crate) tunnels: Arc<Tunnels>,
+    /// `browser.inject`: put the agent into HTML pages.
+    inject: bool,
     session_header: HeaderName,
     trust_forwarded: bool,
     activity: Activity,
@@ -64,7 +73,12 @@ pub enum GatewayError {
     Upstream(#[from] forward::BadUpstreamUrl),
     #[error("upstream.header {0:?} is not a valid header name")]
     SessionHeader(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
+
+/// Client addresses tracked by the session-creation limit at once.
+const LIMITER_CAPACITY: usize = 65_536;
 
 impl Gateway {
     pub fn new(
@@ -76,8 +90,18 @@ impl Gateway {
         let secure = config.listen.tls.is_some();
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
+        // Remembered redeemed tickets: a few per live session is far more than tabs
+        // navigate within a ticket's lifetime.
+        let tickets = Arc::new(Tickets::new(config.session.max_sessions.saturating_mul(4).max(65_536))?);
         Ok(Gateway {
-            resolver: Resolver::new(Arc::clone(&store), config.session.mode, secure),
+            resolver: Resolver::new(
+                Arc::clone(&store),
+                config.session.mode,
+                secure,
+                tickets,
+                CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
+            ),
+            inject: config.browser.inject,
             reserved: Reserved::new(config),
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
@@ -112,10 +136,14 @@ impl Gateway {
             let response = reserved::handle(self, &endpoint, request, conn).await;
             return (Route::Reserved, response);
         }
-        (Route::Proxy, self.forward(request, conn).await)
+        self.forward(request, conn).await
     }
 
-    async fn forward(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> (Route, Response<ProxyBody>) {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
         if upgrade.is_some() && !self.origin_allowed(&parts, conn) {
@@ -123,14 +151,30 @@ impl Gateway {
                 StatusCode::FORBIDDEN,
                 "403 Forbidden: cross-origin upgrade refused",
             );
-            return Exchange::default().finish(refusal);
+            return (Route::Proxy, Exchange::default().finish(refusal));
         }
 
-        // Stage 3: identify.
-        let exchange = match self.identify(&parts) {
-            Ok(exchange) => exchange,
-            Err(error) => return session_error_response(&error),
+        // Stage 3: identify (or answer with the bootstrap page).
+        let exchange = match self.identify(&parts, conn) {
+            Ok(Outcome::Forward(identity)) => self.record(&parts, identity),
+            Ok(Outcome::Bootstrap { browser }) => {
+                return (Route::Bootstrap, bootstrap::page(self, &parts, &browser))
+            }
+            Ok(Outcome::Loop) => return (Route::Bootstrap, bootstrap::loop_page(self)),
+            Err(error) => return (Route::Proxy, session_error_response(&error)),
         };
+        (Route::Proxy, self.pass(parts, body, conn, upgrade, exchange).await)
+    }
+
+    /// Stages 4 and 5 for an identified request: forward it and shape the response.
+    async fn pass(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: ConnInfo,
+        upgrade: Option<Upgrade>,
+        exchange: Exchange,
+    ) -> Response<ProxyBody> {
         if exchange.identity.session.is_none() && self.requires_session(parts.uri.path()) {
             let refusal = body::text(
                 StatusCode::UNAUTHORIZED,
@@ -140,6 +184,10 @@ impl Gateway {
         }
 
         // Stage 4: forward.
+        let method = parts.method.clone();
+        if self.inject {
+            inject::prefer_identity(&parts.method, &mut parts.headers);
+        }
         let mut exchange = exchange;
         exchange.request_id = Some(headers::request_id(&parts.headers));
         if self
@@ -161,20 +209,92 @@ impl Gateway {
         // Stage 5: respond.
         let switched =
             upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, &exchange));
-        let (mut parts, body) = response.into_parts();
-        headers::scrub_response(&mut parts.headers);
+        let (mut response_parts, body) = response.into_parts();
+        headers::scrub_response(&mut response_parts.headers);
         if let Some(protocol) = &switched {
-            restore_upgrade(&mut parts.headers, protocol);
+            restore_upgrade(&mut response_parts.headers, protocol);
         }
         if let Some(session) = exchange.identity.session.clone() {
-            exchange.state =
-                Some(self.apply_control_headers(&parts.headers, &session, &mut exchange.identity));
+            exchange.state = Some(self.apply_control_headers(
+                &response_parts.headers,
+                &session,
+                &mut exchange.identity,
+            ));
         }
-        headers::strip_session_headers(&mut parts.headers);
-        exchange.finish(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        let body = body.map_err(Into::into).boxed_unsync();
+        let body = self.inject_agent(&method, &mut response_parts, body, &exchange);
+        headers::strip_session_headers(&mut response_parts.headers);
+        if exchange.identity.carrier == Some(Carrier::Header) {
+            // fetch/XHR can read a rotated token from the response; pages get it in
+            // the agent tag instead.
+            if let Some(token) = &exchange.identity.new_token {
+                if let Ok(value) = HeaderValue::from_str(&token.encode()) {
+                    response_parts.headers.insert(X_SESSION_TOKEN, value);
+                }
+            }
+        }
+        exchange.finish(Response::from_parts(response_parts, body))
+    }
+
+    /// Stage 5b: the agent tag into HTML pages (streaming; see [`crate::inject`]).
+    fn inject_agent(
+        &self,
+        method: &Method,
+        parts: &mut http::response::Parts,
+        body: ProxyBody,
+        exchange: &Exchange,
+    ) -> ProxyBody {
+        if !self.inject {
+            return body;
+        }
+        let plan = match inject::plan(method, parts) {
+            Ok(plan) => plan,
+            Err(skip) => {
+                if skip.is_page() {
+                    self.metrics.injections.with_label_values(&["skipped"]).inc();
+                }
+                return body;
+            }
+        };
+        let tag = self.agent_tag(exchange);
+        let metrics = Arc::clone(&self.metrics);
+        inject::inject(plan, parts, body, &tag, move |injected| {
+            let outcome = if injected { "injected" } else { "skipped" };
+            metrics.injections.with_label_values(&[outcome]).inc();
+        })
+    }
+
+    /// The agent's `<script>` tag for a page of this exchange.
+    fn agent_tag(&self, exchange: &Exchange) -> inject::Tag {
+        let mut data = vec![
+            ("prefix", self.reserved.display_prefix().to_string()),
+            ("mode", self.resolver.mode().as_str().to_string()),
+        ];
+        if let (Some(session), Some(state)) = (&exchange.identity.session, exchange.state) {
+            if state != State::Ended {
+                data.push(("handle", session.handle().to_string()));
+                data.push(("state", state.as_str().to_string()));
+                data.push((
+                    "heartbeat",
+                    self.reserved.heartbeat_ms(session, self).to_string(),
+                ));
+                if let Some(token) = &exchange.identity.new_token {
+                    data.push(("token", token.encode()));
+                }
+            }
+        }
+        inject::Tag {
+            src: format!(
+                "{}/agent.js?v={}",
+                self.reserved.display_prefix(),
+                crate::agent::version()
+            ),
+            data,
+        }
+    }
+
+    pub(crate) fn trust_forwarded(&self) -> bool {
+        self.trust_forwarded
     }
 
     fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
@@ -182,24 +302,39 @@ impl Gateway {
         self.origins.allows(&parts.headers, conn.scheme, authority)
     }
 
-    /// Finds (or mints) the request's session and records the request on it.
-    fn identify(&self, parts: &http::request::Parts) -> Result<Exchange, SessionError> {
-        let now = self.clock.now();
-        let may_mint = !is_speculative(&parts.headers);
-        let mut identity = self.resolver.resolve(&parts.headers, may_mint, now)?;
+    /// Stage 3: which session the request belongs to (DESIGN.md §3).
+    fn identify(
+        &self,
+        parts: &http::request::Parts,
+        conn: ConnInfo,
+    ) -> Result<Outcome, SessionError> {
+        let page_load = (parts.method == Method::GET || parts.method == Method::HEAD)
+            && is_navigation(&parts.headers);
+        let ask = Ask {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            navigation: page_load,
+            speculative: is_speculative(&parts.headers),
+            client: headers::client_address(&parts.headers, conn.peer.ip(), self.trust_forwarded),
+        };
+        self.resolver.identify(&ask, self.clock.now())
+    }
+
+    /// Records the request on its session (signal or activity).
+    fn record(&self, parts: &http::request::Parts, mut identity: Identity) -> Exchange {
         let mut state = None;
         if let Some(session) = &identity.session {
             let touch = self.touch_kind(&parts.method, &parts.headers);
-            match self.store.touch(session, touch, now) {
+            match self.store.touch(session, touch, self.clock.now()) {
                 State::Ended => identity.session = None,
                 live => state = Some(live),
             }
         }
-        Ok(Exchange {
+        Exchange {
             identity,
             state,
             request_id: None,
-        })
+        }
     }
 
     /// Turns the client's request head into the upstream's: strip everything the
@@ -241,6 +376,9 @@ impl Gateway {
             parts
                 .headers
                 .insert(self.session_header.clone(), handle_value(session.handle()));
+            if let Some(parent) = session.parent_once() {
+                parts.headers.insert(X_SESSION_PARENT, handle_value(parent));
+            }
         }
         let query = parts.uri.query().and_then(query::strip_proxy_params);
         parts.uri = self.upstream.uri_for(parts.uri.path(), query.as_deref())?;
@@ -292,7 +430,8 @@ impl Gateway {
             .any(|prefix| normalized.starts_with(prefix.as_str()))
     }
 
-    /// `X-Session-End` and `X-Session-Timeout` from the upstream (DESIGN.md §5).
+    /// `X-Session-End`, `X-Session-Timeout` and `X-Session-Rotate` from the upstream
+    /// (DESIGN.md §5).
     fn apply_control_headers(
         &self,
         headers: &HeaderMap,
@@ -314,6 +453,11 @@ impl Gateway {
         {
             self.store
                 .set_timeout(session, seconds.saturating_mul(1000), now);
+        }
+        if headers.contains_key(X_SESSION_ROTATE) {
+            if let Err(error) = self.resolver.rotate(session, identity, now) {
+                tracing::error!(%error, session = %session.handle(), "cannot rotate the token");
+            }
         }
         session.state_at(self.store.rules(), now)
     }
@@ -463,12 +607,23 @@ pub(crate) fn finish_headers(
     }
 }
 
-fn session_error_response(error: &SessionError) -> Response<ProxyBody> {
+pub(crate) fn session_error_response(error: &SessionError) -> Response<ProxyBody> {
     let mut response = match error {
         SessionError::Full(_) => body::text(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 Service Unavailable: too many sessions; try again later",
         ),
+        SessionError::Limited(retry_ms) => {
+            let mut response = body::text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "429 Too Many Requests: too many new sessions from this address",
+            );
+            let seconds = retry_ms.div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+            response
+        }
         SessionError::Entropy(_) => {
             tracing::error!(%error, "cannot mint a session");
             body::text(

@@ -12,28 +12,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{BrowserConfig, Config};
+use crate::agent;
+use crate::config::{BrowserConfig, Config, DuplicateTab};
 use crate::net::ConnInfo;
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::headers::X_SESSIONGATE_AGENT;
 use crate::proxy::{finish_headers, Gateway};
-use crate::session::identity::Carrier;
-use crate::session::{EndReason, Session, State, Touch};
+use crate::session::identity::{Ask, Carrier, Identity};
+use crate::session::ticket::Kind;
+use crate::session::{BrowserKey, CreatedKind, EndReason, Session, State, Token, Touch};
 
 /// Largest body a reserved endpoint reads.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// Tickets handed out by one reply at most (the agent keeps a pool of 8).
+const MAX_TICKETS: usize = 8;
+
 /// Settings of the reserved endpoints.
 pub struct Reserved {
+    /// Lowercased, to match normalized paths.
     prefix: String,
     browser: BrowserConfig,
+    duplicate_tab: DuplicateTab,
 }
 
 impl Reserved {
@@ -41,15 +48,26 @@ impl Reserved {
         Reserved {
             prefix: config.browser.prefix.to_ascii_lowercase(),
             browser: config.browser.clone(),
+            duplicate_tab: config.session.duplicate_tab,
         }
     }
 
+    /// The prefix for matching (lowercase).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// The prefix as configured, for URLs the gateway writes into pages.
+    pub fn display_prefix(&self) -> &str {
+        &self.browser.prefix
+    }
+
+    pub fn duplicate_tab(&self) -> DuplicateTab {
+        self.duplicate_tab
+    }
+
     /// Heartbeat interval for a session (its timeout may differ from the config's).
-    fn heartbeat_ms(&self, session: &Session, gateway: &Gateway) -> u64 {
+    pub(crate) fn heartbeat_ms(&self, session: &Session, gateway: &Gateway) -> u64 {
         let timeout = session.timeout();
         let abandon = gateway.store.rules().abandon_for(timeout);
         self.browser
@@ -66,6 +84,17 @@ impl Reserved {
 struct HeartbeatBody {
     #[serde(default)]
     activity: bool,
+    /// How many fresh tickets the agent wants for its pool.
+    #[serde(default)]
+    want: usize,
+}
+
+/// The body of `POST session`.
+#[derive(Debug, Deserialize)]
+struct SessionBody {
+    challenge: String,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 /// Answers a request for `endpoint` (the path after the prefix, normalized).
@@ -76,8 +105,10 @@ pub async fn handle(
     conn: ConnInfo,
 ) -> Response<ProxyBody> {
     let mut response = match endpoint {
+        "agent.js" => agent_script(&request),
         "status" => status(gateway, &request),
-        "heartbeat" | "extend" | "end" => change(gateway, endpoint, request, conn).await,
+        "session" => session(gateway, request, conn).await,
+        "heartbeat" | "extend" | "end" | "bye" => change(gateway, endpoint, request, conn).await,
         _ => body::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
     if !response
@@ -97,8 +128,8 @@ fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody>
     let now = gateway.clock.now();
     let session = gateway
         .resolver
-        .resolve(request.headers(), false, now)
-        .ok()
+        .browser_key(request.headers())
+        .and_then(|key| identify(gateway, request, &key, false, now))
         .and_then(|identity| identity.session);
     match session {
         None => with_state(
@@ -115,7 +146,150 @@ fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody>
     }
 }
 
-/// `POST heartbeat | extend | end`.
+/// `GET agent.js`: the agent. Its URL carries the version, so it may be cached
+/// forever; a request for another version still gets the current script, but only
+/// for a short while.
+fn agent_script(request: &Request<Incoming>) -> Response<ProxyBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return method_not_allowed("GET, HEAD");
+    }
+    let current = request
+        .uri()
+        .query()
+        .and_then(|q| crate::proxy::query::param(q, "v"))
+        .is_some_and(|v| v == agent::version());
+    let body = if request.method() == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(agent::AGENT_JS)
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(if current {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        }),
+    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// `POST session`: the bootstrap page asks for its tab's session.
+async fn session(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<ProxyBody> {
+    if request.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    if !same_origin(gateway, &request, conn) {
+        return Refusal::CrossOrigin.response();
+    }
+    let Some(browser) = gateway.resolver.browser_key(request.headers()) else {
+        return Refusal::NoBrowserKey.response();
+    };
+    let presented = gateway.resolver.header_token(request.headers());
+    let client = crate::proxy::headers::client_address(
+        request.headers(),
+        conn.peer.ip(),
+        gateway.trust_forwarded(),
+    );
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.response(),
+    };
+    let Ok(asked) = serde_json::from_slice::<SessionBody>(&body) else {
+        return Refusal::BadJson.response();
+    };
+    let now = gateway.clock.now();
+    if gateway
+        .resolver
+        .tickets
+        .redeem(Kind::Challenge, &asked.challenge, &browser, now)
+        .is_err()
+    {
+        return Refusal::BadChallenge.response();
+    }
+    let resolved = presented.and_then(|token| gateway.store.resolve(&token, &browser, now));
+    let fork = asked.duplicate && gateway.reserved.duplicate_tab == DuplicateTab::New;
+    let minted = match (&resolved, fork) {
+        (Some(_), false) => None,
+        (Some(parent), true) => Some((
+            "forked",
+            Some(parent.session.handle()),
+            CreatedKind::Fork,
+        )),
+        (None, _) if presented.is_some() => Some(("expired", None, CreatedKind::ResumeMiss)),
+        (None, _) => Some(("new", None, CreatedKind::New)),
+    };
+    let (reason, session, token) = match (minted, resolved) {
+        (None, Some(resolved)) => {
+            // A reload or navigation of the tab: the user is there.
+            gateway
+                .store
+                .touch(&resolved.session, Touch::Activity, now);
+            ("resumed", resolved.session, resolved.newer_token)
+        }
+        (Some((reason, parent, kind)), _) => {
+            match gateway
+                .resolver
+                .mint(Some(browser), parent, kind, client, now)
+            {
+                Ok(identity) => match identity.session {
+                    Some(session) => (reason, session, identity.new_token),
+                    None => return Refusal::NoSession.response(),
+                },
+                Err(error) => return crate::proxy::session_error_response(&error),
+            }
+        }
+        (None, None) => return Refusal::NoSession.response(),
+    };
+    gateway
+        .metrics
+        .bootstraps
+        .with_label_values(&[reason])
+        .inc();
+    let tickets = issue_tickets(gateway, &session, &browser, 1 + MAX_TICKETS / 2, now);
+    let mut reply = json!({
+        "handle": session.handle(),
+        "ticket": tickets.first(),
+        "tickets": &tickets[1..],
+        "reason": reason,
+    });
+    if let Some(token) = token {
+        reply["token"] = json!(token.encode());
+    }
+    let state = session.state_at(gateway.store.rules(), now);
+    with_state(body::json(StatusCode::OK, &reply), Some(state))
+}
+
+/// Fresh tickets for `session`, bound to this browser.
+fn issue_tickets(
+    gateway: &Gateway,
+    session: &Session,
+    browser: &BrowserKey,
+    count: usize,
+    now: u64,
+) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            gateway
+                .resolver
+                .tickets
+                .issue(Kind::Ticket, session.handle(), browser, now)
+        })
+        .collect()
+}
+
+/// `POST heartbeat | extend | end | bye`.
 async fn change(
     gateway: &Gateway,
     endpoint: &str,
@@ -125,8 +299,8 @@ async fn change(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    let session = match authorize(gateway, &request, conn) {
-        Ok(session) => session,
+    let caller = match authorize(gateway, &request, conn, endpoint == "bye") {
+        Ok(caller) => caller,
         Err(refusal) => return refusal.response(),
     };
     let body = match read_body(request).await {
@@ -136,7 +310,7 @@ async fn change(
     let now = gateway.clock.now();
     match endpoint {
         "end" => {
-            gateway.store.end(&session, EndReason::Ended, now);
+            gateway.store.end(&caller.session, EndReason::Ended, now);
             let cookies: Vec<HeaderValue> = gateway
                 .resolver
                 .expire_session_cookie()
@@ -146,7 +320,15 @@ async fn change(
             finish_headers(response.headers_mut(), Some(State::Ended), &cookies, None);
             response
         }
-        "extend" => touched(gateway, &session, Touch::Activity, now),
+        // The page is gone; whether the tab is, only the absence of further signals
+        // can tell (a reload sends `bye` too). So nothing changes here.
+        "bye" => {
+            let state = caller.session.state_at(gateway.store.rules(), now);
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            with_state(response, Some(state))
+        }
+        "extend" => touched(gateway, &caller, Touch::Activity, 0, now),
         _ => {
             gateway.metrics.heartbeats.inc();
             let beat: HeartbeatBody = if body.is_empty() {
@@ -162,16 +344,18 @@ async fn change(
             } else {
                 Touch::Signal
             };
-            touched(gateway, &session, touch, now)
+            touched(gateway, &caller, touch, beat.want, now)
         }
     }
 }
 
-/// Why a state-changing request was refused.
+/// Why a reserved request was refused.
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
     CrossOrigin,
     NoSession,
+    NoBrowserKey,
+    BadChallenge,
     MissingAgentHeader,
     TooLarge,
     Unreadable,
@@ -183,6 +367,14 @@ impl Refusal {
         let (status, message) = match self {
             Refusal::CrossOrigin => (StatusCode::FORBIDDEN, "cross-origin request refused"),
             Refusal::NoSession => (StatusCode::UNAUTHORIZED, "no valid session"),
+            Refusal::NoBrowserKey => (
+                StatusCode::UNAUTHORIZED,
+                "no browser key cookie: cookies must be enabled",
+            ),
+            Refusal::BadChallenge => (
+                StatusCode::FORBIDDEN,
+                "the challenge is invalid, expired or already used",
+            ),
             Refusal::MissingAgentHeader => (
                 StatusCode::FORBIDDEN,
                 "cookie-carried requests need the X-Sessiongate-Agent header",
@@ -195,6 +387,41 @@ impl Refusal {
     }
 }
 
+/// The session a reserved request acts on, and what the reply needs to know.
+struct Caller {
+    session: Arc<Session>,
+    browser: BrowserKey,
+    /// The current token when the request presented one that was rotated away.
+    new_token: Option<Token>,
+}
+
+/// Is the request from the gateway's own origin (or an allowed one)?
+fn same_origin(gateway: &Gateway, request: &Request<Incoming>, conn: ConnInfo) -> bool {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    gateway
+        .origins
+        .allows(request.headers(), conn.scheme, authority)
+}
+
+/// The session a reserved request carries: its token header, a ticket (only where
+/// `tickets` allows: `bye` is a beacon and cannot set headers), or the cookie.
+fn identify(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+    browser: &BrowserKey,
+    tickets: bool,
+    now: u64,
+) -> Option<Identity> {
+    let ask = Ask {
+        headers: request.headers(),
+        query: if tickets { request.uri().query() } else { None },
+        navigation: false,
+        speculative: false,
+        client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    gateway.resolver.existing(&ask, Some(browser), now)
+}
+
 /// The session a state-changing request may act on: same origin, a valid session,
 /// and — when only the cookie carries it — the agent's header, which a cross-site
 /// form cannot send.
@@ -202,39 +429,50 @@ fn authorize(
     gateway: &Gateway,
     request: &Request<Incoming>,
     conn: ConnInfo,
-) -> Result<Arc<Session>, Refusal> {
-    let authority = request.uri().authority().map(|a| a.as_str());
-    if !gateway
-        .origins
-        .allows(request.headers(), conn.scheme, authority)
-    {
+    tickets: bool,
+) -> Result<Caller, Refusal> {
+    if !same_origin(gateway, request, conn) {
         return Err(Refusal::CrossOrigin);
     }
-    let identity = gateway
+    let browser = gateway
         .resolver
-        .resolve(request.headers(), false, gateway.clock.now())
-        .map_err(|_| Refusal::NoSession)?;
+        .browser_key(request.headers())
+        .ok_or(Refusal::NoSession)?;
+    let now = gateway.clock.now();
+    let identity = identify(gateway, request, &browser, tickets, now).ok_or(Refusal::NoSession)?;
     let session = identity.session.ok_or(Refusal::NoSession)?;
     if identity.carrier == Some(Carrier::Cookie)
         && !request.headers().contains_key(X_SESSIONGATE_AGENT)
     {
         return Err(Refusal::MissingAgentHeader);
     }
-    Ok(session)
+    Ok(Caller {
+        session,
+        browser,
+        new_token: identity.new_token,
+    })
 }
 
-/// Records a touch and answers with the session's deadlines.
+/// Records a touch and answers with the session's deadlines, `want` fresh tickets,
+/// and the current token if the caller's was rotated away.
 fn touched(
     gateway: &Gateway,
-    session: &Arc<Session>,
+    caller: &Caller,
     touch: Touch,
+    want: usize,
     now: u64,
 ) -> Response<ProxyBody> {
+    let session = &caller.session;
     let state = gateway.store.touch(session, touch, now);
-    with_state(
-        body::json(StatusCode::OK, &describe(gateway, session, state)),
-        Some(state),
-    )
+    let mut reply = describe(gateway, session, state);
+    if state != State::Ended {
+        let tickets = issue_tickets(gateway, session, &caller.browser, want.min(MAX_TICKETS), now);
+        reply["tickets"] = json!(tickets);
+        if let Some(token) = &caller.new_token {
+            reply["token"] = json!(token.encode());
+        }
+    }
+    with_state(body::json(StatusCode::OK, &reply), Some(state))
 }
 
 /// The JSON description of a session for the agent (times in ms since the epoch).

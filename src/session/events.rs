@@ -20,6 +20,12 @@ pub enum SessionEvent<'a> {
     Warned { session: &'a Session },
     /// Activity during the countdown: back to active.
     Extended { session: &'a Session },
+    /// Under `on_timeout = "keep"`: idle for its timeout, once per idle period (the
+    /// session stays active; the `timeout` hook fires).
+    Idle { session: &'a Session },
+    /// The `timeout` hook answered `{"handled": true}`: the countdown is called off
+    /// and the session is kept for this idle period.
+    Handled { session: &'a Session },
     Ended {
         session: &'a Session,
         reason: EndReason,
@@ -74,6 +80,12 @@ impl SessionObserver for LogObserver {
             }
             SessionEvent::Extended { session } => {
                 tracing::debug!(session = %session.handle(), "session active again")
+            }
+            SessionEvent::Idle { session } => {
+                tracing::debug!(session = %session.handle(), "session idle: kept")
+            }
+            SessionEvent::Handled { session } => {
+                tracing::debug!(session = %session.handle(), "timeout handled by the backend: kept")
             }
             SessionEvent::Ended {
                 session,

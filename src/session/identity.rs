@@ -1,21 +1,42 @@
 //! Which session does a request belong to? (DESIGN.md §3)
 //!
-//! First match wins: the `X-Session-Token` header (the agent, fetch/XHR, reserved
-//! endpoints); then, in `browser` mode, the session cookie; a `browser`-mode request
-//! without a valid cookie gets a new session (as ASP.NET does on first access). Every
-//! token is only valid together with the browser key cookie it was bound to; a token
-//! that is malformed, unknown, expired or bound elsewhere is treated as absent — never
-//! adopted — so a session cannot be fixed from outside.
+//! First match wins:
+//! 1. the `X-Session-Token` header (the agent's fetch/XHR, reserved endpoints);
+//! 2. a single-use ticket `__sg_t` in the query (navigations, WebSocket, EventSource,
+//!    beacons) — checked but not spent by a prefetch;
+//! 3. `browser` mode: the session cookie; a request without a valid one gets a new
+//!    session (as ASP.NET does on first access);
+//! 4. `tab` mode, a navigation from a browser without a browser key: first contact,
+//!    a new session whose token goes into the page;
+//! 5. `tab` mode, any other navigation without identity: the bootstrap page, whose
+//!    script finds the tab's session in `sessionStorage`;
+//! 6. anything else: no session.
+//!
+//! Every token and ticket is only valid together with the browser key cookie it was
+//! bound to; one that is malformed, unknown, expired or bound elsewhere is treated as
+//! absent — never adopted — so a session cannot be fixed from outside. Speculative
+//! loads (`Sec-Purpose: prefetch`/`prerender`) never mint or spend anything.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use cookie::{Cookie, SameSite};
 use http::{HeaderMap, HeaderValue};
 
-use super::store::SessionStore;
-use super::{BrowserKey, CreatedKind, Millis, Session, SessionError, Token};
+use super::limit::CreationLimiter;
+use super::store::{Resolved, SessionStore};
+use super::ticket::{Kind, Tickets};
+use super::{BrowserKey, CreatedKind, Handle, Millis, Session, SessionError, Token};
 use crate::config::SessionMode;
 use crate::proxy::headers::{cookie_values, X_SESSION_TOKEN};
+use crate::proxy::query;
+
+/// The query parameter that carries a ticket.
+pub const TICKET_PARAM: &str = "__sg_t";
+/// The query parameter that counts bootstrap hops (the loop guard).
+pub const HOP_PARAM: &str = "__sg_b";
+/// Bootstrap hops after which a navigation gets an error page instead.
+pub const MAX_HOPS: u32 = 2;
 
 /// Names of the proxy's cookies; `__Host-` prefixed (and `Secure`) under https.
 #[derive(Debug, Clone)]
@@ -68,6 +89,7 @@ impl CookieNames {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carrier {
     Header,
+    Ticket,
     Cookie,
     /// Created by this request.
     Minted,
@@ -78,8 +100,47 @@ pub enum Carrier {
 pub struct Identity {
     pub session: Option<Arc<Session>>,
     pub carrier: Option<Carrier>,
+    /// A token the browser does not know yet (first contact, rotation): it goes
+    /// into the page (`data-token`), the `X-Session-Token` response header, or the
+    /// reserved endpoint's reply.
+    pub new_token: Option<Token>,
     /// `Set-Cookie` values the response must carry.
     pub set_cookies: Vec<HeaderValue>,
+}
+
+impl Identity {
+    fn found(resolved: Resolved, carrier: Carrier) -> Identity {
+        Identity {
+            session: Some(resolved.session),
+            carrier: Some(carrier),
+            new_token: resolved.newer_token,
+            set_cookies: Vec::new(),
+        }
+    }
+}
+
+/// What a request needs to know about itself to be identified.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    /// A GET or HEAD top-level page load (link, address bar, reload).
+    pub navigation: bool,
+    /// A prefetch or prerender: never mints or spends anything.
+    pub speculative: bool,
+    /// The client address creation limits apply to.
+    pub client: IpAddr,
+}
+
+/// Where identification leads.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Forward (with or without a session).
+    Forward(Identity),
+    /// Serve the bootstrap page to this browser.
+    Bootstrap { browser: BrowserKey },
+    /// Too many bootstrap hops: serve the error page.
+    Loop,
 }
 
 /// Resolves requests to sessions.
@@ -87,15 +148,29 @@ pub struct Resolver {
     store: Arc<dyn SessionStore>,
     mode: SessionMode,
     pub cookies: CookieNames,
+    pub tickets: Arc<Tickets>,
+    limiter: CreationLimiter,
 }
 
 impl Resolver {
-    pub fn new(store: Arc<dyn SessionStore>, mode: SessionMode, secure: bool) -> Self {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        mode: SessionMode,
+        secure: bool,
+        tickets: Arc<Tickets>,
+        limiter: CreationLimiter,
+    ) -> Self {
         Resolver {
             store,
             mode,
             cookies: CookieNames::new(secure),
+            tickets,
+            limiter,
         }
+    }
+
+    pub fn mode(&self) -> SessionMode {
+        self.mode
     }
 
     /// The request's browser key, if it carries a well-formed one.
@@ -103,58 +178,99 @@ impl Resolver {
         cookie_values(headers, self.cookies.browser).find_map(BrowserKey::parse)
     }
 
-    /// Finds the request's session. With `may_mint`, a `browser`-mode request without
-    /// one gets a new session (and the cookies to carry it).
-    pub fn resolve(
-        &self,
-        headers: &HeaderMap,
-        may_mint: bool,
-        now: Millis,
-    ) -> Result<Identity, SessionError> {
-        let key = self.browser_key(headers);
-        if let Some(key) = &key {
-            if let Some(session) = self.by_header(headers, key, now) {
-                return Ok(Identity {
-                    session: Some(session),
-                    carrier: Some(Carrier::Header),
-                    set_cookies: Vec::new(),
-                });
-            }
-            if self.mode == SessionMode::Browser {
-                if let Some(session) = self.by_cookie(headers, key, now) {
-                    return Ok(Identity {
-                        session: Some(session),
-                        carrier: Some(Carrier::Cookie),
-                        set_cookies: Vec::new(),
-                    });
-                }
-            }
+    /// Identifies a request that is to be forwarded (DESIGN.md §3, rules 1–6).
+    pub fn identify(&self, ask: &Ask<'_>, now: Millis) -> Result<Outcome, SessionError> {
+        let key = self.browser_key(ask.headers);
+        if let Some(identity) = self.existing(ask, key.as_ref(), now) {
+            return Ok(Outcome::Forward(identity));
         }
-        if may_mint && self.mode == SessionMode::Browser {
-            return self.mint(key, CreatedKind::New, now);
+        if ask.speculative {
+            return Ok(Outcome::Forward(Identity::default()));
         }
-        Ok(Identity::default())
+        match (self.mode, key) {
+            (SessionMode::Browser, key) => self
+                .mint(key, None, CreatedKind::New, ask.client, now)
+                .map(Outcome::Forward),
+            (SessionMode::Tab, None) if ask.navigation => self
+                .mint(None, None, CreatedKind::New, ask.client, now)
+                .map(Outcome::Forward),
+            (SessionMode::Tab, Some(browser)) if ask.navigation => {
+                let hops = ask
+                    .query
+                    .and_then(|q| query::param(q, HOP_PARAM))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0);
+                Ok(if hops >= MAX_HOPS {
+                    Outcome::Loop
+                } else {
+                    Outcome::Bootstrap { browser }
+                })
+            }
+            _ => Ok(Outcome::Forward(Identity::default())),
+        }
     }
 
-    fn by_header(
+    /// The session a request already carries (header, ticket, cookie), never minting.
+    pub fn existing(
         &self,
-        headers: &HeaderMap,
-        key: &BrowserKey,
+        ask: &Ask<'_>,
+        key: Option<&BrowserKey>,
         now: Millis,
-    ) -> Option<Arc<Session>> {
-        let token = headers
-            .get_all(X_SESSION_TOKEN)
-            .iter()
-            .find_map(|v| v.to_str().ok().and_then(Token::parse))?;
+    ) -> Option<Identity> {
+        let key = key?;
+        if let Some(resolved) = self.by_header(ask.headers, key, now) {
+            return Some(Identity::found(resolved, Carrier::Header));
+        }
+        if let Some(session) = self.by_ticket(ask, key, now) {
+            return Some(Identity {
+                session: Some(session),
+                carrier: Some(Carrier::Ticket),
+                ..Identity::default()
+            });
+        }
+        if self.mode == SessionMode::Browser {
+            if let Some(resolved) = self.by_cookie(ask.headers, key, now) {
+                let mut identity = Identity::found(resolved, Carrier::Cookie);
+                if let Some(token) = &identity.new_token {
+                    identity
+                        .set_cookies
+                        .push(self.cookies.set(self.cookies.session, Some(token.encode())));
+                }
+                return Some(identity);
+            }
+        }
+        None
+    }
+
+    /// The session of the token in `X-Session-Token`, if valid for this browser.
+    pub fn by_header(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Resolved> {
+        let token = self.header_token(headers)?;
         self.store.resolve(&token, key, now)
     }
 
-    fn by_cookie(
-        &self,
-        headers: &HeaderMap,
-        key: &BrowserKey,
-        now: Millis,
-    ) -> Option<Arc<Session>> {
+    /// The well-formed token in `X-Session-Token`, valid or not.
+    pub fn header_token(&self, headers: &HeaderMap) -> Option<Token> {
+        headers
+            .get_all(X_SESSION_TOKEN)
+            .iter()
+            .find_map(|v| v.to_str().ok().and_then(Token::parse))
+    }
+
+    fn by_ticket(&self, ask: &Ask<'_>, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
+        let ticket = query::param(ask.query?, TICKET_PARAM)?;
+        let handle = if ask.speculative {
+            self.tickets.peek(Kind::Ticket, &ticket, key, now)
+        } else {
+            self.tickets.redeem(Kind::Ticket, &ticket, key, now)
+        }
+        .ok()?;
+        if ask.speculative {
+            return None;
+        }
+        self.store.get_bound(&handle, key, now)
+    }
+
+    fn by_cookie(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Resolved> {
         // Several cookies of the same name can arrive (cookie tossing from a sibling
         // subdomain); the first one that is valid for this browser wins.
         cookie_values(headers, self.cookies.session)
@@ -162,13 +278,19 @@ impl Resolver {
             .find_map(|token| self.store.resolve(&token, key, now))
     }
 
-    /// Creates a session for this browser (and a browser key if it has none).
+    /// Creates a session for this browser (and a browser key if it has none),
+    /// within the per-client creation limit.
     pub fn mint(
         &self,
         key: Option<BrowserKey>,
+        parent: Option<Handle>,
         kind: CreatedKind,
+        client: IpAddr,
         now: Millis,
     ) -> Result<Identity, SessionError> {
+        self.limiter
+            .admit(client, now)
+            .map_err(|retry| SessionError::Limited(retry.0))?;
         let mut set_cookies = Vec::with_capacity(2);
         let key = match key {
             Some(key) => key,
@@ -178,7 +300,7 @@ impl Resolver {
                 key
             }
         };
-        let created = self.store.create(&key, None, kind, now)?;
+        let created = self.store.create(&key, parent, kind, now)?;
         if self.mode == SessionMode::Browser {
             set_cookies.push(
                 self.cookies
@@ -188,8 +310,33 @@ impl Resolver {
         Ok(Identity {
             session: Some(created.session),
             carrier: Some(Carrier::Minted),
+            new_token: Some(created.token),
             set_cookies,
         })
+    }
+
+    /// Rotates a session's token (`X-Session-Rotate`) and records the new token on
+    /// the identity (and, in `browser` mode, the cookie that carries it).
+    pub fn rotate(
+        &self,
+        session: &Session,
+        identity: &mut Identity,
+        now: Millis,
+    ) -> Result<(), SessionError> {
+        let token = self.store.rotate(session, now)?;
+        if self.mode == SessionMode::Browser {
+            identity
+                .set_cookies
+                .push(self.cookies.set(self.cookies.session, Some(token.encode())));
+        }
+        identity.new_token = Some(token);
+        Ok(())
+    }
+
+    /// Forgets expired bookkeeping (spent tickets, full rate-limit buckets).
+    pub fn maintain(&self, now: Millis) {
+        self.tickets.prune(now);
+        self.limiter.forget_full(now);
     }
 
     /// The cookie that forgets an ended `browser`-mode session.

@@ -20,7 +20,6 @@ pub mod token;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -40,6 +39,8 @@ pub enum SessionError {
     Entropy(String),
     #[error("the session limit ({0}) is reached")]
     Full(usize),
+    #[error("too many new sessions from this client address; retry in {0} ms")]
+    Limited(Millis),
 }
 
 /// A live session's state as browsers and operators see it.
@@ -220,10 +221,17 @@ pub struct Session {
     timeout: AtomicU64,
     /// The deadline-index bucket this session is filed in (`u64::MAX`: none).
     pub(crate) filed_in: AtomicU64,
+    /// `last_activity` of the idle period that was already dealt with as `keep`
+    /// (the `timeout` hook answered `handled`, or `keep` mode reported it); an idle
+    /// period ends with the next activity, which makes the mark stale by itself.
+    idle_mark: AtomicU64,
     state: AtomicU8,
-    /// The current token, kept so that ending the session can forget it.
-    pub(crate) token: Mutex<Token>,
+    flags: AtomicU8,
 }
+
+/// `Session::flags`: the parent handle has been sent upstream once.
+const PARENT_SENT: u8 = 1;
+const NO_MARK: Millis = u64::MAX;
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -239,7 +247,6 @@ impl Session {
         handle: Handle,
         parent: Option<Handle>,
         binding: u64,
-        token: Token,
         timeout: Millis,
         now: Millis,
     ) -> Self {
@@ -252,8 +259,9 @@ impl Session {
             last_seen: AtomicU64::new(now),
             timeout: AtomicU64::new(timeout),
             filed_in: AtomicU64::new(u64::MAX),
+            idle_mark: AtomicU64::new(NO_MARK),
             state: AtomicU8::new(0),
-            token: Mutex::new(token),
+            flags: AtomicU8::new(0),
         }
     }
 
@@ -284,6 +292,39 @@ impl Session {
 
     pub(crate) fn set_timeout(&self, timeout: Millis) {
         self.timeout.store(timeout, Ordering::Release);
+    }
+
+    /// The parent handle, the first time it is asked for only: a forked session's
+    /// first forwarded request carries `X-Session-Parent`, later ones do not.
+    pub(crate) fn parent_once(&self) -> Option<Handle> {
+        let parent = self.parent?;
+        let before = self.flags.fetch_or(PARENT_SENT, Ordering::AcqRel);
+        (before & PARENT_SENT == 0).then_some(parent)
+    }
+
+    /// Marks the idle period that began at `idle_since` as kept; `false` if the user
+    /// has been active since (a new period, which must not be kept).
+    pub(crate) fn keep_idle_period(&self, idle_since: Millis) -> bool {
+        self.idle_mark.store(idle_since, Ordering::Release);
+        self.last_activity() == idle_since
+    }
+
+    /// Marks the current idle period as reported; `true` if this call did it.
+    pub(crate) fn report_idle_period(&self) -> bool {
+        let since = self.last_activity();
+        self.idle_mark.swap(since, Ordering::AcqRel) != since
+    }
+
+    /// What happens at the end of the current idle period: the configured rule,
+    /// unless this period has been kept.
+    pub fn on_timeout(&self, rules: &Lifetime) -> OnTimeout {
+        if rules.on_timeout == OnTimeout::Countdown
+            && self.idle_mark.load(Ordering::Acquire) == self.last_activity()
+        {
+            OnTimeout::Keep
+        } else {
+            rules.on_timeout
+        }
     }
 
     pub(crate) fn is_bound_to(&self, binding: u64) -> bool {
@@ -331,14 +372,15 @@ impl Session {
             };
         }
         let idle_at = self.last_activity() + timeout;
-        let timeout_end = match rules.on_timeout {
+        let on_timeout = self.on_timeout(rules);
+        let timeout_end = match on_timeout {
             OnTimeout::Countdown => Some(idle_at + rules.countdown_for(timeout)),
             OnTimeout::End => Some(idle_at),
             OnTimeout::Keep => None,
         };
         let abandon_at = self.last_seen() + rules.abandon_for(timeout);
         Deadlines {
-            warn_at: (rules.on_timeout != OnTimeout::End).then_some(idle_at),
+            warn_at: (on_timeout != OnTimeout::End).then_some(idle_at),
             end_at: min_opt(timeout_end, lifetime_at),
             abandon_at: Some(abandon_at),
         }
@@ -360,7 +402,7 @@ impl Session {
             return Verdict::Due(EndReason::Abandoned);
         }
         let idle_at = self.last_activity() + timeout;
-        match rules.on_timeout {
+        match self.on_timeout(rules) {
             OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
             OnTimeout::Countdown if now >= idle_at + rules.countdown_for(timeout) => {
                 Verdict::Due(EndReason::Timeout)

@@ -7,25 +7,38 @@
 //! DashMap guards are never held across another map operation or an `.await`:
 //! values are cloned out first (`Arc`, `Copy`), which keeps the store deadlock-free.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
 use super::events::{SessionEvent, SessionObserver};
 use super::expiry::{DeadlineIndex, DueEntry};
-use super::token::Binder;
+use super::token::{Binder, Deriver};
 use super::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
     Token, Touch, Verdict,
 };
-use crate::config::WhenFull;
+use crate::config::{OnTimeout, WhenFull};
+
+/// How long a token replaced by `X-Session-Rotate` keeps working (requests in flight).
+pub const ROTATION_GRACE: Millis = 10_000;
 
 /// A newly created session and the token only its creator learns.
 #[derive(Debug)]
 pub struct Created {
     pub session: Arc<Session>,
     pub token: Token,
+}
+
+/// A session found by its token.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub session: Arc<Session>,
+    /// Set when the token presented has been replaced by a rotation: the new one,
+    /// which the response must hand to the browser.
+    pub newer_token: Option<Token>,
 }
 
 /// The operations the request path, the sweeper and the admin API need.
@@ -42,13 +55,18 @@ pub trait SessionStore: Send + Sync {
         now: Millis,
     ) -> Result<Created, SessionError>;
 
-    /// The live session for `token`, if the token is known, bound to `browser`, and its
-    /// session is within its deadlines at `now` (a session found past a deadline is
-    /// ended on the spot: lookups never depend on the sweeper being on time).
-    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Arc<Session>>;
+    /// The live session for `token`, if the token is known (or replaced less than
+    /// [`ROTATION_GRACE`] ago), bound to `browser`, and its session is within its
+    /// deadlines at `now` (a session found past a deadline is ended on the spot:
+    /// lookups never depend on the sweeper being on time).
+    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Resolved>;
 
-    /// The live session with this handle (admin API), with the same deadline check.
+    /// The live session with this handle, with the same deadline check.
     fn get(&self, handle: &Handle, now: Millis) -> Option<Arc<Session>>;
+
+    /// The live session with this handle if it is bound to `browser` (tickets).
+    fn get_bound(&self, handle: &Handle, browser: &BrowserKey, now: Millis)
+        -> Option<Arc<Session>>;
 
     /// Records a signal or activity and returns the session's state afterwards.
     fn touch(&self, session: &Session, touch: Touch, now: Millis) -> State;
@@ -59,8 +77,19 @@ pub trait SessionStore: Send + Sync {
     /// Sets one session's idle timeout (0 = never).
     fn set_timeout(&self, session: &Session, timeout: Millis, now: Millis);
 
+    /// Issues a new token for the session (`X-Session-Rotate`); the old one keeps
+    /// working for [`ROTATION_GRACE`].
+    fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError>;
+
+    /// The `timeout` hook answered `handled` for the idle period that began at
+    /// `idle_since`: keep the session (as `on_timeout = "keep"` would).
+    fn timeout_handled(&self, handle: &Handle, idle_since: Millis, now: Millis);
+
     /// Handles up to `max` due deadlines; returns how many entries it looked at.
     fn sweep(&self, now: Millis, max: usize) -> usize;
+
+    /// Periodic housekeeping of side tables (retired tokens).
+    fn maintain(&self, now: Millis);
 
     /// Live sessions ordered by handle, starting after `after`.
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
@@ -72,21 +101,44 @@ pub trait SessionStore: Send + Sync {
     }
 }
 
-/// How many sessions the evict policy samples to find one least recently seen
-/// (approximate LRU, as Redis does: exact LRU would need an ordered index that every
-/// touch writes to).
-const EVICTION_SAMPLE: usize = 32;
+/// A session whose token was rotated: what the current token derives to, the token
+/// itself (for a browser still presenting the old one), and when each older token
+/// stops working.
+#[derive(Debug, Clone, Copy)]
+struct Rotation {
+    current: Handle,
+    token: Token,
+    /// When the session's original token (the one its handle derives from) retires.
+    original_retires_at: Millis,
+}
+
+/// A token that came from a rotation: the session it belongs to, and when it retires
+/// (`Millis::MAX` while it is the current one).
+#[derive(Debug, Clone, Copy)]
+struct Alias {
+    session: Handle,
+    retires_at: Millis,
+}
 
 /// The in-memory session store.
+///
+/// Sessions are filed under the handle their token derives to ([`Deriver`]), so the
+/// store keeps no token and needs no token map; the rare rotated sessions have a
+/// small side table. Per session that leaves the `Arc<Session>`, one map entry and one
+/// deadline-index entry.
 pub struct MemoryStore {
     sessions: DashMap<Handle, Arc<Session>>,
-    tokens: DashMap<Token, Handle>,
+    rotations: DashMap<Handle, Rotation>,
+    aliases: DashMap<Handle, Alias>,
     index: DeadlineIndex,
     rules: Lifetime,
     binder: Binder,
+    deriver: Deriver,
     live: AtomicUsize,
     max_sessions: usize,
-    when_full: WhenFull,
+    /// Creation order with the `last_seen` each entry was filed with, only under
+    /// `when_full = "evict"`: a CLOCK (second chance) queue over least recently seen.
+    eviction: Option<Mutex<VecDeque<(Handle, Millis)>>>,
     observer: Arc<dyn SessionObserver>,
 }
 
@@ -99,13 +151,15 @@ impl MemoryStore {
     ) -> Self {
         MemoryStore {
             sessions: DashMap::new(),
-            tokens: DashMap::new(),
+            rotations: DashMap::new(),
+            aliases: DashMap::new(),
             index: DeadlineIndex::default(),
             rules,
             binder: Binder::new(),
+            deriver: Deriver::new(),
             live: AtomicUsize::new(0),
             max_sessions,
-            when_full,
+            eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(VecDeque::new())),
             observer,
         }
     }
@@ -129,20 +183,41 @@ impl MemoryStore {
                 }
                 continue;
             }
-            if self.when_full == WhenFull::Reject || !self.evict_one(now) {
+            if !self.evict_one(now) {
                 return Err(SessionError::Full(self.max_sessions));
             }
         }
     }
 
-    /// Ends the least recently seen of a sample of sessions.
+    /// Ends the least recently seen session (CLOCK approximation): the first queued
+    /// session not seen since it was queued; one seen since goes to the back with its
+    /// new `last_seen`. Each entry is looked at most twice per call, so this ends.
     fn evict_one(&self, now: Millis) -> bool {
-        let victim = self
-            .sessions
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|entry| entry.value().last_seen())
-            .map(|entry| Arc::clone(entry.value()));
+        let Some(queue) = &self.eviction else {
+            return false;
+        };
+        let victim = {
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut budget = queue.len() * 2;
+            let mut victim = None;
+            while budget > 0 {
+                budget -= 1;
+                let Some((handle, seen)) = queue.pop_front() else {
+                    break;
+                };
+                let Some(session) = self.sessions.get(&handle).map(|s| Arc::clone(&s)) else {
+                    continue; // ended meanwhile
+                };
+                let last_seen = session.last_seen();
+                if last_seen > seen {
+                    queue.push_back((handle, last_seen));
+                } else {
+                    victim = Some(session);
+                    break;
+                }
+            }
+            victim
+        };
         victim.is_some_and(|session| self.end(&session, EndReason::Evicted, now))
     }
 
@@ -155,6 +230,29 @@ impl MemoryStore {
                 self.end(&session, reason, now);
                 None
             }
+        }
+    }
+
+    /// The session handle a token stands for at `now`, and the newer token if it was
+    /// rotated away.
+    fn handle_for(&self, token: &Token, now: Millis) -> Option<(Handle, Option<Token>)> {
+        let derived = self.deriver.handle_of(token);
+        if let Some(alias) = self.aliases.get(&derived).map(|a| *a) {
+            if now >= alias.retires_at {
+                self.aliases.remove(&derived);
+                return None;
+            }
+            let newer = (alias.retires_at != Millis::MAX)
+                .then(|| self.rotations.get(&alias.session).map(|r| r.token))
+                .flatten();
+            return Some((alias.session, newer));
+        }
+        match self.rotations.get(&derived).map(|r| *r) {
+            None => Some((derived, None)),
+            Some(rotation) if now < rotation.original_retires_at => {
+                Some((derived, Some(rotation.token)))
+            }
+            Some(_) => None,
         }
     }
 
@@ -176,7 +274,17 @@ impl MemoryStore {
                         .observe(&SessionEvent::Warned { session: &session });
                 }
             }
-            Verdict::Live(_) => {}
+            Verdict::Live(_) => {
+                let timeout = session.timeout();
+                let idle = timeout > 0 && now >= session.last_activity() + timeout;
+                if idle
+                    && self.rules.on_timeout == OnTimeout::Keep
+                    && session.report_idle_period()
+                {
+                    self.observer
+                        .observe(&SessionEvent::Idle { session: &session });
+                }
+            }
         }
         self.index
             .refile(&session, entry.bucket, session.next_due(&self.rules, now));
@@ -195,40 +303,69 @@ impl SessionStore for MemoryStore {
         kind: CreatedKind,
         now: Millis,
     ) -> Result<Created, SessionError> {
-        let token = Token::generate()?;
         self.reserve_slot(now)?;
-        let handle = Handle::new_v4();
-        let session = Arc::new(Session::new(
-            handle,
-            parent,
-            self.binder.bind(browser),
-            token,
-            self.rules.timeout,
-            now,
-        ));
-        self.sessions.insert(handle, Arc::clone(&session));
-        self.tokens.insert(token, handle);
+        let created = loop {
+            let token = match Token::generate() {
+                Ok(token) => token,
+                Err(error) => {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    return Err(error);
+                }
+            };
+            let handle = self.deriver.handle_of(&token);
+            // A collision of 122-bit handles will not happen, but if it did, the
+            // existing session must not be replaced.
+            if let dashmap::Entry::Vacant(slot) = self.sessions.entry(handle) {
+                let session = Arc::new(Session::new(
+                    handle,
+                    parent,
+                    self.binder.bind(browser),
+                    self.rules.timeout,
+                    now,
+                ));
+                slot.insert(Arc::clone(&session));
+                break Created { session, token };
+            }
+        };
+        let session = &created.session;
         if let Some(due) = session.next_due(&self.rules, now) {
-            self.index.file_earlier(&session, due);
+            self.index.file_earlier(session, due);
         }
-        self.observer.observe(&SessionEvent::Started {
-            session: &session,
-            kind,
-        });
-        Ok(Created { session, token })
+        if let Some(queue) = &self.eviction {
+            queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((session.handle(), now));
+        }
+        self.observer
+            .observe(&SessionEvent::Started { session, kind });
+        Ok(created)
     }
 
-    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
-        let handle = *self.tokens.get(token)?;
-        let session = self.sessions.get(&handle).map(|s| Arc::clone(&s))?;
-        if !session.is_bound_to(self.binder.bind(browser)) {
-            return None;
-        }
-        self.check(session, now)
+    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Resolved> {
+        let (handle, newer_token) = self.handle_for(token, now)?;
+        let session = self.get_bound(&handle, browser, now)?;
+        Some(Resolved {
+            session,
+            newer_token,
+        })
     }
 
     fn get(&self, handle: &Handle, now: Millis) -> Option<Arc<Session>> {
         let session = self.sessions.get(handle).map(|s| Arc::clone(&s))?;
+        self.check(session, now)
+    }
+
+    fn get_bound(
+        &self,
+        handle: &Handle,
+        browser: &BrowserKey,
+        now: Millis,
+    ) -> Option<Arc<Session>> {
+        let session = self.sessions.get(handle).map(|s| Arc::clone(&s))?;
+        if !session.is_bound_to(self.binder.bind(browser)) {
+            return None;
+        }
         self.check(session, now)
     }
 
@@ -248,9 +385,11 @@ impl SessionStore for MemoryStore {
         let Some(was) = session.mark_ended() else {
             return false;
         };
-        let token = *session.token.lock().unwrap_or_else(|e| e.into_inner());
-        self.tokens.remove(&token);
-        self.sessions.remove(&session.handle());
+        let handle = session.handle();
+        self.sessions.remove(&handle);
+        if let Some((_, rotation)) = self.rotations.remove(&handle) {
+            self.aliases.remove(&rotation.current);
+        }
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.observer.observe(&SessionEvent::Ended {
             session,
@@ -268,6 +407,61 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError> {
+        let handle = session.handle();
+        let token = loop {
+            let token = Token::generate()?;
+            let derived = self.deriver.handle_of(&token);
+            if derived != handle && !self.sessions.contains_key(&derived) {
+                break token;
+            }
+        };
+        let current = self.deriver.handle_of(&token);
+        let retires_at = now + ROTATION_GRACE;
+        self.aliases.insert(
+            current,
+            Alias {
+                session: handle,
+                retires_at: Millis::MAX,
+            },
+        );
+        let previous = self.rotations.insert(
+            handle,
+            Rotation {
+                current,
+                token,
+                original_retires_at: retires_at,
+            },
+        );
+        if let Some(previous) = previous {
+            // The token before this one retires now + grace; the original one keeps
+            // the retirement it already had.
+            if let Some(mut alias) = self.aliases.get_mut(&previous.current) {
+                alias.retires_at = retires_at;
+            }
+            if let Some(mut rotation) = self.rotations.get_mut(&handle) {
+                rotation.original_retires_at = previous.original_retires_at;
+            }
+        }
+        if session.stored_state() == State::Ended {
+            // Ended while rotating: forget what was just added.
+            self.rotations.remove(&handle);
+            self.aliases.remove(&current);
+        }
+        Ok(token)
+    }
+
+    fn timeout_handled(&self, handle: &Handle, idle_since: Millis, now: Millis) {
+        let Some(session) = self.get(handle, now) else {
+            return;
+        };
+        if session.keep_idle_period(idle_since) && session.transition(State::Warning, State::Active)
+        {
+            self.observer
+                .observe(&SessionEvent::Handled { session: &session });
+        }
+    }
+
     fn sweep(&self, now: Millis, max: usize) -> usize {
         let mut due = Vec::with_capacity(max.min(4096));
         self.index.pop_due(now, max, &mut due);
@@ -275,6 +469,10 @@ impl SessionStore for MemoryStore {
             self.sweep_one(*entry, now);
         }
         due.len()
+    }
+
+    fn maintain(&self, now: Millis) {
+        self.aliases.retain(|_, alias| alias.retires_at > now);
     }
 
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>> {
@@ -329,6 +527,8 @@ mod tests {
                 SessionEvent::Started { session, .. } => ("started", session.handle(), None, 0),
                 SessionEvent::Warned { session } => ("warned", session.handle(), None, 0),
                 SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
+                SessionEvent::Idle { session } => ("idle", session.handle(), None, 0),
+                SessionEvent::Handled { session } => ("handled", session.handle(), None, 0),
                 SessionEvent::Ended {
                     session,
                     reason,

@@ -37,14 +37,14 @@ use self::headers::{
 use self::origin::OriginPolicy;
 use self::tunnel::Tunnels;
 use crate::config::{Activity, Config};
+use crate::inject;
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::{self, Reserved};
-use crate::inject;
 use crate::session::identity::{Ask, Carrier, Identity, Outcome, Resolver};
 use crate::session::limit::CreationLimiter;
-use crate::session::ticket::Tickets;
 use crate::session::store::SessionStore;
+use crate::session::ticket::Tickets;
 use crate::session::{Clock, EndReason, SessionError, State, Touch};
 
 /// Everything the request path needs, shared by all connections.
@@ -92,7 +92,9 @@ impl Gateway {
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
         // Remembered redeemed tickets: a few per live session is far more than tabs
         // navigate within a ticket's lifetime.
-        let tickets = Arc::new(Tickets::new(config.session.max_sessions.saturating_mul(4).max(65_536))?);
+        let tickets = Arc::new(Tickets::new(
+            config.session.max_sessions.saturating_mul(4).max(65_536),
+        )?);
         Ok(Gateway {
             resolver: Resolver::new(
                 Arc::clone(&store),
@@ -163,7 +165,10 @@ impl Gateway {
             Ok(Outcome::Loop) => return (Route::Bootstrap, bootstrap::loop_page(self)),
             Err(error) => return (Route::Proxy, session_error_response(&error)),
         };
-        (Route::Proxy, self.pass(parts, body, conn, upgrade, exchange).await)
+        (
+            Route::Proxy,
+            self.pass(parts, body, conn, upgrade, exchange).await,
+        )
     }
 
     /// Stages 4 and 5 for an identified request: forward it and shape the response.
@@ -251,7 +256,10 @@ impl Gateway {
             Ok(plan) => plan,
             Err(skip) => {
                 if skip.is_page() {
-                    self.metrics.injections.with_label_values(&["skipped"]).inc();
+                    self.metrics
+                        .injections
+                        .with_label_values(&["skipped"])
+                        .inc();
                 }
                 return body;
             }
@@ -620,7 +628,9 @@ pub(crate) fn session_error_response(error: &SessionError) -> Response<ProxyBody
             );
             let seconds = retry_ms.div_ceil(1000).max(1);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
             }
             response
         }

@@ -177,7 +177,10 @@ fn agent_script(request: &Request<Incoming>) -> Response<ProxyBody> {
             "no-cache"
         }),
     );
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -222,20 +225,14 @@ async fn session(
     let fork = asked.duplicate && gateway.reserved.duplicate_tab == DuplicateTab::New;
     let minted = match (&resolved, fork) {
         (Some(_), false) => None,
-        (Some(parent), true) => Some((
-            "forked",
-            Some(parent.session.handle()),
-            CreatedKind::Fork,
-        )),
+        (Some(parent), true) => Some(("forked", Some(parent.session.handle()), CreatedKind::Fork)),
         (None, _) if presented.is_some() => Some(("expired", None, CreatedKind::ResumeMiss)),
         (None, _) => Some(("new", None, CreatedKind::New)),
     };
     let (reason, session, token) = match (minted, resolved) {
         (None, Some(resolved)) => {
             // A reload or navigation of the tab: the user is there.
-            gateway
-                .store
-                .touch(&resolved.session, Touch::Activity, now);
+            gateway.store.touch(&resolved.session, Touch::Activity, now);
             ("resumed", resolved.session, resolved.newer_token)
         }
         (Some((reason, parent, kind)), _) => {
@@ -466,7 +463,13 @@ fn touched(
     let state = gateway.store.touch(session, touch, now);
     let mut reply = describe(gateway, session, state);
     if state != State::Ended {
-        let tickets = issue_tickets(gateway, session, &caller.browser, want.min(MAX_TICKETS), now);
+        let tickets = issue_tickets(
+            gateway,
+            session,
+            &caller.browser,
+            want.min(MAX_TICKETS),
+            now,
+        );
         reply["tickets"] = json!(tickets);
         if let Some(token) = &caller.new_token {
             reply["token"] = json!(token.encode());

@@ -243,7 +243,12 @@ impl Resolver {
     }
 
     /// The session of the token in `X-Session-Token`, if valid for this browser.
-    pub fn by_header(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Resolved> {
+    pub fn by_header(
+        &self,
+        headers: &HeaderMap,
+        key: &BrowserKey,
+        now: Millis,
+    ) -> Option<Resolved> {
         let token = self.header_token(headers)?;
         self.store.resolve(&token, key, now)
     }

@@ -106,7 +106,10 @@ impl CreationLimiter {
 
     fn refilled(&self, bucket: Bucket, now: Millis) -> u64 {
         // per_minute tokens per 60 000 ms = per_minute / 60 milli-tokens per ms.
-        let gained = now.saturating_sub(bucket.at).saturating_mul(self.per_minute) / 60;
+        let gained = now
+            .saturating_sub(bucket.at)
+            .saturating_mul(self.per_minute)
+            / 60;
         bucket
             .milli_tokens
             .saturating_add(gained)

@@ -277,9 +277,7 @@ impl MemoryStore {
             Verdict::Live(_) => {
                 let timeout = session.timeout();
                 let idle = timeout > 0 && now >= session.last_activity() + timeout;
-                if idle
-                    && self.rules.on_timeout == OnTimeout::Keep
-                    && session.report_idle_period()
+                if idle && self.rules.on_timeout == OnTimeout::Keep && session.report_idle_period()
                 {
                     self.observer
                         .observe(&SessionEvent::Idle { session: &session });

@@ -99,7 +99,8 @@ impl Tickets {
         browser: &BrowserKey,
         now: Millis,
     ) -> Result<Handle, Rejected> {
-        self.verify(kind, text, browser, now).map(|(handle, ..)| handle)
+        self.verify(kind, text, browser, now)
+            .map(|(handle, ..)| handle)
     }
 
     /// Checks a value and spends it: the same value is refused from now on.
@@ -217,9 +218,15 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(t.peek(Kind::Ticket, &ticket, &mine, 1_001), Ok(handle));
-        assert_eq!(t.redeem(Kind::Ticket, &ticket, &other, 1_001), Err(Rejected::Forged));
+        assert_eq!(
+            t.redeem(Kind::Ticket, &ticket, &other, 1_001),
+            Err(Rejected::Forged)
+        );
         assert_eq!(t.redeem(Kind::Ticket, &ticket, &mine, 1_001), Ok(handle));
-        assert_eq!(t.redeem(Kind::Ticket, &ticket, &mine, 1_002), Err(Rejected::Spent));
+        assert_eq!(
+            t.redeem(Kind::Ticket, &ticket, &mine, 1_002),
+            Err(Rejected::Spent)
+        );
         let late = t.issue(Kind::Ticket, handle, &mine, 1_000);
         assert_eq!(
             t.redeem(Kind::Ticket, &late, &mine, 1_000 + TICKET_TTL),
@@ -232,11 +239,17 @@ mod tests {
         let t = issuer();
         let k = key();
         let challenge = t.issue(Kind::Challenge, Handle::nil(), &k, 0);
-        assert_eq!(t.peek(Kind::Ticket, &challenge, &k, 1), Err(Rejected::Forged));
+        assert_eq!(
+            t.peek(Kind::Ticket, &challenge, &k, 1),
+            Err(Rejected::Forged)
+        );
         let mut bytes = challenge.clone().into_bytes();
         bytes[5] = if bytes[5] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert_eq!(t.peek(Kind::Challenge, &tampered, &k, 1), Err(Rejected::Forged));
+        assert_eq!(
+            t.peek(Kind::Challenge, &tampered, &k, 1),
+            Err(Rejected::Forged)
+        );
         for junk in ["", "x", &"A".repeat(66), &"%".repeat(66), &challenge[..65]] {
             assert!(t.peek(Kind::Challenge, junk, &k, 1).is_err(), "{junk}");
         }

@@ -9,5 +9,6 @@ mod cli;
 mod forwarding;
 mod identity;
 mod reserved;
+mod tab;
 mod tls;
 mod upgrade;

@@ -315,12 +315,15 @@ impl Session {
         self.idle_mark.swap(since, Ordering::AcqRel) != since
     }
 
+    /// Whether the current idle period was kept or reported (see `idle_mark`).
+    pub(crate) fn idle_period_marked(&self) -> bool {
+        self.idle_mark.load(Ordering::Acquire) == self.last_activity()
+    }
+
     /// What happens at the end of the current idle period: the configured rule,
     /// unless this period has been kept.
     pub fn on_timeout(&self, rules: &Lifetime) -> OnTimeout {
-        if rules.on_timeout == OnTimeout::Countdown
-            && self.idle_mark.load(Ordering::Acquire) == self.last_activity()
-        {
+        if rules.on_timeout == OnTimeout::Countdown && self.idle_period_marked() {
             OnTimeout::Keep
         } else {
             rules.on_timeout

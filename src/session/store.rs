@@ -3,7 +3,9 @@
 //!
 //! The request path only talks to the trait, so a shared store (several gateway
 //! replicas, DESIGN.md §10) can be added without touching it. The in-memory store is
-//! two `DashMap`s (handle → session, token → handle) plus the [`DeadlineIndex`].
+//! one `DashMap` (handle → session) plus the [`DeadlineIndex`]; tokens are not stored
+//! at all but derive to their session's handle, and the rare rotated sessions sit in
+//! two small side maps.
 //! DashMap guards are never held across another map operation or an `.await`:
 //! values are cloned out first (`Arc`, `Copy`), which keeps the store deadlock-free.
 
@@ -372,7 +374,16 @@ impl SessionStore for MemoryStore {
             self.end(session, reason, now);
             return State::Ended;
         }
+        // Activity after a kept (or reported) idle period starts a new one whose
+        // warning is due before whatever the session is filed for: the one case where
+        // a touch moves a deadline earlier, so the one case it writes the index.
+        let leaves_kept_period = touch == Touch::Activity && session.idle_period_marked();
         session.touch(touch, now);
+        if leaves_kept_period {
+            if let Some(due) = session.next_due(&self.rules, now) {
+                self.index.file_earlier(session, due);
+            }
+        }
         if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
             self.observer.observe(&SessionEvent::Extended { session });
         }
@@ -832,5 +843,312 @@ mod tests {
         assert!(late_by <= 1_000, "ended {late_by} ms after the deadline");
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rotated_token_replaces_the_old_one_after_a_grace() {
+        let w = world(|_| {});
+        let created = w.create();
+        let old = created.token;
+        let new = w.store.rotate(&created.session, w.clock.now()).unwrap();
+        let by_old = w.store.resolve(&old, &w.key, w.clock.now()).unwrap();
+        assert_eq!(by_old.session.handle(), created.session.handle());
+        assert_eq!(
+            by_old.newer_token,
+            Some(new),
+            "the old token learns the new"
+        );
+        let by_new = w.store.resolve(&new, &w.key, w.clock.now()).unwrap();
+        assert_eq!(by_new.session.handle(), created.session.handle());
+        assert_eq!(by_new.newer_token, None);
+        // A second rotation retires the first new token too.
+        tokio::time::advance(Duration::from_millis(5_000)).await;
+        let newest = w.store.rotate(&created.session, w.clock.now()).unwrap();
+        tokio::time::advance(Duration::from_millis(ROTATION_GRACE)).await;
+        let now = w.clock.now();
+        assert!(w.store.resolve(&old, &w.key, now).is_none());
+        assert!(w.store.resolve(&new, &w.key, now).is_none());
+        assert!(w.store.resolve(&newest, &w.key, now).is_some());
+        w.store.maintain(now);
+        assert_eq!(w.store.aliases.len(), 1, "retired aliases are pruned");
+        w.store.end(&created.session, EndReason::Ended, now);
+        assert!(w.store.resolve(&newest, &w.key, now).is_none());
+        assert!(w.store.aliases.is_empty() && w.store.rotations.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handled_timeout_keeps_the_session_until_the_next_idle_period() {
+        let w = world(|_| {});
+        let session = w.create().session;
+        w.advance(10_500).await;
+        assert_eq!(session.stored_state(), State::Warning);
+        let idle_since = session.last_activity();
+        w.store
+            .timeout_handled(&session.handle(), idle_since, w.clock.now());
+        assert_eq!(session.stored_state(), State::Active);
+        assert_eq!(w.events.kinds(), ["started", "warned", "handled"]);
+        // Kept like `keep`: heartbeats keep it well past the countdown.
+        for _ in 0..10 {
+            w.advance(3_000).await;
+            w.store.touch(&session, Touch::Signal, w.clock.now());
+        }
+        assert_eq!(w.state(&session), State::Active);
+        // Activity starts a new idle period, which warns again.
+        w.store.touch(&session, Touch::Activity, w.clock.now());
+        w.advance(10_500).await;
+        assert_eq!(session.stored_state(), State::Warning);
+        // A late answer for an old idle period keeps nothing.
+        w.store
+            .timeout_handled(&session.handle(), idle_since, w.clock.now());
+        assert_eq!(session.stored_state(), State::Warning);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_reports_each_idle_period_once() {
+        let w = world(|c| c.on_timeout = OnTimeout::Keep);
+        let session = w.create().session;
+        for _ in 0..6 {
+            w.advance(3_000).await;
+            w.store.touch(&session, Touch::Signal, w.clock.now());
+        }
+        assert_eq!(w.events.kinds(), ["started", "idle"]);
+        w.store.touch(&session, Touch::Activity, w.clock.now());
+        for _ in 0..4 {
+            w.advance(3_000).await;
+            w.store.touch(&session, Touch::Signal, w.clock.now());
+        }
+        assert_eq!(w.events.kinds(), ["started", "idle", "idle"]);
+        assert_eq!(w.state(&session), State::Active);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_passes_over_recently_seen_sessions() {
+        let w = world(|c| {
+            c.max_sessions = 3;
+            c.when_full = WhenFull::Evict;
+            c.timeout = Cfg::ZERO;
+        });
+        let a = w.create().session;
+        let b = w.create().session;
+        let c = w.create().session;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // a is the oldest but was just seen: b goes first, then c, then a.
+        w.store.touch(&a, Touch::Signal, w.clock.now());
+        w.create();
+        assert_eq!(b.stored_state(), State::Ended);
+        w.create();
+        assert_eq!(c.stored_state(), State::Ended);
+        assert_eq!(a.stored_state(), State::Active);
+        assert_eq!(w.store.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fork_names_its_parent_once() {
+        let w = world(|_| {});
+        let parent = w.create().session;
+        let child = w
+            .store
+            .create(
+                &w.key,
+                Some(parent.handle()),
+                CreatedKind::Fork,
+                w.clock.now(),
+            )
+            .unwrap()
+            .session;
+        assert_eq!(child.parent_once(), Some(parent.handle()));
+        assert_eq!(child.parent_once(), None);
+        assert_eq!(parent.parent_once(), None);
+    }
+
+    mod properties {
+        //! Random sequences of what browsers, backends and time can do to sessions.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Create,
+            Touch(usize, bool),
+            Heartbeat(usize),
+            Extend(usize),
+            End(usize),
+            Rotate(usize),
+            SetTimeout(usize, u64),
+            Handled(usize),
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                2 => Just(Op::Create),
+                3 => (0..8usize, any::<bool>()).prop_map(|(i, a)| Op::Touch(i, a)),
+                3 => (0..8usize).prop_map(Op::Heartbeat),
+                1 => (0..8usize).prop_map(Op::Extend),
+                1 => (0..8usize).prop_map(Op::End),
+                1 => (0..8usize).prop_map(Op::Rotate),
+                1 => (0..8usize, 0..15_000u64).prop_map(|(i, t)| Op::SetTimeout(i, t)),
+                1 => (0..8usize).prop_map(Op::Handled),
+                4 => (0..12_000u64).prop_map(Op::Advance),
+            ]
+        }
+
+        fn config() -> impl Strategy<Value = SessionConfig> {
+            (
+                prop_oneof![Just(0u64), 1..20u64],
+                prop_oneof![
+                    Just(OnTimeout::Countdown),
+                    Just(OnTimeout::Keep),
+                    Just(OnTimeout::End)
+                ],
+                prop_oneof![Just(0u64), 5..60u64],
+            )
+                .prop_map(|(timeout, on_timeout, lifetime)| SessionConfig {
+                    timeout: Cfg::from_secs(timeout),
+                    on_timeout,
+                    max_lifetime: Cfg::from_secs(lifetime),
+                    max_sessions: 6,
+                    when_full: WhenFull::Evict,
+                    ..SessionConfig::default()
+                })
+        }
+
+        /// Per session: the token, whether the store said it ended, when it began.
+        struct Tracked {
+            token: Token,
+            session: Arc<Session>,
+        }
+
+        fn run(config: SessionConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let w = world(|c| *c = config.clone());
+                let max_lifetime = w.store.rules().max_lifetime;
+                let mut tracked: Vec<Tracked> = Vec::new();
+                let now = || w.clock.now();
+                for op in ops {
+                    let pick = |i: usize| tracked.get(i % tracked.len().max(1));
+                    match op {
+                        Op::Create => {
+                            if let Ok(created) =
+                                w.store.create(&w.key, None, CreatedKind::New, now())
+                            {
+                                tracked.push(Tracked {
+                                    token: created.token,
+                                    session: created.session,
+                                });
+                            }
+                        }
+                        Op::Touch(i, activity) => {
+                            if let Some(t) = pick(i) {
+                                let touch = if activity {
+                                    Touch::Activity
+                                } else {
+                                    Touch::Signal
+                                };
+                                w.store.touch(&t.session, touch, now());
+                            }
+                        }
+                        Op::Heartbeat(i) => {
+                            if let Some(t) = pick(i) {
+                                w.store.touch(&t.session, Touch::Signal, now());
+                            }
+                        }
+                        Op::Extend(i) => {
+                            if let Some(t) = pick(i) {
+                                w.store.touch(&t.session, Touch::Activity, now());
+                            }
+                        }
+                        Op::End(i) => {
+                            if let Some(t) = pick(i) {
+                                w.store.end(&t.session, EndReason::Ended, now());
+                            }
+                        }
+                        Op::Rotate(i) => {
+                            if let Some(t) =
+                                pick(i).filter(|t| t.session.stored_state() != State::Ended)
+                            {
+                                let token = w.store.rotate(&t.session, now()).unwrap();
+                                let session = Arc::clone(&t.session);
+                                tracked.push(Tracked { token, session });
+                            }
+                        }
+                        Op::SetTimeout(i, ms) => {
+                            if let Some(t) = pick(i) {
+                                w.store.set_timeout(&t.session, ms, now());
+                            }
+                        }
+                        Op::Handled(i) => {
+                            if let Some(t) = pick(i) {
+                                let since = t.session.last_activity();
+                                w.store.timeout_handled(&t.session.handle(), since, now());
+                            }
+                        }
+                        Op::Advance(ms) => w.advance(ms).await,
+                    }
+                    // After every step: ended sessions are never found again, and no
+                    // session is found at or past its max_lifetime.
+                    let ended: std::collections::HashSet<Handle> = w
+                        .events
+                        .0
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|row| row.0 == "ended")
+                        .map(|row| row.1)
+                        .collect();
+                    for t in &tracked {
+                        let handle = t.session.handle();
+                        let was_ended = ended.contains(&handle);
+                        let found = w.store.resolve(&t.token, &w.key, now());
+                        if was_ended {
+                            prop_assert!(found.is_none(), "an ended session was found again");
+                        }
+                        if let Some(found) = found {
+                            prop_assert_eq!(found.session.handle(), handle);
+                            if max_lifetime > 0 {
+                                prop_assert!(now() < t.session.created() + max_lifetime);
+                            }
+                        }
+                    }
+                }
+                // Let every session run out (nothing signals any more), then check
+                // each one's event history: started first, exactly one end, last.
+                for t in &tracked {
+                    w.store.end(&t.session, EndReason::Admin, now());
+                }
+                let rows = w.events.0.lock().unwrap().clone();
+                for t in &tracked {
+                    let history: Vec<&str> = rows
+                        .iter()
+                        .filter(|row| row.1 == t.session.handle())
+                        .map(|row| row.0)
+                        .collect();
+                    prop_assert_eq!(history.first().copied(), Some("started"));
+                    prop_assert_eq!(history.iter().filter(|k| **k == "started").count(), 1);
+                    prop_assert_eq!(history.iter().filter(|k| **k == "ended").count(), 1);
+                    prop_assert_eq!(history.last().copied(), Some("ended"));
+                }
+                prop_assert_eq!(w.store.len(), 0);
+                Ok(())
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn sessions_end_once_and_stay_ended(
+                config in config(),
+                ops in proptest::collection::vec(op(), 1..60),
+            ) {
+                run(config, ops)?;
+            }
+        }
     }
 }

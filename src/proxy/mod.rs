@@ -332,7 +332,7 @@ impl Gateway {
     fn record(&self, parts: &http::request::Parts, mut identity: Identity) -> Exchange {
         let mut state = None;
         if let Some(session) = &identity.session {
-            let touch = self.touch_kind(&parts.method, &parts.headers);
+            let touch = touch_kind(self.activity, &parts.method, &parts.headers);
             match self.store.touch(session, touch, self.clock.now()) {
                 State::Ended => identity.session = None,
                 live => state = Some(live),
@@ -414,18 +414,6 @@ impl Gateway {
             .map(|s| (s, Arc::clone(&self.store), self.clock));
         self.tunnels.spawn(upgrade.client, upstream_side, session);
         Some(upgrade.protocol)
-    }
-
-    /// Whether this request counts as user activity or only as a sign of life.
-    fn touch_kind(&self, method: &Method, headers: &HeaderMap) -> Touch {
-        let is_activity = self.activity == Activity::Request
-            || !(method == Method::GET || method == Method::HEAD)
-            || is_navigation(headers);
-        if is_activity {
-            Touch::Activity
-        } else {
-            Touch::Signal
-        }
     }
 
     fn requires_session(&self, path: &str) -> bool {
@@ -551,6 +539,20 @@ fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     None
 }
 
+/// Whether a request counts as user activity or only as a sign of life (DESIGN.md
+/// §4): with `activity = "request"` every request does; with `"interaction"`,
+/// navigations and writes do, background reads (polling, heartbeats) do not.
+fn touch_kind(activity: Activity, method: &Method, headers: &HeaderMap) -> Touch {
+    let is_activity = activity == Activity::Request
+        || !(method == Method::GET || method == Method::HEAD)
+        || is_navigation(headers);
+    if is_activity {
+        Touch::Activity
+    } else {
+        Touch::Signal
+    }
+}
+
 /// Prefetch and prerender requests never mint or consume anything.
 fn is_speculative(headers: &HeaderMap) -> bool {
     ["sec-purpose", "purpose"].iter().any(|name| {
@@ -644,4 +646,60 @@ pub(crate) fn session_error_response(error: &SessionError) -> Response<ProxyBody
     };
     finish_headers(response.headers_mut(), None, &[], None);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn what_counts_as_activity() {
+        let navigate = headers(&[("sec-fetch-mode", "navigate")]);
+        let fetch = headers(&[("sec-fetch-mode", "cors"), ("accept", "text/html")]);
+        let old_browser_page = headers(&[("accept", "text/html,*/*")]);
+        let poll = headers(&[("accept", "application/json")]);
+        let interaction = Activity::Interaction;
+        assert_eq!(
+            touch_kind(interaction, &Method::GET, &navigate),
+            Touch::Activity
+        );
+        assert_eq!(
+            touch_kind(interaction, &Method::GET, &old_browser_page),
+            Touch::Activity
+        );
+        assert_eq!(
+            touch_kind(interaction, &Method::POST, &poll),
+            Touch::Activity
+        );
+        assert_eq!(
+            touch_kind(interaction, &Method::DELETE, &fetch),
+            Touch::Activity
+        );
+        assert_eq!(touch_kind(interaction, &Method::GET, &fetch), Touch::Signal);
+        assert_eq!(touch_kind(interaction, &Method::GET, &poll), Touch::Signal);
+        assert_eq!(touch_kind(interaction, &Method::HEAD, &poll), Touch::Signal);
+        for method in [Method::GET, Method::HEAD, Method::POST] {
+            for h in [&navigate, &fetch, &poll] {
+                assert_eq!(touch_kind(Activity::Request, &method, h), Touch::Activity);
+            }
+        }
+    }
+
+    #[test]
+    fn speculative_loads_are_recognised() {
+        assert!(is_speculative(&headers(&[("sec-purpose", "prefetch")])));
+        assert!(is_speculative(&headers(&[(
+            "sec-purpose",
+            "prefetch;prerender"
+        )])));
+        assert!(is_speculative(&headers(&[("purpose", "prefetch")])));
+        assert!(!is_speculative(&headers(&[("sec-fetch-mode", "navigate")])));
+    }
 }

@@ -8,6 +8,7 @@ mod adversarial;
 mod cli;
 mod forwarding;
 mod identity;
+mod limits;
 mod reserved;
 mod tab;
 mod tls;

@@ -18,6 +18,9 @@ pub enum SessionEvent<'a> {
     },
     /// Idle for its timeout: the countdown starts.
     Warned { session: &'a Session },
+    /// Idle for its timeout under `on_timeout = "keep"`: the session stays active.
+    /// Emitted once per idle period (the `timeout` hook fires on it).
+    Idle { session: &'a Session },
     /// Activity during the countdown: back to active.
     Extended { session: &'a Session },
     Ended {
@@ -71,6 +74,9 @@ impl SessionObserver for LogObserver {
             ),
             SessionEvent::Warned { session } => {
                 tracing::debug!(session = %session.handle(), "session idle: countdown started")
+            }
+            SessionEvent::Idle { session } => {
+                tracing::debug!(session = %session.handle(), "session idle: kept")
             }
             SessionEvent::Extended { session } => {
                 tracing::debug!(session = %session.handle(), "session active again")

@@ -4,13 +4,15 @@
 //!
 //! The request path is a chain of stages (see [`proxy`]): accept ([`net`]) → refuse
 //! → reserved endpoint ([`reserved`]) or identify ([`session`]) → forward upstream →
-//! respond. Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it
-//! all together from a [`config::Config`].
+//! respond. [`hooks`] tells the backend when sessions start, time out and end.
+//! Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it all
+//! together from a [`config::Config`].
 
 pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod demo;
+pub mod hooks;
 pub mod inject;
 pub mod metrics;
 pub mod net;

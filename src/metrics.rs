@@ -299,6 +299,8 @@ impl SessionObserver for Metrics {
                     g.inc();
                 }
             }
+            // Keep mode: the session stays active, so no gauge moves.
+            SessionEvent::Idle { .. } => {}
             SessionEvent::Extended { .. } => {
                 if let Some(g) = self.state_gauge(State::Warning) {
                     g.dec();
@@ -317,7 +319,7 @@ impl SessionObserver for Metrics {
                 }
                 self.countdowns.with_label_values(&["handled"]).inc();
             }
-            SessionEvent::Idle { .. } => {}
+
             SessionEvent::Ended {
                 session,
                 reason,

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::hooks::{Hooks, HooksError};
 use crate::metrics::Metrics;
 use crate::net::{self, Limits};
 use crate::proxy::tunnel::Tunnels;
@@ -33,6 +34,8 @@ pub enum StartError {
     Gateway(#[from] GatewayError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Hooks(#[from] HooksError),
 }
 
 /// A started gateway.
@@ -42,9 +45,11 @@ pub struct Running {
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub hooks: Arc<Hooks>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     tunnels: Arc<Tunnels>,
+    drain_timeout: std::time::Duration,
 }
 
 impl Running {
@@ -58,6 +63,11 @@ impl Running {
         self.tasks.close();
         self.tasks.wait().await;
         self.tunnels.close_all().await;
+        // Sessions are not ended on shutdown, but end hooks already due (and their
+        // retries) should still reach the backend.
+        if !self.hooks.drain(self.drain_timeout).await {
+            tracing::warn!("shutting down with hook calls still pending");
+        }
     }
 }
 
@@ -65,20 +75,31 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let clock = Clock::new();
     let metrics = Arc::new(Metrics::new()?);
+    let hooks = Arc::new(Hooks::new(&config, clock, &metrics)?);
     let observers = Observers::new()
         .with(Arc::clone(&metrics) as _)
-        .with(Arc::new(LogObserver));
+        .with(Arc::new(LogObserver))
+        .with(Arc::clone(&hooks) as _);
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
         Lifetime::from_config(&config.session),
         config.session.max_sessions,
         config.session.when_full,
         Arc::new(observers),
     ));
+    // The store reaches the hooks through its observers, so the hooks hold the store
+    // weakly: no reference cycle.
+    let weak_store = Arc::downgrade(&store);
+    hooks.on_timeout_handled(Arc::new(move |handle, idle_since| {
+        if let Some(store) = weak_store.upgrade() {
+            store.timeout_handled(&handle, idle_since, clock.now());
+        }
+    }))?;
     let gateway = Arc::new(Gateway::new(
         &config,
         Arc::clone(&store),
         clock,
         Arc::clone(&metrics),
+        Arc::clone(&hooks),
     )?);
     let tls = config
         .listen
@@ -139,9 +160,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store,
         metrics,
         clock,
+        hooks,
         shutdown,
         tasks,
         tunnels,
+        drain_timeout: config.listen.drain_timeout.get(),
     })
 }
 

@@ -37,6 +37,7 @@ use self::headers::{
 use self::origin::OriginPolicy;
 use self::tunnel::Tunnels;
 use crate::config::{Activity, Config};
+use crate::hooks::Hooks;
 use crate::inject;
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
@@ -57,6 +58,7 @@ pub struct Gateway {
     pub(crate) reserved: Reserved,
     pub(crate) origins: OriginPolicy,
     pub(crate) tunnels: Arc<Tunnels>,
+    hooks: Arc<Hooks>,
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
     session_header: HeaderName,
@@ -86,6 +88,7 @@ impl Gateway {
         store: Arc<dyn SessionStore>,
         clock: Clock,
         metrics: Arc<Metrics>,
+        hooks: Arc<Hooks>,
     ) -> Result<Self, GatewayError> {
         let secure = config.listen.tls.is_some();
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
@@ -104,6 +107,7 @@ impl Gateway {
                 CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
             ),
             inject: config.browser.inject,
+            hooks,
             reserved: Reserved::new(config),
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
@@ -204,6 +208,10 @@ impl Gateway {
                 "400 Bad Request: unusable request target",
             );
             return exchange.finish(refusal);
+        }
+        if let Some(session) = &exchange.identity.session {
+            // The backend hears of a session (start hook) before its first request.
+            self.hooks.ready(session.handle()).await;
         }
         let upstream_request = Request::from_parts(parts, scrub_trailers(body));
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {

@@ -18,11 +18,11 @@ pub enum SessionEvent<'a> {
     },
     /// Idle for its timeout: the countdown starts.
     Warned { session: &'a Session },
+    /// Idle for its timeout under `on_timeout = "keep"`: the session stays active.
+    /// Emitted once per idle period (the `timeout` hook fires on it).
+    Idle { session: &'a Session },
     /// Activity during the countdown: back to active.
     Extended { session: &'a Session },
-    /// Under `on_timeout = "keep"`: idle for its timeout, once per idle period (the
-    /// session stays active; the `timeout` hook fires).
-    Idle { session: &'a Session },
     /// The `timeout` hook answered `{"handled": true}`: the countdown is called off
     /// and the session is kept for this idle period.
     Handled { session: &'a Session },
@@ -78,11 +78,11 @@ impl SessionObserver for LogObserver {
             SessionEvent::Warned { session } => {
                 tracing::debug!(session = %session.handle(), "session idle: countdown started")
             }
-            SessionEvent::Extended { session } => {
-                tracing::debug!(session = %session.handle(), "session active again")
-            }
             SessionEvent::Idle { session } => {
                 tracing::debug!(session = %session.handle(), "session idle: kept")
+            }
+            SessionEvent::Extended { session } => {
+                tracing::debug!(session = %session.handle(), "session active again")
             }
             SessionEvent::Handled { session } => {
                 tracing::debug!(session = %session.handle(), "timeout handled by the backend: kept")

@@ -535,8 +535,8 @@ mod tests {
             let row = match *event {
                 SessionEvent::Started { session, .. } => ("started", session.handle(), None, 0),
                 SessionEvent::Warned { session } => ("warned", session.handle(), None, 0),
-                SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
                 SessionEvent::Idle { session } => ("idle", session.handle(), None, 0),
+                SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
                 SessionEvent::Handled { session } => ("handled", session.handle(), None, 0),
                 SessionEvent::Ended {
                     session,

@@ -1,0 +1,175 @@
+//! One hook call: `POST` the JSON payload with the session header, the whole exchange
+//! (connect, response head, body) bounded by `hooks.budget`; and how its outcome is
+//! counted.
+//!
+//! The client is built like the proxy's (`proxy::forward`): hyper-util's pooled
+//! HTTP/1.1 client with a connect timeout and its timers wired, since it has no
+//! timeouts of its own. It is a separate pool so that hook calls never queue behind,
+//! or starve, proxied requests.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderName, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use tokio::time::Instant;
+
+use super::HookKind;
+use crate::metrics::Metrics;
+use crate::session::Handle;
+
+/// The most of a hook's answer that is read; `{"handled": true}` is 16 bytes, and a
+/// backend must not make the gateway buffer a page.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// A hook's answer. A body that could not be read in time or in full is empty: the
+/// status alone says whether the call worked.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Why a hook call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {}", chain(.0))]
+    Send(#[source] hyper_util::client::legacy::Error),
+    #[error("cannot build the request: {0}")]
+    Build(#[from] http::Error),
+}
+
+/// Sends hook requests.
+pub(crate) struct Caller {
+    client: Client<HttpConnector, Full<Bytes>>,
+    header: HeaderName,
+    budget: Duration,
+}
+
+impl Caller {
+    pub(crate) fn new(
+        header: HeaderName,
+        budget: Duration,
+        connect_timeout: Duration,
+        pool: usize,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(pool)
+            .build(connector);
+        Caller {
+            client,
+            header,
+            budget,
+        }
+    }
+
+    /// Posts `body` to `uri` for `session`; an answer of any status is `Ok`.
+    pub(crate) async fn post(
+        &self,
+        uri: &Uri,
+        session: Handle,
+        body: Bytes,
+    ) -> Result<Reply, CallError> {
+        let deadline = Instant::now() + self.budget;
+        let request = Request::post(uri.clone())
+            .header(&self.header, session.to_string())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(CallError::Send(error)),
+            Err(_elapsed) => return Err(CallError::Timeout(self.budget)),
+        };
+        let status = response.status();
+        // The answer has arrived: a body that is slow, cut off or too large leaves the
+        // status standing (an end hook that answered 200 must not be sent again).
+        let read = Limited::new(response.into_body(), MAX_REPLY_BYTES).collect();
+        let body = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) => {
+                tracing::debug!(%session, error = %error, "hook answer body unreadable");
+                Bytes::new()
+            }
+            Err(_elapsed) => Bytes::new(),
+        };
+        Ok(Reply { status, body })
+    }
+}
+
+/// How one call went (the `outcome` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Error, Outcome::Timeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    /// A 2xx answer is `Ok`; any other answer or failure an `Error`, except running
+    /// out of budget.
+    pub(crate) fn of(result: &Result<Reply, CallError>) -> Outcome {
+        match result {
+            Ok(reply) if reply.status.is_success() => Outcome::Ok,
+            Err(CallError::Timeout(_)) => Outcome::Timeout,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// `sessiongate_hook_calls_total{hook, outcome}`, resolved once so that counting does
+/// not hash label values.
+pub(crate) struct Counters([[IntCounter; 3]; 3]);
+
+impl Counters {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
+        Counters(HookKind::ALL.map(|hook| {
+            Outcome::ALL.map(|outcome| {
+                metrics
+                    .hook_calls
+                    .with_label_values(&[hook.as_str(), outcome.as_str()])
+            })
+        }))
+    }
+
+    pub(crate) fn count(&self, hook: HookKind, outcome: Outcome) {
+        self.0[hook as usize][outcome as usize].inc();
+    }
+}
+
+/// An error and its causes on one line (hyper-util's own message is only "client
+/// error (Connect)").
+fn chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -4,12 +4,13 @@
 //!
 //! The request path is a chain of stages (see [`proxy`]): accept ([`net`]) → refuse
 //! → reserved endpoint ([`reserved`]) or identify ([`session`]) → forward upstream →
-//! respond. Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it
+//! respond (HTML pages get the browser agent's tag, [`inject`]). Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it
 //! all together from a [`config::Config`].
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod inject;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

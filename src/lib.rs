@@ -4,7 +4,8 @@
 //!
 //! The request path is a chain of stages (see [`proxy`]): accept ([`net`]) → refuse
 //! → reserved endpoint ([`reserved`]) or identify ([`session`]) → forward upstream →
-//! respond. [`hooks`] tells the backend when sessions start, time out and end.
+//! respond, HTML pages getting the browser agent's tag on the way ([`inject`],
+//! [`agent`]). [`hooks`] tells the backend when sessions start, time out and end.
 //! Operators watch it through [`admin`] and [`metrics`]; [`server`] wires it all
 //! together from a [`config::Config`].
 

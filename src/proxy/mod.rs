@@ -38,7 +38,7 @@ use self::origin::OriginPolicy;
 use self::tunnel::Tunnels;
 use crate::config::{Activity, Config};
 use crate::hooks::Hooks;
-use crate::inject;
+use crate::inject::{self, Outcome as InjectOutcome, Skip};
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::{self, Reserved};
@@ -263,21 +263,35 @@ impl Gateway {
         let plan = match inject::plan(method, parts) {
             Ok(plan) => plan,
             Err(skip) => {
-                if skip.is_page() {
+                // Pages that should have had the agent and could not; images, JSON,
+                // HEAD and 304s are not pages and not counted.
+                if matches!(
+                    skip,
+                    Skip::OptOut | Skip::Encoding | Skip::Charset | Skip::Csp
+                ) {
                     self.metrics
                         .injections
                         .with_label_values(&["skipped"])
                         .inc();
+                    tracing::debug!(reason = skip.label(), "page not injected");
                 }
                 return body;
             }
         };
         let tag = self.agent_tag(exchange);
         let metrics = Arc::clone(&self.metrics);
-        inject::inject(plan, parts, body, &tag, move |injected| {
-            let outcome = if injected { "injected" } else { "skipped" };
-            metrics.injections.with_label_values(&[outcome]).inc();
-        })
+        let plan = plan.on_outcome(move |outcome| {
+            let label = match outcome {
+                InjectOutcome::Injected => "injected",
+                InjectOutcome::Abandoned => return,
+                other => {
+                    tracing::debug!(reason = other.label(), "page not injected");
+                    "skipped"
+                }
+            };
+            metrics.injections.with_label_values(&[label]).inc();
+        });
+        inject::inject(plan, parts, body, &tag)
     }
 
     /// The agent's `<script>` tag for a page of this exchange.

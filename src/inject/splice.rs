@@ -1,0 +1,441 @@
+//! The streaming body that places the agent tag.
+//!
+//! lol_html is used as a *locator*, not as the rewriter of record: chunks are fed to
+//! it (its output is discarded) only until an element handler reports where the tag
+//! belongs, as a byte offset into the input (`source_location`). Meanwhile the raw
+//! input is held. Once the place is known the body emits `raw[..at]`, the tag,
+//! `raw[at..]`, drops the parser, and passes every later frame through untouched.
+//! So the output is the upstream's bytes plus exactly one tag, by construction: no
+//! re-serialization by the parser can alter a byte, and after the place is found the
+//! cost per frame is nil.
+//!
+//! Where it goes ([`Place`]): after the first element's start tag if that element is
+//! `<head>`; otherwise `<head>TAG</head>` right before the first element that is not
+//! `<html>` (the parser then puts the script in the implied head). A document with no
+//! element gets `<head>TAG</head>` at its end, but only if the parser agrees that
+//! markup placed there would be a tag (the input did not end inside a comment or an
+//! unfinished tag): the parser is fed a probe `<head>` and must report it exactly at
+//! the end of the input.
+//!
+//! Any parser error, a UTF-16 byte-order mark (browsers honour it over the header),
+//! or no place within [`LIMIT`] bytes: the held input goes out unchanged and the rest
+//! passes through — injection skipped, never a corrupted or lost byte. lol_html
+//! panics on `write`/`end` after an error, so a failed parser is dropped at once and
+//! never touched again.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::mem;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
+use lol_html::{send, AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
+
+use super::Outcome;
+use crate::proxy::body::{BoxError, ProxyBody};
+
+/// How much input may be held while looking for the place (a `<head>` this far into a
+/// page is not worth the latency; such a page is passed through).
+pub(crate) const LIMIT: usize = 256 * 1024;
+
+/// Cap on lol_html's own buffers (one huge tag could otherwise grow them).
+const PARSER_MEMORY: usize = 1024 * 1024;
+
+/// Called once with what happened to the body.
+pub(crate) type Report = Box<dyn FnOnce(Outcome) + Send>;
+
+/// Where the tag goes: a byte offset into the input, and whether it lands inside an
+/// existing `<head>` (bare tag) or needs a `<head>` of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    at: usize,
+    in_head: bool,
+}
+
+/// The place, written by the element handler (which must be `'static + Send`) and read
+/// after each `write`. Same thread, so relaxed ordering suffices.
+#[derive(Default)]
+struct Found {
+    /// `at + 1`; 0 while nothing is found.
+    at_plus_one: AtomicUsize,
+    in_head: AtomicBool,
+}
+
+impl Found {
+    fn get(&self) -> Option<Place> {
+        let at_plus_one = self.at_plus_one.load(Ordering::Relaxed);
+        at_plus_one.checked_sub(1).map(|at| Place {
+            at,
+            in_head: self.in_head.load(Ordering::Relaxed),
+        })
+    }
+
+    fn set(&self, place: Place) {
+        self.in_head.store(place.in_head, Ordering::Relaxed);
+        self.at_plus_one
+            .store(place.at.saturating_add(1), Ordering::Relaxed);
+    }
+}
+
+/// lol_html's output is not used (see the module comment).
+struct Discard;
+
+impl OutputSink for Discard {
+    fn handle_chunk(&mut self, _: &[u8]) {}
+}
+
+enum Step {
+    Found(Place),
+    More,
+    Failed,
+}
+
+/// The parser, until it has found the place or failed.
+struct Locator {
+    /// `None` once it returned an error: it must not be used again.
+    parser: Option<send::HtmlRewriter<'static, Discard>>,
+    found: Arc<Found>,
+}
+
+impl Locator {
+    fn new(encoding: AsciiCompatibleEncoding, memory: usize) -> Option<Self> {
+        let selector: Selector = "*".parse().ok()?;
+        let found = Arc::new(Found::default());
+        let spot = Arc::clone(&found);
+        let handlers = send::ElementContentHandlers::default().element(
+            move |element: &mut send::Element<'_, '_>| {
+                if spot.get().is_some() {
+                    return Ok(());
+                }
+                let name = element.tag_name();
+                if name.eq_ignore_ascii_case("html") {
+                    return Ok(());
+                }
+                let tag = element.source_location().bytes();
+                spot.set(if name.eq_ignore_ascii_case("head") {
+                    Place {
+                        at: tag.end,
+                        in_head: true,
+                    }
+                } else {
+                    Place {
+                        at: tag.start,
+                        in_head: false,
+                    }
+                });
+                Ok(())
+            },
+        );
+        let settings = send::Settings::new_send()
+            .append_element_content_handler((Cow::Owned(selector), handlers))
+            .with_encoding(encoding)
+            .with_memory_settings(MemorySettings::new().with_max_allowed_memory_usage(memory));
+        Some(Self {
+            parser: Some(send::HtmlRewriter::new(settings, Discard)),
+            found,
+        })
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Step {
+        let Some(parser) = self.parser.as_mut() else {
+            return Step::Failed;
+        };
+        let result = parser.write(bytes);
+        // A place found before an error later in the same chunk stands: it was
+        // found from input the parser understood.
+        if let Some(place) = self.found.get() {
+            return Step::Found(place);
+        }
+        match result {
+            Ok(()) => Step::More,
+            Err(_) => {
+                self.parser = None;
+                Step::Failed
+            }
+        }
+    }
+
+    /// At the end of a document of `len` bytes with no element: may `<head>TAG</head>`
+    /// go at the end? Only if a `<head>` there parses as a start tag right there.
+    fn end_place(&mut self, len: usize) -> Result<Place, Outcome> {
+        const PROBE: &[u8] = b"<head>";
+        match self.feed(PROBE) {
+            Step::Found(place)
+                if place
+                    == (Place {
+                        at: len + PROBE.len(),
+                        in_head: true,
+                    }) =>
+            {
+                Ok(Place {
+                    at: len,
+                    in_head: false,
+                })
+            }
+            Step::Failed => Err(Outcome::Unparsable),
+            Step::Found(_) | Step::More => Err(Outcome::NotFound),
+        }
+    }
+}
+
+enum Decision {
+    Splice(Place),
+    Pass(Outcome),
+}
+
+/// Input held while the place is sought.
+struct Holding {
+    locator: Locator,
+    raw: BytesMut,
+    /// How much of `raw` the locator has seen.
+    fed: usize,
+    /// The byte-order mark has been checked.
+    sniffed: bool,
+}
+
+impl Holding {
+    fn take(&mut self, data: &[u8]) -> Option<Decision> {
+        self.raw.extend_from_slice(data);
+        self.advance(false)
+    }
+
+    fn finish(&mut self) -> Decision {
+        self.advance(true)
+            .unwrap_or(Decision::Pass(Outcome::NotFound))
+    }
+
+    fn advance(&mut self, eof: bool) -> Option<Decision> {
+        if !self.sniffed {
+            if self.raw.len() < 2 && !eof {
+                return None;
+            }
+            self.sniffed = true;
+            if self.raw.starts_with(&[0xfe, 0xff]) || self.raw.starts_with(&[0xff, 0xfe]) {
+                return Some(Decision::Pass(Outcome::Unparsable));
+            }
+        }
+        let end = self.raw.len().min(LIMIT);
+        if end > self.fed {
+            let step = self.locator.feed(&self.raw[self.fed..end]);
+            self.fed = end;
+            match step {
+                Step::Found(place) => return Some(Decision::Splice(place)),
+                Step::Failed => return Some(Decision::Pass(Outcome::Unparsable)),
+                Step::More => {}
+            }
+        }
+        if self.fed < self.raw.len() || self.fed >= LIMIT {
+            return Some(Decision::Pass(Outcome::NotFound));
+        }
+        if eof {
+            return Some(match self.locator.end_place(self.raw.len()) {
+                Ok(place) => Decision::Splice(place),
+                Err(outcome) => Decision::Pass(outcome),
+            });
+        }
+        None
+    }
+}
+
+enum State {
+    Holding(Box<Holding>),
+    Passing,
+    Finished,
+}
+
+/// What goes out next, and the report.
+struct Out {
+    queue: VecDeque<Frame<Bytes>>,
+    /// Sent after `queue` (an upstream error that arrived while holding).
+    error: Option<BoxError>,
+    tag: Bytes,
+    report: Option<Report>,
+}
+
+impl Out {
+    fn report(&mut self, outcome: Outcome) {
+        if let Some(report) = self.report.take() {
+            report(outcome);
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queue.push_back(Frame::data(bytes));
+        }
+    }
+
+    fn apply(&mut self, decision: Decision, raw: BytesMut) {
+        let raw = raw.freeze();
+        match decision {
+            Decision::Splice(place) if place.at <= raw.len() => {
+                self.push(raw.slice(..place.at));
+                let tag = if place.in_head {
+                    self.tag.clone()
+                } else {
+                    Bytes::from([&b"<head>"[..], &self.tag, b"</head>"].concat())
+                };
+                self.push(tag);
+                self.push(raw.slice(place.at..));
+                self.report(Outcome::Injected);
+            }
+            // An offset past the input would be a parser bug; pass rather than trust it.
+            Decision::Splice(_) => {
+                self.push(raw);
+                self.report(Outcome::Unparsable);
+            }
+            Decision::Pass(outcome) => {
+                self.push(raw);
+                self.report(outcome);
+            }
+        }
+    }
+}
+
+/// The body returned by [`inject`](super::inject).
+pub(crate) struct Injecting {
+    inner: ProxyBody,
+    state: State,
+    out: Out,
+}
+
+impl Injecting {
+    pub(crate) fn new(
+        inner: ProxyBody,
+        encoding: AsciiCompatibleEncoding,
+        tag: String,
+        report: Option<Report>,
+    ) -> Self {
+        Self::with_parser_memory(inner, encoding, tag, report, PARSER_MEMORY)
+    }
+
+    fn with_parser_memory(
+        inner: ProxyBody,
+        encoding: AsciiCompatibleEncoding,
+        tag: String,
+        report: Option<Report>,
+        memory: usize,
+    ) -> Self {
+        let mut out = Out {
+            queue: VecDeque::new(),
+            error: None,
+            tag: Bytes::from(tag),
+            report,
+        };
+        let state = match Locator::new(encoding, memory) {
+            Some(locator) => State::Holding(Box::new(Holding {
+                locator,
+                raw: BytesMut::new(),
+                fed: 0,
+                sniffed: false,
+            })),
+            None => {
+                out.report(Outcome::Unparsable);
+                State::Passing
+            }
+        };
+        Self { inner, state, out }
+    }
+}
+
+impl Body for Injecting {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.out.queue.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if let Some(error) = this.out.error.take() {
+                return Poll::Ready(Some(Err(error)));
+            }
+            let holding = match &mut this.state {
+                State::Passing => return Pin::new(&mut this.inner).poll_frame(cx),
+                State::Finished => return Poll::Ready(None),
+                State::Holding(holding) => holding,
+            };
+            // (decision, state after it, a frame to send after the held bytes)
+            let (decision, next, after) = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match holding.take(&data) {
+                        Some(decision) => (decision, State::Passing, None),
+                        None => continue,
+                    },
+                    // Trailers end the data: decide as at the end, then send them.
+                    Err(trailers) => (holding.finish(), State::Passing, Some(trailers)),
+                },
+                Some(Err(error)) => {
+                    this.out.error = Some(error);
+                    (Decision::Pass(Outcome::Failed), State::Finished, None)
+                }
+                None => (holding.finish(), State::Finished, None),
+            };
+            if let State::Holding(holding) = mem::replace(&mut this.state, next) {
+                this.out.apply(decision, holding.raw);
+            }
+            if let Some(trailers) = after {
+                this.out.queue.push_back(trailers);
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.out.queue.is_empty()
+            && self.out.error.is_none()
+            && match &self.state {
+                State::Holding(_) => false,
+                State::Passing => self.inner.is_end_stream(),
+                State::Finished => true,
+            }
+    }
+}
+
+impl Drop for Injecting {
+    /// A body dropped before the decision (client gone) still reports, once.
+    fn drop(&mut self) {
+        self.out.report(Outcome::Abandoned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::testing::body_of;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+
+    /// A parser that fails (here: its memory cap) is dropped, never written to or
+    /// ended again (lol_html would panic), and the input goes out unchanged.
+    #[tokio::test]
+    async fn parser_error_passes_the_input_through() {
+        let mut locator = Locator::new(AsciiCompatibleEncoding::utf_8(), 4096).unwrap();
+        let huge = format!("<html data-x=\"{}", "y".repeat(64 * 1024));
+        assert!(matches!(locator.feed(huge.as_bytes()), Step::Failed));
+        assert!(matches!(locator.feed(b"\"><head>"), Step::Failed));
+        assert_eq!(locator.end_place(0), Err(Outcome::Unparsable));
+
+        let input = format!("{huge}\"><head></head>");
+        let chunks = input.as_bytes().chunks(1000).map(<[u8]>::to_vec).collect();
+        let seen = Arc::new(Mutex::new(None));
+        let report = Arc::clone(&seen);
+        let body = Injecting::with_parser_memory(
+            body_of(chunks),
+            AsciiCompatibleEncoding::utf_8(),
+            "<script></script>".into(),
+            Some(Box::new(move |o| *report.lock().unwrap() = Some(o))),
+            4096,
+        );
+        let output = body.collect().await.unwrap().to_bytes();
+        assert_eq!(output, input.as_bytes());
+        assert_eq!(*seen.lock().unwrap(), Some(Outcome::Unparsable));
+    }
+}

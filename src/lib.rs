@@ -8,6 +8,7 @@
 //! all together from a [`config::Config`].
 
 pub mod admin;
+pub mod agent;
 pub mod config;
 pub mod demo;
 pub mod metrics;

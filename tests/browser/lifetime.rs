@@ -1,0 +1,221 @@
+//! Lifetime in a real browser (DESIGN.md §4): an idle tab gets the countdown, "Stay"
+//! keeps its session, an ignored countdown ends the session as `timeout`, and a
+//! closed tab's session ends as `abandoned`.
+
+use std::time::Duration;
+
+use fantoccini::key::Key;
+use serde_json::Value as Json;
+use sessiongate::config::{Config, Heartbeat, SessionMode};
+
+use crate::fixture::Gate;
+use crate::harness::{reserved_401, wait_until, Browser};
+
+fn secs(s: u64) -> sessiongate::config::Duration {
+    Duration::from_secs(s).into()
+}
+
+/// Timeout 2 s, countdown 4 s, heartbeat every second, abandon 10 s (so an idle
+/// tab ends by `timeout`, never by `abandoned`).
+pub fn short_timeout(c: &mut Config) {
+    c.session.timeout = secs(2);
+    c.session.countdown = Some(secs(4));
+    c.session.abandon = Some(secs(10));
+    c.browser.heartbeat = Heartbeat::Every(secs(1));
+}
+
+/// What the page shows of the agent's countdown dialog. The dialog lives in a
+/// closed shadow root whose host is a custom element (a name with a hyphen) that
+/// is a child of `<html>`; focus moved into the dialog makes that host the
+/// document's `activeElement`.
+const DIALOG_JS: &str = r#"
+const hosts = Array.from(document.documentElement.children)
+  .filter(e => e.localName.includes("-"));
+const active = document.activeElement;
+return {
+  hosts: hosts.map(h => h.localName),
+  focus_inside: active !== null && hosts.includes(active),
+  open_shadow: hosts.some(h => h.shadowRoot !== null),
+  events: window.__sgEvents || [],
+};
+"#;
+
+/// Records the agent's `warning`, `active` and `ended` events in `__sgEvents`.
+const RECORD_EVENTS_JS: &str = r#"
+window.__sgEvents = [];
+for (const type of ["warning", "active", "ended"]) {
+  window.sessiongate.on(type, e => window.__sgEvents.push(e.type + ":" + e.state));
+}
+return null;
+"#;
+
+/// `GET /__sessiongate/status` from the page (the agent adds the tab's token).
+const STATUS_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+fetch("/__sessiongate/status").then(r => r.json()).then(done, e => done({ error: String(e) }));
+"#;
+
+pub async fn dialog(browser: &Browser) -> Json {
+    browser.eval(DIALOG_JS).await
+}
+
+/// An idle tab sees the countdown; "Stay" (Escape in the dialog) makes it active
+/// again; another idle tab whose countdown nobody answers ends as `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn countdown_appears_and_stay_keeps_the_session_while_an_ignored_one_times_out() {
+    let gate = Gate::start(SessionMode::Tab, short_timeout).await;
+    let browser = Browser::launch().await;
+
+    // Tab B first, so that its countdown runs out before A's can.
+    let tab_b = browser.current().await;
+    browser.goto(&gate.url("/page")).await;
+    let (b, _) = browser.wait_handle(None, "tab B").await;
+    browser.wait_agent("tab B").await;
+
+    browser.new_tab().await;
+    browser.goto(&gate.url("/page")).await;
+    let (a, _) = browser.wait_handle(None, "tab A").await;
+    assert_ne!(a, b);
+    browser.wait_agent("tab A").await;
+    browser.eval(RECORD_EVENTS_JS).await;
+    assert_eq!(browser.agent_state().await.as_deref(), Some("active"));
+
+    // Idle for the timeout: the countdown.
+    browser
+        .wait_agent_state("warning", Duration::from_secs(6), "tab A, idle")
+        .await;
+    assert_eq!(gate.session_state(&a), Some("warning"));
+    let shown = dialog(&browser).await;
+    assert!(
+        !shown["hosts"].as_array().unwrap().is_empty(),
+        "no custom-element host for the countdown dialog on <html>: {shown}"
+    );
+    assert_eq!(
+        shown["focus_inside"],
+        Json::Bool(true),
+        "focus was not moved into the countdown dialog: {shown}"
+    );
+    assert_eq!(
+        shown["open_shadow"],
+        Json::Bool(false),
+        "the dialog's shadow root must be closed: {shown}"
+    );
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .contains(&Json::from("warning:warning")),
+        "no warning event: {shown}"
+    );
+
+    // "Stay": Escape in the dialog.
+    browser.press(Key::Escape).await;
+    browser
+        .wait_agent_state("active", Duration::from_secs(3), "tab A, after Stay")
+        .await;
+    let status = browser.eval_async(STATUS_JS).await;
+    assert_eq!(status["state"], "active", "GET status after Stay: {status}");
+    assert_eq!(gate.session_state(&a), Some("active"));
+    let after = dialog(&browser).await;
+    assert_eq!(
+        after["focus_inside"],
+        Json::Bool(false),
+        "the dialog kept focus after Stay: {after}"
+    );
+    assert!(
+        after["events"]
+            .as_array()
+            .unwrap()
+            .contains(&Json::from("active:active")),
+        "no active event after Stay: {after}"
+    );
+    assert!(
+        gate.metric(r#"sessiongate_countdowns_total{outcome="extended"}"#)
+            .await
+            >= 1.0,
+        "Stay is not counted as countdowns_total{{outcome=\"extended\"}}"
+    );
+
+    // Tab B's countdown runs out: its session ends as `timeout` while A's lives.
+    wait_until(
+        "tab B's session to end",
+        Duration::from_secs(10),
+        || async { gate.session_state(&b).is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        gate.session_state(&a).is_some(),
+        "tab A's session ended too"
+    );
+    assert_eq!(
+        gate.metric(r#"sessiongate_sessions_ended_total{reason="timeout"}"#)
+            .await,
+        1.0,
+        "tab B ended by timeout"
+    );
+    assert_eq!(
+        gate.metric(r#"sessiongate_sessions_ended_total{reason="abandoned"}"#)
+            .await,
+        0.0
+    );
+    browser.switch_to(&tab_b).await;
+    browser
+        .wait_agent_state("ended", Duration::from_secs(5), "tab B, timed out")
+        .await;
+    browser
+        .assert_no_console_errors_except("countdown", reserved_401)
+        .await;
+    browser.close().await;
+}
+
+/// Closing a tab ends its session as `abandoned` once `abandon` has passed
+/// without a signal (the `bye` beacon alone never ends it); the other tab, still
+/// sending heartbeats, keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_tab_is_abandoned() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        c.session.timeout = secs(60);
+        c.session.abandon = Some(secs(3));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+
+    let tab_a = browser.current().await;
+    browser.goto(&gate.url("/page")).await;
+    let (a, _) = browser.wait_handle(None, "tab A").await;
+    browser.wait_agent("tab A").await;
+
+    browser.new_tab().await;
+    browser.goto(&gate.url("/page")).await;
+    let (b, _) = browser.wait_handle(None, "tab B").await;
+    assert_ne!(a, b);
+    browser.wait_agent("tab B").await;
+    assert_eq!(gate.session_state(&b), Some("active"), "tab B alive");
+
+    browser.close_tab().await;
+    browser.switch_to(&tab_a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gate.session_state(&b),
+        Some("active"),
+        "closing the tab (its bye beacon) must not end the session by itself"
+    );
+
+    wait_until(
+        "the closed tab's session to be abandoned",
+        Duration::from_secs(10),
+        || async { gate.session_state(&b).is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        gate.metric(r#"sessiongate_sessions_ended_total{reason="abandoned"}"#)
+            .await,
+        1.0
+    );
+    // A has outlived `abandon`: its heartbeats count as signals.
+    assert_eq!(gate.session_state(&a), Some("active"), "tab A lives on");
+    assert_eq!(browser.agent_state().await.as_deref(), Some("active"));
+    browser.assert_no_console_errors("abandon").await;
+    browser.close().await;
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use sessiongate::config::{self, Config, LogFormat, SessionMode};
+use sessiongate::config::{self, Config, LogFormat};
 use sessiongate::server;
 
 /// A reverse-proxy sidecar that gives legacy web backends server-side sessions.
@@ -73,7 +73,6 @@ fn main() -> ExitCode {
 fn demo_defaults() -> Config {
     let mut config = Config::default();
     config.listen.address = SocketAddr::from(([127, 0, 0, 1], 8080));
-    config.session.mode = SessionMode::Browser;
     config
 }
 

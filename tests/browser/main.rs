@@ -26,6 +26,7 @@ mod fixture;
 mod harness;
 
 mod browser_mode;
+mod demo;
 mod lifetime;
 mod pages;
 mod requests;

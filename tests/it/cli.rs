@@ -598,13 +598,44 @@ async fn load_home(client: &reqwest::Client, base: &str) -> HomePage {
     parse_home(response.text().await.expect("home page body"))
 }
 
+/// The demo in `browser` mode, driven by two cookie jars (browsers without
+/// JavaScript). The default `tab` mode is driven in real Chromium by the browser
+/// suite; here it only has to put the agent into the first page.
 #[tokio::test]
 async fn demo_serves_two_independent_counters() {
+    let mut tab_mode = Gate::spawn(
+        &["demo"],
+        &[
+            ("SESSIONGATE_LISTEN__ADDRESS", "127.0.0.1:0"),
+            ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
+        ],
+    );
+    let base = tab_mode
+        .stdout_line("`open http://…` line", |line| {
+            let url = line.split("open ").nth(1)?.split_whitespace().next()?;
+            url.starts_with("http://").then(|| url.to_owned())
+        })
+        .await;
+    let first = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .expect("GET /");
+    let page = first.text().await.expect("home page body");
+    let tag = between(&page, "<head>", ">").expect("the agent tag opens <head>");
+    assert!(
+        tag.contains("/__sessiongate/agent.js?v=") && tag.contains("data-token="),
+        "first contact gets the agent with the new tab's token: {tag}"
+    );
+    drop(tab_mode);
+
     let mut gate = Gate::spawn(
         &["demo"],
         &[
             ("SESSIONGATE_LISTEN__ADDRESS", "127.0.0.1:0"),
             ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
+            ("SESSIONGATE_SESSION__MODE", "browser"),
         ],
     );
     let base = gate

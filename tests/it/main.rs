@@ -7,6 +7,7 @@ mod common;
 mod adversarial;
 mod cli;
 mod forwarding;
+mod hooks;
 mod identity;
 mod limits;
 mod reserved;

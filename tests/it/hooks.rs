@@ -1,0 +1,150 @@
+//! Hooks over real HTTP: the recording upstream receives `start`, `timeout` and `end`
+//! as `POST`s with the session's `X-Session` and the DESIGN.md §7 JSON, in order,
+//! and a `timeout` hook answering `{"handled": true}` keeps the session.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sessiongate::config::{Config, Duration as Cfg, SessionMode};
+
+use crate::common::upstream::Recorded;
+use crate::common::{cookie_client, Fixture};
+
+/// Short lifetimes so a countdown runs out within a second.
+fn short_lifetimes(config: &mut Config) {
+    config.session.timeout = Cfg::from_millis(400);
+    config.session.countdown = Some(Cfg::from_millis(400));
+    config.session.abandon = Some(Cfg::from_secs(30));
+    config.hooks.start = "/hooks/start".into();
+    config.hooks.end = "/hooks/end".into();
+}
+
+/// Waits until the upstream has seen a request whose path starts with `path`.
+async fn wait_path(fx: &Fixture, path: &str) -> Vec<Recorded> {
+    for _ in 0..100 {
+        let seen = fx.upstream.requests();
+        if seen.iter().any(|r| r.uri.starts_with(path)) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {path} within 5 s: {:?}", fx.upstream.requests());
+}
+
+fn position(seen: &[Recorded], path: &str) -> usize {
+    seen.iter()
+        .position(|r| r.uri.starts_with(path))
+        .unwrap_or_else(|| panic!("no {path}"))
+}
+
+fn json(request: &Recorded) -> Value {
+    serde_json::from_slice(&request.body).expect("hook body is JSON")
+}
+
+#[tokio::test]
+async fn hooks_arrive_in_order_with_the_session_and_its_json() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        short_lifetimes(c);
+        c.hooks.timeout = "/hooks/timeout".into();
+    })
+    .await;
+    let client = cookie_client();
+    let page = client.get(fx.url("/page")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let seen = wait_path(&fx, "/hooks/end").await;
+
+    let (start, first, timeout, end) = (
+        position(&seen, "/hooks/start"),
+        position(&seen, "/page"),
+        position(&seen, "/hooks/timeout"),
+        position(&seen, "/hooks/end"),
+    );
+    assert!(
+        start < first,
+        "start hook before the first request: {seen:?}"
+    );
+    assert!(first < timeout && timeout < end, "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|r| r.uri.starts_with("/hooks/end"))
+            .count(),
+        1,
+        "exactly one end"
+    );
+    let handle = seen[first].header("x-session").unwrap();
+    for (index, event) in [(start, "start"), (timeout, "timeout"), (end, "end")] {
+        let hook = &seen[index];
+        assert_eq!(hook.method, "POST");
+        assert_eq!(hook.header("x-session").as_deref(), Some(handle.as_str()));
+        assert_eq!(
+            hook.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let body = json(hook);
+        assert_eq!(body["event"], event);
+        assert_eq!(body["session"], handle.as_str());
+        assert!(body["parent"].is_null());
+        for field in ["created", "last_activity", "at"] {
+            assert!(
+                body[field].as_u64().unwrap() > 1_600_000_000_000,
+                "{field}: {body}"
+            );
+        }
+    }
+    let end = json(&seen[end]);
+    assert_eq!(end["reason"], "timeout");
+    assert!(json(&seen[start])["reason"].is_null());
+    assert!(end["at"].as_u64() >= end["created"].as_u64());
+    assert_eq!(
+        fx.metric("sessiongate_hook_calls_total{hook=\"end\",outcome=\"ok\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn x_session_end_fires_the_end_hook_and_never_reaches_the_browser() {
+    let fx = Fixture::start(SessionMode::Browser, short_lifetimes).await;
+    let client = cookie_client();
+    client.get(fx.url("/")).send().await.unwrap();
+    let ended = client
+        .get(fx.url("/respond?header=X-Session-End:1&header=X-Session-Rotate:1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.headers().get("x-session-end").is_none());
+    assert!(ended.headers().get("x-session-rotate").is_none());
+    assert_eq!(ended.headers()["x-session-state"], "ended");
+    let seen = wait_path(&fx, "/hooks/end").await;
+    assert_eq!(
+        json(&seen[position(&seen, "/hooks/end")])["reason"],
+        "upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_handled_timeout_keeps_the_session() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        short_lifetimes(c);
+        c.hooks.timeout = "/respond?type=application/json&body=%7B%22handled%22%3Atrue%7D".into();
+    })
+    .await;
+    let client = cookie_client();
+    client.get(fx.url("/")).send().await.unwrap();
+    wait_path(&fx, "/respond").await;
+    // Well past timeout + countdown: still alive, and no end hook.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let again = client.get(fx.url("/status?code=204")).send().await.unwrap();
+    assert!(again.headers().get("set-cookie").is_none(), "same session");
+    assert_eq!(again.headers()["x-session-state"], "active");
+    assert!(!fx
+        .upstream
+        .requests()
+        .iter()
+        .any(|r| r.uri.starts_with("/hooks/end")));
+    assert_eq!(
+        fx.metric("sessiongate_countdowns_total{outcome=\"handled\"}")
+            .await,
+        1.0
+    );
+}

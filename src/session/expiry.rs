@@ -21,23 +21,32 @@ use super::{Handle, Millis, Session};
 /// is acted on at most one bucket plus one sweep tick after it passes.
 pub const BUCKET_MS: Millis = 250;
 
-const NOT_FILED: u64 = u64::MAX;
+/// A bucket number: `due / BUCKET_MS`. 32 bits cover 34 years of uptime, and keep
+/// `Session` small; a due time beyond that is filed in the last bucket, which is
+/// early, and early is always safe (the sweeper re-files).
+pub type Bucket = u32;
+
+pub(crate) const NOT_FILED: Bucket = Bucket::MAX;
+
+fn bucket_of(due: Millis) -> Bucket {
+    Bucket::try_from(due / BUCKET_MS).unwrap_or(NOT_FILED - 1)
+}
 
 /// Handles filed by due-time bucket.
 #[derive(Debug, Default)]
 pub struct DeadlineIndex {
-    buckets: Mutex<BTreeMap<u64, Vec<Handle>>>,
+    buckets: Mutex<BTreeMap<Bucket, Vec<Handle>>>,
 }
 
 /// One popped entry: the handle and the bucket it was filed in.
 #[derive(Debug, Clone, Copy)]
 pub struct DueEntry {
     pub handle: Handle,
-    pub bucket: u64,
+    pub bucket: Bucket,
 }
 
 impl DeadlineIndex {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Vec<Handle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Bucket, Vec<Handle>>> {
         // A panic while holding this lock leaves the map consistent (pushes and pops
         // are single operations), so a poisoned lock is safe to keep using.
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
@@ -45,7 +54,7 @@ impl DeadlineIndex {
 
     /// Files `session` for `due` if that is earlier than where it is filed now.
     pub fn file_earlier(&self, session: &Session, due: Millis) {
-        let bucket = due / BUCKET_MS;
+        let bucket = bucket_of(due);
         let mut buckets = self.lock();
         if bucket < session.filed_in.load(Ordering::Acquire) {
             buckets.entry(bucket).or_default().push(session.handle());
@@ -55,14 +64,14 @@ impl DeadlineIndex {
 
     /// Re-files a session the sweeper popped from `popped_from`, unless something
     /// filed it elsewhere meanwhile. `None` means it has no deadline any more.
-    pub fn refile(&self, session: &Session, popped_from: u64, due: Option<Millis>) {
+    pub fn refile(&self, session: &Session, popped_from: Bucket, due: Option<Millis>) {
         let mut buckets = self.lock();
         if session.filed_in.load(Ordering::Acquire) != popped_from {
             return;
         }
         match due {
             Some(due) => {
-                let bucket = due / BUCKET_MS;
+                let bucket = bucket_of(due);
                 buckets.entry(bucket).or_default().push(session.handle());
                 session.filed_in.store(bucket, Ordering::Release);
             }
@@ -78,7 +87,7 @@ impl DeadlineIndex {
                 break;
             };
             let bucket = *entry.key();
-            if (bucket + 1) * BUCKET_MS > now {
+            if (u64::from(bucket) + 1) * BUCKET_MS > now {
                 break;
             }
             let handles = entry.get_mut();

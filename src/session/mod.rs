@@ -19,7 +19,7 @@ pub mod ticket;
 pub mod token;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -219,8 +219,8 @@ pub struct Session {
     last_seen: AtomicU64,
     /// This session's idle timeout (0 = never); starts as the configured one.
     timeout: AtomicU64,
-    /// The deadline-index bucket this session is filed in (`u64::MAX`: none).
-    pub(crate) filed_in: AtomicU64,
+    /// The deadline-index bucket this session is filed in (`NOT_FILED`: none).
+    pub(crate) filed_in: AtomicU32,
     /// `last_activity` of the idle period that was already dealt with as `keep`
     /// (the `timeout` hook answered `handled`, or `keep` mode reported it); an idle
     /// period ends with the next activity, which makes the mark stale by itself.
@@ -258,7 +258,7 @@ impl Session {
             last_activity: AtomicU64::new(now),
             last_seen: AtomicU64::new(now),
             timeout: AtomicU64::new(timeout),
-            filed_in: AtomicU64::new(u64::MAX),
+            filed_in: AtomicU32::new(expiry::NOT_FILED),
             idle_mark: AtomicU64::new(NO_MARK),
             state: AtomicU8::new(0),
             flags: AtomicU8::new(0),

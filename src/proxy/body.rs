@@ -4,10 +4,11 @@
 //! own answers (errors, reserved endpoints) are small in-memory bodies.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,4 +57,41 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody
 /// `{"error": message}` with `status`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+/// `405` with the `Allow` header.
+pub fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// Why a small request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("body too large")]
+    TooLarge,
+    #[error("body could not be read")]
+    Unreadable,
+}
+
+/// Reads a request body of at most `max` bytes (the gateway's own endpoints only;
+/// proxied bodies stream). A declared `Content-Length` over the limit is refused
+/// before anything is read.
+pub async fn read_limited(request: Request<Incoming>, max: usize) -> Result<Bytes, ReadError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+        Err(_) => Err(ReadError::Unreadable),
+    }
 }

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
@@ -500,27 +499,16 @@ fn describe(gateway: &Gateway, session: &Arc<Session>, state: State) -> serde_js
 
 /// Reads at most [`MAX_BODY`] bytes of a reserved request's body.
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Refusal> {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY as u64) {
-        return Err(Refusal::TooLarge);
-    }
-    match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
-        Err(_) => Err(Refusal::Unreadable),
-    }
+    body::read_limited(request, MAX_BODY)
+        .await
+        .map_err(|error| match error {
+            body::ReadError::TooLarge => Refusal::TooLarge,
+            body::ReadError::Unreadable => Refusal::Unreadable,
+        })
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
-    let mut response = body::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
+    body::method_not_allowed(allow)
 }
 
 fn with_state(mut response: Response<ProxyBody>, state: Option<State>) -> Response<ProxyBody> {

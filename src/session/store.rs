@@ -9,7 +9,8 @@
 //! DashMap guards are never held across another map operation or an `.await`:
 //! values are cloned out first (`Arc`, `Copy`), which keeps the store deadlock-free.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -138,9 +139,9 @@ pub struct MemoryStore {
     deriver: Deriver,
     live: AtomicUsize,
     max_sessions: usize,
-    /// Creation order with the `last_seen` each entry was filed with, only under
-    /// `when_full = "evict"`: a CLOCK (second chance) queue over least recently seen.
-    eviction: Option<Mutex<VecDeque<(Handle, Millis)>>>,
+    /// Only under `when_full = "evict"`: every session with the `last_seen` it had
+    /// when filed (a stamp never above its current `last_seen`), smallest first.
+    eviction: Option<Mutex<BinaryHeap<Reverse<(Millis, Handle)>>>>,
     observer: Arc<dyn SessionObserver>,
 }
 
@@ -161,7 +162,7 @@ impl MemoryStore {
             deriver: Deriver::new(),
             live: AtomicUsize::new(0),
             max_sessions,
-            eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(VecDeque::new())),
+            eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
         }
     }
@@ -191,34 +192,31 @@ impl MemoryStore {
         }
     }
 
-    /// Ends the least recently seen session (CLOCK approximation): the first queued
-    /// session not seen since it was queued; one seen since goes to the back with its
-    /// new `last_seen`. Each entry is looked at most twice per call, so this ends.
+    /// Ends the least recently seen session, exactly: pop the smallest stamp; a
+    /// session seen since it was stamped goes back with its new `last_seen`; the
+    /// first one whose stamp is still its `last_seen` has the smallest `last_seen` of
+    /// all (every other stamp, and so every other `last_seen`, is at least as large).
+    /// Touches never write the heap; each one costs at most one re-push here.
     fn evict_one(&self, now: Millis) -> bool {
-        let Some(queue) = &self.eviction else {
+        let Some(heap) = &self.eviction else {
             return false;
         };
         let victim = {
-            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-            let mut budget = queue.len() * 2;
-            let mut victim = None;
-            while budget > 0 {
-                budget -= 1;
-                let Some((handle, seen)) = queue.pop_front() else {
-                    break;
+            let mut heap = heap.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let Some(Reverse((stamp, handle))) = heap.pop() else {
+                    break None;
                 };
                 let Some(session) = self.sessions.get(&handle).map(|s| Arc::clone(&s)) else {
                     continue; // ended meanwhile
                 };
                 let last_seen = session.last_seen();
-                if last_seen > seen {
-                    queue.push_back((handle, last_seen));
+                if last_seen > stamp {
+                    heap.push(Reverse((last_seen, handle)));
                 } else {
-                    victim = Some(session);
-                    break;
+                    break Some(session);
                 }
             }
-            victim
         };
         victim.is_some_and(|session| self.end(&session, EndReason::Evicted, now))
     }
@@ -331,11 +329,10 @@ impl SessionStore for MemoryStore {
         if let Some(due) = session.next_due(&self.rules, now) {
             self.index.file_earlier(session, due);
         }
-        if let Some(queue) = &self.eviction {
-            queue
-                .lock()
+        if let Some(heap) = &self.eviction {
+            heap.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push_back((session.handle(), now));
+                .push(Reverse((now, session.handle())));
         }
         self.observer
             .observe(&SessionEvent::Started { session, kind });

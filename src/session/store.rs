@@ -123,6 +123,9 @@ struct Alias {
     retires_at: Millis,
 }
 
+/// `(stamp, handle)` pairs, smallest stamp on top.
+type EvictionHeap = BinaryHeap<Reverse<(Millis, Handle)>>;
+
 /// The in-memory session store.
 ///
 /// Sessions are filed under the handle their token derives to ([`Deriver`]), so the
@@ -141,7 +144,7 @@ pub struct MemoryStore {
     max_sessions: usize,
     /// Only under `when_full = "evict"`: every session with the `last_seen` it had
     /// when filed (a stamp never above its current `last_seen`), smallest first.
-    eviction: Option<Mutex<BinaryHeap<Reverse<(Millis, Handle)>>>>,
+    eviction: Option<Mutex<EvictionHeap>>,
     observer: Arc<dyn SessionObserver>,
 }
 

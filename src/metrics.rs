@@ -24,7 +24,7 @@ pub enum Route {
 }
 
 impl Route {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Route::Proxy => "proxy",
             Route::Reserved => "reserved",

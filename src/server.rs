@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::sessions::SessionApi;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::hooks::{Hooks, HooksError};
@@ -126,6 +127,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
         gateway.upstream.authority().as_str().to_string(),
         config.upstream.connect_timeout.get(),
+        SessionApi {
+            store: Arc::clone(&store),
+            clock,
+            mode: config.session.mode,
+        },
+        config.admin.token.clone(),
     ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -1,18 +1,24 @@
-//! The admin listener: health, readiness and metrics for operators.
+//! The admin listener: health, readiness, metrics and the session API for operators.
 //!
 //! It is a separate listener (default `127.0.0.1:9090`), never the public one, so that
-//! metrics and session data are not reachable by browsers.
+//! metrics and session data are not reachable by browsers. `/sessions` needs
+//! `Authorization: Bearer <admin.token>` whenever a token is configured (and the
+//! configuration refuses a non-loopback admin address without one).
+
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::CONTENT_TYPE;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use self::sessions::SessionApi;
 use crate::metrics::Metrics;
 use crate::net::{ConnInfo, Handler};
 use crate::proxy::body::{self, ProxyBody};
+use crate::session::token::constant_time_eq;
 
 /// Answers admin requests.
 pub struct Admin {
@@ -20,15 +26,40 @@ pub struct Admin {
     /// `host:port` of the upstream, probed by `/readyz`.
     upstream: String,
     connect_timeout: Duration,
+    sessions: SessionApi,
+    /// `admin.token`; empty = no token (loopback only).
+    token: String,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, upstream: String, connect_timeout: Duration) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        upstream: String,
+        connect_timeout: Duration,
+        sessions: SessionApi,
+        token: String,
+    ) -> Self {
         Admin {
             metrics,
             upstream,
             connect_timeout,
+            sessions,
+            token,
         }
+    }
+
+    /// Whether the request carries the configured bearer token (compared in
+    /// constant time; any request passes when no token is configured).
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        if self.token.is_empty() {
+            return true;
+        }
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), self.token.as_bytes())
     }
 
     /// Whether the upstream accepts a TCP connection within the connect timeout.
@@ -47,8 +78,21 @@ impl Handler for Admin {
         request: Request<Incoming>,
         _conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        if path == "/sessions" || path.starts_with("/sessions/") {
+            if !self.authorized(request.headers()) {
+                let mut refusal =
+                    body::json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                refusal.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sessiongate admin\""),
+                );
+                return refusal;
+            }
+            return self.sessions.handle(request).await;
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return body::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            return body::method_not_allowed("GET, HEAD");
         }
         match request.uri().path() {
             "/healthz" => body::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),

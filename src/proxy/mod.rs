@@ -198,7 +198,10 @@ impl Gateway {
             inject::prefer_identity(&parts.method, &mut parts.headers);
         }
         let mut exchange = exchange;
-        exchange.request_id = Some(headers::request_id(&parts.headers));
+        exchange.request_id = Some(match parts.extensions.remove::<RequestId>() {
+            Some(RequestId(id)) => id,
+            None => headers::request_id(&parts.headers),
+        });
         if self
             .prepare_upstream(&mut parts, conn, &exchange, upgrade.as_ref())
             .is_err()
@@ -487,13 +490,35 @@ impl Handler for Gateway {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
-        let span = tracing::debug_span!("request", method = %request.method(), path = request.uri().path());
+        let started = tokio::time::Instant::now();
+        let mut request = request;
+        // Taken (or made) first, so the log line of every answer carries it. The
+        // path is logged without its query, which may hold a ticket.
+        let request_id = RequestId(headers::request_id(request.headers()));
+        let span = tracing::info_span!(
+            "request",
+            id = request_id.0.to_str().unwrap_or(""),
+            method = %request.method(),
+            path = request.uri().path(),
+        );
+        request.extensions_mut().insert(request_id);
         let (route, response) = self.route(request, conn).instrument(span.clone()).await;
         self.metrics.request(route, response.status());
-        span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+        span.in_scope(|| {
+            tracing::info!(
+                route = route.as_str(),
+                status = response.status().as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "answered"
+            )
+        });
         response
     }
 }
+
+/// The request's `X-Request-Id` (kept or made), carried in its extensions.
+#[derive(Debug, Clone)]
+struct RequestId(HeaderValue);
 
 /// What the gateway knows about one proxied request as it moves through the stages.
 #[derive(Debug, Default)]

@@ -22,6 +22,7 @@ use base64::Engine;
 use dashmap::DashMap;
 use ring::hmac;
 
+use super::token::constant_time_eq;
 use super::{BrowserKey, Handle, Millis, SessionError};
 
 /// How long an unused ticket or challenge stays valid (DESIGN.md §2: ≤ 2 min).
@@ -188,11 +189,6 @@ impl Tickets {
         mac.copy_from_slice(&tag.as_ref()[..MAC_BYTES]);
         mac
     }
-}
-
-/// Compares two MACs without an early exit (no timing oracle for forgers).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

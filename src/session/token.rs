@@ -98,6 +98,12 @@ impl Binder {
     }
 }
 
+/// Compares two secrets without an early exit, so the time taken tells an attacker
+/// nothing about how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Derives a session's handle from its token.
 ///
 /// The store keeps no token at all: a session is filed under the handle its token

@@ -4,12 +4,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod adversarial;
 mod cli;
 mod forwarding;
 mod hooks;
 mod identity;
 mod limits;
+mod ops;
 mod reserved;
 mod tab;
 mod tls;

@@ -259,3 +259,25 @@ async fn a_real_prometheus_scrapes_the_admin_listener() {
     }
     panic!("Prometheus never returned the sample within 15 s: {last}");
 }
+
+#[test]
+fn the_sample_alerts_and_scrape_config_pass_promtool() {
+    let docker = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "alerts.yml"],
+        &["test", "rules", "alerts_test.yml"],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(docker)
+            .output()
+            .expect("promtool runs (Debian's `prometheus` package; .ci/run installs it)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

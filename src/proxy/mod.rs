@@ -6,11 +6,14 @@
 //! 2. **reserved**: anything under `browser.prefix` is answered by the gateway
 //!    ([`crate::reserved`]) and never forwarded;
 //! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
-//!    and record the signal or activity;
+//!    and record the signal or activity — or answer a `tab`-mode page load without
+//!    identity with the [`bootstrap`] page;
 //! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
-//!    own, and stream the request upstream ([`forward`]);
-//! 5. **respond**: consume the upstream's control headers, add `X-Session-State` and
-//!    cookies, and stream the body back.
+//!    own, wait for the session's start hook, and stream the request upstream
+//!    ([`forward`]);
+//! 5. **respond**: consume the upstream's control headers, put the agent into HTML
+//!    ([`crate::inject`]), add `X-Session-State` and cookies, and stream the body
+//!    back.
 
 pub mod body;
 pub mod bootstrap;

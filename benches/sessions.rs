@@ -194,7 +194,7 @@ impl Options {
 const EXPIRE_EVERY: usize = 10;
 
 fn expires(index: usize) -> bool {
-    index % EXPIRE_EVERY == 0
+    index.is_multiple_of(EXPIRE_EVERY)
 }
 
 /// xorshift64*: cheap, and good enough to pick sessions at random.
@@ -527,7 +527,7 @@ fn run_threads(clock: Clock, secs: f64, op: impl Fn(&mut Rng, Millis) + Sync) ->
                             op(&mut rng, now);
                         }
                         done += BATCH;
-                        if done % (BATCH * 16) == 0 && started.elapsed() >= run_for {
+                        if done.is_multiple_of(BATCH * 16) && started.elapsed() >= run_for {
                             return done;
                         }
                     }

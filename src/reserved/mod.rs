@@ -222,42 +222,44 @@ async fn session(
     }
     let resolved = presented.and_then(|token| gateway.store.resolve(&token, &browser, now));
     let fork = asked.duplicate && gateway.reserved.duplicate_tab == DuplicateTab::New;
-    let minted = match (&resolved, fork) {
-        (Some(_), false) => None,
-        (Some(parent), true) => Some(("forked", Some(parent.session.handle()), CreatedKind::Fork)),
-        (None, _) if presented.is_some() => Some(("expired", None, CreatedKind::ResumeMiss)),
-        (None, _) => Some(("new", None, CreatedKind::New)),
-    };
-    let (reason, session, token) = match (minted, resolved) {
-        (None, Some(resolved)) => {
+    let (reason, session, token) = match resolved {
+        Some(resolved) if !fork => {
             // A reload or navigation of the tab: the user is there.
             gateway.store.touch(&resolved.session, Touch::Activity, now);
             ("resumed", resolved.session, resolved.newer_token)
         }
-        (Some((reason, parent, kind)), _) => {
+        found => {
+            let (reason, parent, kind) = match (found, presented) {
+                (Some(parent), _) => ("forked", Some(parent.session.handle()), CreatedKind::Fork),
+                (None, Some(_)) => ("expired", None, CreatedKind::ResumeMiss),
+                (None, None) => ("new", None, CreatedKind::New),
+            };
             match gateway
                 .resolver
                 .mint(Some(browser), parent, kind, client, now)
             {
-                Ok(identity) => match identity.session {
-                    Some(session) => (reason, session, identity.new_token),
-                    None => return Refusal::NoSession.response(),
-                },
+                Ok(Identity {
+                    session: Some(session),
+                    new_token,
+                    ..
+                }) => (reason, session, new_token),
+                Ok(_) => return Refusal::NoSession.response(),
                 Err(error) => return crate::proxy::session_error_response(&error),
             }
         }
-        (None, None) => return Refusal::NoSession.response(),
     };
     gateway
         .metrics
         .bootstraps
         .with_label_values(&[reason])
         .inc();
-    let tickets = issue_tickets(gateway, &session, &browser, 1 + MAX_TICKETS / 2, now);
+    // One ticket for the bootstrap page's own reload, a few for the next page.
+    let ticket = issue_tickets(gateway, &session, &browser, 1, now);
+    let tickets = issue_tickets(gateway, &session, &browser, MAX_TICKETS / 2, now);
     let mut reply = json!({
         "handle": session.handle(),
-        "ticket": tickets.first(),
-        "tickets": &tickets[1..],
+        "ticket": ticket.first(),
+        "tickets": tickets,
         "reason": reason,
     });
     if let Some(token) = token {

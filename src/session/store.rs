@@ -928,9 +928,14 @@ mod tests {
             c.when_full = WhenFull::Evict;
             c.timeout = Cfg::ZERO;
         });
-        let a = w.create().session;
-        let b = w.create().session;
-        let c = w.create().session;
+        // One millisecond apart: sessions seen in the same millisecond are equally
+        // recent, and the order among them is arbitrary.
+        let mut created = Vec::new();
+        for _ in 0..3 {
+            created.push(w.create().session);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let [a, b, c] = <[_; 3]>::try_from(created).unwrap();
         tokio::time::advance(Duration::from_millis(10)).await;
         // a is the oldest but was just seen: b goes first, then c, then a.
         w.store.touch(&a, Touch::Signal, w.clock.now());

@@ -35,6 +35,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPSTREAM=$(free_port); NGINX_PROXY=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
+PLAIN=$(free_port); PLAIN_ADMIN=$(free_port)
 page=$(python3 -c 'print("<!DOCTYPE html><title>bench</title>" + "x" * 990)')
 
 mkdir -p "$work/upstream/logs" "$work/proxy/logs"
@@ -84,11 +85,22 @@ level = "warn"
 CONF
 ./target/release/sessiongate --config "$work/gate.toml" &
 pids+=($!)
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
+# The same gateway without the agent: what injecting it into every page costs.
+sed -e "s/$GATE/$PLAIN/; s/$ADMIN/$PLAIN_ADMIN/" "$work/gate.toml" > "$work/plain.toml"
+printf '[browser]\ninject = false\n' >> "$work/plain.toml"
+./target/release/sessiongate --config "$work/plain.toml" &
+pids+=($!)
+for port in $ADMIN $PLAIN_ADMIN; do
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+done
 
 # One browser's cookies, so every benchmarked request resolves a live session.
-cookies=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$GATE/" \
-  | awk -F'[: ;]+' 'tolower($1)=="set-cookie" {printf "%s%s", sep, $2; sep="; "}')
+cookies_of() {
+  curl -fs -o /dev/null -D - "$1" \
+    | awk -F'[: ;]+' 'tolower($1)=="set-cookie" {printf "%s%s", sep, $2; sep="; "}'
+}
+cookies=$(cookies_of "http://127.0.0.1:$GATE/")
+plain_cookies=$(cookies_of "http://127.0.0.1:$PLAIN/")
 
 run() { # name url [header]
   local out
@@ -111,6 +123,7 @@ printf '%-34s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 run "upstream direct (baseline)" "http://127.0.0.1:$UPSTREAM/" "" direct
 run "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" "Cookie: $cookies" nginx
 run "sessiongate, live session" "http://127.0.0.1:$GATE/" "Cookie: $cookies" gate
+run "sessiongate, no agent injection" "http://127.0.0.1:$PLAIN/" "Cookie: $plain_cookies" plain
 
 python3 - "$work" <<'PY'
 import sys, pathlib
@@ -118,4 +131,6 @@ w = pathlib.Path(sys.argv[1])
 rps = {p.stem: float(p.read_text()) for p in w.glob("*.rps") if p.read_text().strip()}
 if "gate" in rps and "nginx" in rps:
     print(f"\nsessiongate / nginx throughput: {rps['gate'] / rps['nginx']:.2f}")
+if "plain" in rps and "nginx" in rps:
+    print(f"sessiongate without injection / nginx: {rps['plain'] / rps['nginx']:.2f}")
 PY

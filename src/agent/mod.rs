@@ -50,8 +50,9 @@ pub fn version() -> &'static str {
     std::str::from_utf8(&VERSION).unwrap_or("0")
 }
 
-/// Escapes text for HTML content and double- or single-quoted attribute values.
-fn escape(value: &str) -> String {
+/// Escapes text for HTML content and double- or single-quoted attribute values
+/// (the bootstrap page here, the demo app's pages).
+pub fn escape_html(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -85,7 +86,7 @@ pub fn bootstrap_page(
     share_duplicates: bool,
 ) -> String {
     let duplicate = if share_duplicates { "share" } else { "new" };
-    let nonce = escape(nonce);
+    let nonce = escape_html(nonce);
     format!(
         "<!doctype html>\n\
 <html lang=\"en\">\n\
@@ -107,8 +108,8 @@ JavaScript and cookies to do so. Please enable them and reload the page.</p></no
 <script nonce=\"{nonce}\">\n{BOOTSTRAP_JS}</script>\n\
 </body>\n\
 </html>\n",
-        challenge = escape(challenge),
-        prefix = escape(prefix),
+        challenge = escape_html(challenge),
+        prefix = escape_html(prefix),
     )
 }
 
@@ -201,7 +202,10 @@ mod tests {
         assert!(page.contains("&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;meta x=&#39;"));
         // Exactly one script element: the bootstrap's own.
         assert_eq!(page.matches("<script").count(), 1);
-        assert_eq!(escape("a&b<c>d\"e'f"), "a&amp;b&lt;c&gt;d&quot;e&#39;f");
+        assert_eq!(
+            escape_html("a&b<c>d\"e'f"),
+            "a&amp;b&lt;c&gt;d&quot;e&#39;f"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::escape_html;
+
 /// Sessions the app remembers at once; past this the least recently seen one is
 /// forgotten, so a client inventing handles cannot grow memory without bound.
 const MAX_SESSIONS: usize = 10_000;
@@ -326,7 +328,7 @@ impl App {
         let body = format!(
             "<h1>Not found</h1>\n<p>There is no page at <code>{}</code>.</p>\n\
              <nav><a href=\"/\">← Back to the home page</a></nav>",
-            escape(path)
+            escape_html(path)
         );
         html(
             StatusCode::NOT_FOUND,
@@ -338,7 +340,7 @@ impl App {
         match handle {
             Some(h) => format!(
                 "<p>Session handle: <code class=\"handle\">{}</code></p>",
-                escape(h)
+                escape_html(h)
             ),
             None => format!(
                 "<p class=\"warning\"><strong>No <code>{}</code> header on this request \
@@ -433,7 +435,7 @@ fn notes_html(notes: &VecDeque<String>) -> String {
     }
     let items: String = notes
         .iter()
-        .map(|note| format!("\n    <li>{}</li>", escape(note)))
+        .map(|note| format!("\n    <li>{}</li>", escape_html(note)))
         .collect();
     format!("<ol class=\"notes\">{items}\n  </ol>")
 }
@@ -458,22 +460,6 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
         rest = &after[end + 2..];
     }
     out.push_str(rest);
-    out
-}
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
     out
 }
 

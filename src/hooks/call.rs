@@ -7,7 +7,6 @@
 //! timeouts of its own. It is a separate pool so that hook calls never queue behind,
 //! or starve, proxied requests.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 
 use super::HookKind;
 use crate::metrics::Metrics;
+use crate::proxy::forward::error_chain;
 use crate::session::Handle;
 
 /// The most of a hook's answer that is read; `{"handled": true}` is 16 bytes, and a
@@ -41,7 +41,7 @@ pub(crate) struct Reply {
 pub(crate) enum CallError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("request failed: {}", chain(.0))]
+    #[error("request failed: {}", error_chain(.0))]
     Send(#[source] hyper_util::client::legacy::Error),
     #[error("cannot build the request: {0}")]
     Build(#[from] http::Error),
@@ -159,17 +159,4 @@ impl Counters {
     pub(crate) fn count(&self, hook: HookKind, outcome: Outcome) {
         self.0[hook as usize][outcome as usize].inc();
     }
-}
-
-/// An error and its causes on one line (hyper-util's own message is only "client
-/// error (Connect)").
-fn chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -147,7 +147,9 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
-fn error_chain(error: &dyn StdError) -> String {
+/// An error and its causes on one line (hyper-util's own message is only "client
+/// error (Connect)").
+pub(crate) fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

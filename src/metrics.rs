@@ -86,6 +86,8 @@ struct Hot {
     upstream_errors: [IntCounter; 4],
     active: IntGauge,
     warning: IntGauge,
+    injected: IntCounter,
+    skipped: IntCounter,
 }
 
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -126,6 +128,11 @@ impl Metrics {
             "Failed upstream exchanges by kind.",
             &["kind"],
         )?;
+        let injections = counter(
+            "sessiongate_injections_total",
+            "HTML responses by agent injection outcome.",
+            &["outcome"],
+        )?;
         // Resolved once: the request path bumps these without hashing label values.
         let hot = Hot {
             requests: [Route::Proxy, Route::Reserved, Route::Bootstrap].map(|route| {
@@ -135,6 +142,8 @@ impl Metrics {
                 .map(|kind| upstream_errors.with_label_values(&[kind.as_str()])),
             active: sessions_active.with_label_values(&["active"]),
             warning: sessions_active.with_label_values(&["warning"]),
+            injected: injections.with_label_values(&["injected"]),
+            skipped: injections.with_label_values(&["skipped"]),
         };
 
         let metrics = Metrics {
@@ -190,11 +199,7 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
-            injections: counter(
-                "sessiongate_injections_total",
-                "HTML responses by agent injection outcome.",
-                &["outcome"],
-            )?,
+            injections,
             hook_calls: counter(
                 "sessiongate_hook_calls_total",
                 "Hook calls by hook and outcome.",
@@ -252,6 +257,15 @@ impl Metrics {
             .saturating_sub(1)
             .min(CODE_CLASSES.len() - 1);
         self.hot.requests[route as usize][class].inc();
+    }
+
+    /// Counts one HTML page that got the agent (`true`) or should have and did not.
+    pub fn injection(&self, injected: bool) {
+        if injected {
+            self.hot.injected.inc();
+        } else {
+            self.hot.skipped.inc();
+        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {

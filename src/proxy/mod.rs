@@ -45,7 +45,7 @@ use crate::inject::{self, Outcome as InjectOutcome, Skip};
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::{self, Reserved};
-use crate::session::identity::{Ask, Carrier, Identity, Outcome, Resolver};
+use crate::session::identity::{Ask, Carried, Carrier, Identity, Outcome, Resolver};
 use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
@@ -286,16 +286,13 @@ impl Gateway {
         };
         let tag = self.agent_tag(exchange);
         let metrics = Arc::clone(&self.metrics);
-        let plan = plan.on_outcome(move |outcome| {
-            let label = match outcome {
-                InjectOutcome::Injected => "injected",
-                InjectOutcome::Abandoned => return,
-                other => {
-                    tracing::debug!(reason = other.label(), "page not injected");
-                    "skipped"
-                }
-            };
-            metrics.injections.with_label_values(&[label]).inc();
+        let plan = plan.on_outcome(move |outcome| match outcome {
+            InjectOutcome::Injected => metrics.injection(true),
+            InjectOutcome::Abandoned => {}
+            other => {
+                tracing::debug!(reason = other.label(), "page not injected");
+                metrics.injection(false);
+            }
         });
         inject::inject(plan, parts, body, &tag)
     }
@@ -347,10 +344,12 @@ impl Gateway {
         let page_load = (parts.method == Method::GET || parts.method == Method::HEAD)
             && is_navigation(&parts.headers);
         let ask = Ask {
-            headers: &parts.headers,
-            query: parts.uri.query(),
+            carried: Carried {
+                headers: &parts.headers,
+                query: parts.uri.query(),
+                speculative: is_speculative(&parts.headers),
+            },
             navigation: page_load,
-            speculative: is_speculative(&parts.headers),
             client: headers::client_address(&parts.headers, conn.peer.ip(), self.trust_forwarded),
         };
         self.resolver.identify(&ask, self.clock.now())

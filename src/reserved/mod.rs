@@ -24,7 +24,7 @@ use crate::net::ConnInfo;
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::headers::X_SESSIONGATE_AGENT;
 use crate::proxy::{finish_headers, Gateway};
-use crate::session::identity::{Ask, Carrier, Identity};
+use crate::session::identity::{Carried, Carrier, Identity};
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, CreatedKind, EndReason, Session, State, Token, Touch};
 
@@ -410,14 +410,12 @@ fn identify(
     tickets: bool,
     now: u64,
 ) -> Option<Identity> {
-    let ask = Ask {
+    let carried = Carried {
         headers: request.headers(),
         query: if tickets { request.uri().query() } else { None },
-        navigation: false,
         speculative: false,
-        client: std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
-    gateway.resolver.existing(&ask, Some(browser), now)
+    gateway.resolver.existing(&carried, browser, now)
 }
 
 /// The session a state-changing request may act on: same origin, a valid session,

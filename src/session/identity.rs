@@ -119,15 +119,22 @@ impl Identity {
     }
 }
 
-/// What a request needs to know about itself to be identified.
+/// What a request carries that may name its session.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask<'a> {
+pub struct Carried<'a> {
     pub headers: &'a HeaderMap,
+    /// The query, where a ticket may be (`None` where tickets are not accepted).
     pub query: Option<&'a str>,
-    /// A GET or HEAD top-level page load (link, address bar, reload).
-    pub navigation: bool,
     /// A prefetch or prerender: never mints or spends anything.
     pub speculative: bool,
+}
+
+/// What a request to be forwarded needs to know about itself to be identified.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub carried: Carried<'a>,
+    /// A GET or HEAD top-level page load (link, address bar, reload).
+    pub navigation: bool,
     /// The client address creation limits apply to.
     pub client: IpAddr,
 }
@@ -180,11 +187,14 @@ impl Resolver {
 
     /// Identifies a request that is to be forwarded (DESIGN.md §3, rules 1–6).
     pub fn identify(&self, ask: &Ask<'_>, now: Millis) -> Result<Outcome, SessionError> {
-        let key = self.browser_key(ask.headers);
-        if let Some(identity) = self.existing(ask, key.as_ref(), now) {
+        let key = self.browser_key(ask.carried.headers);
+        if let Some(identity) = key
+            .as_ref()
+            .and_then(|key| self.existing(&ask.carried, key, now))
+        {
             return Ok(Outcome::Forward(identity));
         }
-        if ask.speculative {
+        if ask.carried.speculative {
             return Ok(Outcome::Forward(Identity::default()));
         }
         match (self.mode, key) {
@@ -196,6 +206,7 @@ impl Resolver {
                 .map(Outcome::Forward),
             (SessionMode::Tab, Some(browser)) if ask.navigation => {
                 let hops = ask
+                    .carried
                     .query
                     .and_then(|q| query::param(q, HOP_PARAM))
                     .and_then(|v| v.parse::<u32>().ok())
@@ -213,15 +224,14 @@ impl Resolver {
     /// The session a request already carries (header, ticket, cookie), never minting.
     pub fn existing(
         &self,
-        ask: &Ask<'_>,
-        key: Option<&BrowserKey>,
+        carried: &Carried<'_>,
+        key: &BrowserKey,
         now: Millis,
     ) -> Option<Identity> {
-        let key = key?;
-        if let Some(resolved) = self.by_header(ask.headers, key, now) {
+        if let Some(resolved) = self.by_header(carried.headers, key, now) {
             return Some(Identity::found(resolved, Carrier::Header));
         }
-        if let Some(session) = self.by_ticket(ask, key, now) {
+        if let Some(session) = self.by_ticket(carried, key, now) {
             return Some(Identity {
                 session: Some(session),
                 carrier: Some(Carrier::Ticket),
@@ -229,7 +239,7 @@ impl Resolver {
             });
         }
         if self.mode == SessionMode::Browser {
-            if let Some(resolved) = self.by_cookie(ask.headers, key, now) {
+            if let Some(resolved) = self.by_cookie(carried.headers, key, now) {
                 let mut identity = Identity::found(resolved, Carrier::Cookie);
                 if let Some(token) = &identity.new_token {
                     identity
@@ -261,15 +271,20 @@ impl Resolver {
             .find_map(|v| v.to_str().ok().and_then(Token::parse))
     }
 
-    fn by_ticket(&self, ask: &Ask<'_>, key: &BrowserKey, now: Millis) -> Option<Arc<Session>> {
-        let ticket = query::param(ask.query?, TICKET_PARAM)?;
-        let handle = if ask.speculative {
+    fn by_ticket(
+        &self,
+        carried: &Carried<'_>,
+        key: &BrowserKey,
+        now: Millis,
+    ) -> Option<Arc<Session>> {
+        let ticket = query::param(carried.query?, TICKET_PARAM)?;
+        let handle = if carried.speculative {
             self.tickets.peek(Kind::Ticket, &ticket, key, now)
         } else {
             self.tickets.redeem(Kind::Ticket, &ticket, key, now)
         }
         .ok()?;
-        if ask.speculative {
+        if carried.speculative {
             return None;
         }
         self.store.get_bound(&handle, key, now)

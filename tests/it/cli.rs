@@ -598,24 +598,30 @@ async fn load_home(client: &reqwest::Client, base: &str) -> HomePage {
     parse_home(response.text().await.expect("home page body"))
 }
 
-/// The demo in `browser` mode, driven by two cookie jars (browsers without
-/// JavaScript). The default `tab` mode is driven in real Chromium by the browser
-/// suite; here it only has to put the agent into the first page.
-#[tokio::test]
-async fn demo_serves_two_independent_counters() {
-    let mut tab_mode = Gate::spawn(
-        &["demo"],
-        &[
-            ("SESSIONGATE_LISTEN__ADDRESS", "127.0.0.1:0"),
-            ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
-        ],
-    );
-    let base = tab_mode
+/// Starts `sessiongate demo` on ephemeral ports (in `mode`, if given) and returns it
+/// with the address it tells the user to open.
+async fn spawn_demo(mode: Option<&str>) -> (Gate, String) {
+    let mut env = vec![
+        ("SESSIONGATE_LISTEN__ADDRESS", "127.0.0.1:0"),
+        ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
+    ];
+    env.extend(mode.map(|mode| ("SESSIONGATE_SESSION__MODE", mode)));
+    let mut gate = Gate::spawn(&["demo"], &env);
+    let base = gate
         .stdout_line("`open http://…` line", |line| {
             let url = line.split("open ").nth(1)?.split_whitespace().next()?;
             url.starts_with("http://").then(|| url.to_owned())
         })
         .await;
+    (gate, base)
+}
+
+/// The demo in `browser` mode, driven by two cookie jars (browsers without
+/// JavaScript). The default `tab` mode is driven in real Chromium by the browser
+/// suite; here it only has to put the agent into the first page.
+#[tokio::test]
+async fn demo_serves_two_independent_counters() {
+    let (tab_mode, base) = spawn_demo(None).await;
     let first = reqwest::Client::new()
         .get(format!("{base}/"))
         .header("sec-fetch-mode", "navigate")
@@ -630,20 +636,7 @@ async fn demo_serves_two_independent_counters() {
     );
     drop(tab_mode);
 
-    let mut gate = Gate::spawn(
-        &["demo"],
-        &[
-            ("SESSIONGATE_LISTEN__ADDRESS", "127.0.0.1:0"),
-            ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
-            ("SESSIONGATE_SESSION__MODE", "browser"),
-        ],
-    );
-    let base = gate
-        .stdout_line("`open http://…` line", |line| {
-            let url = line.split("open ").nth(1)?.split_whitespace().next()?;
-            url.starts_with("http://").then(|| url.to_owned())
-        })
-        .await;
+    let (_gate, base) = spawn_demo(Some("browser")).await;
 
     let (a, b) = (cookie_client(), cookie_client());
     let mut page_a = load_home(&a, &base).await;

@@ -12,12 +12,15 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod hooks;
 pub mod inject;
+pub mod lifetime;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod reserved;
 pub mod server;
 pub mod session;
+pub mod web;

@@ -33,32 +33,8 @@ impl Route {
     }
 }
 
-/// Why an upstream exchange failed (label `kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    Connect,
-    Timeout,
-    Reset,
-    Protocol,
-}
-
-impl UpstreamError {
-    pub const ALL: [UpstreamError; 4] = [
-        UpstreamError::Connect,
-        UpstreamError::Timeout,
-        UpstreamError::Reset,
-        UpstreamError::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamError::Connect => "connect",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Reset => "reset",
-            UpstreamError::Protocol => "protocol",
-        }
-    }
-}
+use crate::web::refusal::Refusal;
+pub use crate::web::refusal::UpstreamError;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -75,6 +51,7 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
+    pub refusals: IntCounterVec,
     hot: Hot,
 }
 
@@ -205,6 +182,11 @@ impl Metrics {
                 "Hook calls by hook and outcome.",
                 &["hook", "outcome"],
             )?,
+            refusals: counter(
+                "sessiongate_refusals_total",
+                "Requests the gateway refused or failed on itself, by reason.",
+                &["reason"],
+            )?,
             registry,
         };
 
@@ -248,6 +230,9 @@ impl Metrics {
                 self.hook_calls.with_label_values(&[hook, outcome]);
             }
         }
+        for reason in Refusal::LABELS {
+            self.refusals.with_label_values(&[reason]);
+        }
     }
 
     /// Counts one response.
@@ -257,6 +242,11 @@ impl Metrics {
             .saturating_sub(1)
             .min(CODE_CLASSES.len() - 1);
         self.hot.requests[route as usize][class].inc();
+    }
+
+    /// Counts one refusal by its label (see [`Refusal::label`]).
+    pub fn refused(&self, reason: &str) {
+        self.refusals.with_label_values(&[reason]).inc();
     }
 
     /// Counts one HTML page that got the agent (`true`) or should have and did not.

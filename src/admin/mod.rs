@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use self::sessions::SessionApi;
 use crate::metrics::Metrics;
 use crate::net::{ConnInfo, Handler};
-use crate::proxy::body::{self, ProxyBody};
 use crate::session::token::constant_time_eq;
+use crate::web::body::{self, ProxyBody};
 
 /// Answers admin requests.
 pub struct Admin {

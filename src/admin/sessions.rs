@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::SessionMode;
-use crate::proxy::body::{self, ProxyBody, ReadError};
-use crate::proxy::query;
 use crate::session::store::SessionStore;
 use crate::session::{Clock, EndReason, Handle, Session};
+use crate::web::body::{self, ProxyBody, ReadError};
+use crate::web::query;
 
 /// Sessions per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 100;

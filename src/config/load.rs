@@ -307,12 +307,12 @@ impl Config {
         } else {
             ""
         };
-        let countdown = super::Duration::from(self.session.countdown_for(timeout));
-        let abandon = super::Duration::from(self.session.abandon_for(timeout));
-        let heartbeat = super::Duration::from(
-            self.browser
-                .heartbeat_for(timeout, self.session.abandon_for(timeout)),
-        );
+        let rules = self.lifetime();
+        let ms = crate::lifetime::millis(timeout);
+        let duration = |ms| super::Duration::from(std::time::Duration::from_millis(ms));
+        let countdown = duration(rules.countdown_for(ms));
+        let abandon = duration(rules.abandon_for(ms));
+        let heartbeat = duration(rules.heartbeat_for(ms));
 
         let mut out = String::with_capacity(text.len() + 200);
         let mut table = String::new();

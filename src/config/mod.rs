@@ -14,6 +14,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifetime::{millis, Beat, Lifetime};
+pub use crate::lifetime::{Activity, OnTimeout};
+
 pub use duration::Duration;
 pub use load::{load, load_with_defaults, ConfigError, ConfigErrors, Source};
 
@@ -115,23 +118,6 @@ impl SessionMode {
             SessionMode::Browser => "browser",
         }
     }
-}
-
-/// What happens when a session has been idle for `timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnTimeout {
-    Countdown,
-    Keep,
-    End,
-}
-
-/// What counts as user activity (resets the idle timer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activity {
-    Interaction,
-    Request,
 }
 
 /// What a duplicated tab gets.
@@ -286,39 +272,34 @@ impl Default for LogConfig {
 }
 
 impl SessionConfig {
-    /// The countdown that goes with a session timeout of `timeout`
-    /// (the configured value, or the timeout itself when not set).
-    pub fn countdown_for(&self, timeout: std::time::Duration) -> std::time::Duration {
-        self.countdown.map_or(timeout, |c| c.get())
-    }
-
-    /// The abandon time that goes with a session timeout of `timeout`
-    /// (the configured value, or twice the timeout when not set).
-    pub fn abandon_for(&self, timeout: std::time::Duration) -> std::time::Duration {
-        self.abandon.map_or(timeout.saturating_mul(2), |a| a.get())
+    /// The lifetime rules these settings give (the heartbeat rule left at `auto`;
+    /// [`Config::lifetime`] has the configured one).
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime::new(
+            self.timeout.get(),
+            self.on_timeout,
+            self.countdown.map(|d| d.get()),
+            self.abandon.map(|d| d.get()),
+            self.max_lifetime.get(),
+            self.activity,
+        )
     }
 }
 
-impl BrowserConfig {
-    /// The heartbeat interval for a session with these timeout and abandon times.
-    ///
-    /// `"auto"` is `clamp(timeout / 4, 15 s, 60 s)` (DESIGN.md §4), but never more than
-    /// a third of the abandon time, so that short test and demo timeouts still get two
-    /// missed beats of slack before a live tab would count as gone. With no timeout,
-    /// one beat a minute keeps `last_seen` meaningful for operators.
-    pub fn heartbeat_for(
-        &self,
-        timeout: std::time::Duration,
-        abandon: std::time::Duration,
-    ) -> std::time::Duration {
-        use std::time::Duration as StdDuration;
-        match self.heartbeat {
-            Heartbeat::Every(d) => d.get(),
-            Heartbeat::Auto if timeout.is_zero() => StdDuration::from_secs(60),
-            Heartbeat::Auto => (timeout / 4)
-                .clamp(StdDuration::from_secs(15), StdDuration::from_secs(60))
-                .min(abandon / 3)
-                .max(StdDuration::from_secs(1)),
-        }
+impl Lifetime {
+    /// The rules of a `[session]` table (see [`SessionConfig::lifetime`]).
+    pub fn from_config(config: &SessionConfig) -> Self {
+        config.lifetime()
+    }
+}
+
+impl Config {
+    /// The lifetime rules in force, heartbeat included.
+    pub fn lifetime(&self) -> Lifetime {
+        let beat = match self.browser.heartbeat {
+            Heartbeat::Auto => Beat::Auto,
+            Heartbeat::Every(every) => Beat::Every(millis(every.get())),
+        };
+        self.session.lifetime().with_beat(beat)
     }
 }

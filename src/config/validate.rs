@@ -12,6 +12,8 @@ use std::path::Path;
 use http::uri::{Authority, Uri};
 
 use super::{Config, Duration, Heartbeat};
+use crate::lifetime::millis;
+use std::time::Duration as StdDuration;
 
 /// hyper refuses (panics on) a read buffer smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -253,7 +255,7 @@ fn check_session(config: &Config, p: &mut Problems) {
         }
     }
     let timeout = session.timeout.get();
-    if !timeout.is_zero() && session.abandon_for(timeout).is_zero() {
+    if !timeout.is_zero() && session.lifetime().abandon_for(millis(timeout)) == 0 {
         p.add(
             "session.abandon",
             "must be greater than 0s when session.timeout is set (0s would abandon every session at once)",
@@ -268,7 +270,9 @@ fn check_browser(config: &Config, p: &mut Problems) {
     }
     if let Heartbeat::Every(every) = browser.heartbeat {
         let timeout = config.session.timeout.get();
-        let abandon = Duration::from(config.session.abandon_for(timeout));
+        let abandon = Duration::from(StdDuration::from_millis(
+            config.lifetime().abandon_for(millis(timeout)),
+        ));
         if every.is_zero() {
             p.add("browser.heartbeat", "must be greater than 0s (or \"auto\")");
         } else if !timeout.is_zero() && every.get().saturating_mul(2) > abandon.get() {

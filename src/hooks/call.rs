@@ -2,10 +2,8 @@
 //! (connect, response head, body) bounded by `hooks.budget`; and how its outcome is
 //! counted.
 //!
-//! The client is built like the proxy's (`proxy::forward`): hyper-util's pooled
-//! HTTP/1.1 client with a connect timeout and its timers wired, since it has no
-//! timeouts of its own. It is a separate pool so that hook calls never queue behind,
-//! or starve, proxied requests.
+//! The client comes from [`crate::web::client::pooled`], like the proxy's, in a
+//! separate pool so that hook calls never queue behind, or starve, proxied requests.
 
 use std::time::Duration;
 
@@ -15,14 +13,13 @@ use http::{HeaderName, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::HookKind;
 use crate::metrics::Metrics;
-use crate::proxy::forward::error_chain;
 use crate::session::Handle;
+use crate::web::client::{self, error_chain};
 
 /// The most of a hook's answer that is read; `{"handled": true}` is 16 bytes, and a
 /// backend must not make the gateway buffer a page.
@@ -61,16 +58,7 @@ impl Caller {
         connect_timeout: Duration,
         pool: usize,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(pool)
-            .build(connector);
+        let client = client::pooled(connect_timeout, pool);
         Caller {
             client,
             header,

@@ -21,7 +21,7 @@ use http_body_util::{BodyDataStream, BodyExt};
 use tokio::io::{AsyncBufRead, AsyncRead};
 use tokio_util::io::{poll_read_buf, StreamReader};
 
-use crate::proxy::body::{BoxError, ProxyBody};
+use crate::web::body::{BoxError, ProxyBody};
 
 /// Size of the decoded frames (and of each read from the decoder).
 const CHUNK: usize = 16 * 1024;

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 
 use encoding_rs::Encoding;
 use http::header::{
-    ACCEPT, ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING,
     CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -38,51 +38,25 @@ use http_body_util::BodyExt;
 use lol_html::AsciiCompatibleEncoding;
 
 pub use self::decode::{Coding, DecodeError};
-use crate::proxy::body::ProxyBody;
-use crate::proxy::headers::X_SESSION_INJECT;
+use crate::web::body::ProxyBody;
+use crate::web::fetch::Fetch;
+use crate::web::headers::X_SESSION_INJECT;
 
 /// How far into a body the tag is looked for; past it the page is passed through.
 pub const SEARCH_LIMIT: usize = splice::LIMIT;
-
-const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
-const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
-const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// Digests of the body; stale once it is decoded or rewritten.
 const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
 const REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
 
-/// Called on the request before it is forwarded. For a navigation `GET`
-/// (`Sec-Fetch-Dest: document` or `Sec-Fetch-Mode: navigate`; without any
-/// `Sec-Fetch-*` header, an `Accept` that mentions `text/html`) it sets
-/// `Accept-Encoding: identity`, so most upstreams send plain HTML and [`inject`]
-/// has nothing to decode. Other requests are left as they are.
-pub fn prefer_identity(method: &Method, headers: &mut HeaderMap) {
-    if method == Method::GET && is_navigation(headers) {
+/// Called on the request before it is forwarded. For a navigation `GET` (see
+/// [`Fetch`]) it sets `Accept-Encoding: identity`, so most upstreams send plain HTML
+/// and [`inject`] has nothing to decode. Other requests are left as they are.
+pub fn prefer_identity(method: &Method, fetch: Fetch, headers: &mut HeaderMap) {
+    if method == Method::GET && fetch.navigation {
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
-}
-
-fn is_navigation(headers: &HeaderMap) -> bool {
-    let dest = headers.get(SEC_FETCH_DEST);
-    let mode = headers.get(SEC_FETCH_MODE);
-    if dest.is_some() || mode.is_some() || headers.contains_key(SEC_FETCH_SITE) {
-        let is = |value: Option<&HeaderValue>, expected: &str| {
-            value.is_some_and(|v| {
-                v.as_bytes()
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(expected.as_bytes())
-            })
-        };
-        return is(dest, "document") || is(mode, "navigate");
-    }
-    headers.get_all(ACCEPT).iter().any(|value| {
-        value
-            .as_bytes()
-            .windows(b"text/html".len())
-            .any(|window| window.eq_ignore_ascii_case(b"text/html"))
-    })
 }
 
 /// Why a response is not injected.
@@ -429,7 +403,7 @@ pub(crate) mod testing {
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
-    use crate::proxy::body::{BoxError, ProxyBody};
+    use crate::web::body::{BoxError, ProxyBody};
 
     pub type Item = Result<Frame<Bytes>, BoxError>;
 

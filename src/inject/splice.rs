@@ -36,7 +36,7 @@ use http_body::{Body, Frame};
 use lol_html::{send, AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
 
 use super::Outcome;
-use crate::proxy::body::{BoxError, ProxyBody};
+use crate::web::body::{BoxError, ProxyBody};
 
 /// How much input may be held while looking for the place (a `<head>` this far into a
 /// page is not worth the latency; such a page is passed through).

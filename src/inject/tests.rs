@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::testing::{body_of, channel, frames};
 use super::*;
-use crate::proxy::body::BoxError;
+use crate::web::body::BoxError;
 
 fn tag() -> Tag {
     Tag {
@@ -618,7 +618,8 @@ fn identity_for_navigations() {
                 value.parse().unwrap(),
             );
         }
-        prefer_identity(&method, &mut map);
+        let fetch = crate::web::fetch::Fetch::of(&method, &map);
+        prefer_identity(&method, fetch, &mut map);
         map["accept-encoding"].to_str().unwrap().to_owned()
     };
     let navigate = [

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenConfig;
-use crate::proxy::body::ProxyBody;
+use crate::web::body::ProxyBody;
 
 /// What a handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]

@@ -9,15 +9,19 @@ use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::{self, ProxyBody};
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, UpstreamError};
+use crate::web::body::ProxyBody;
+use crate::web::client::{self, error_chain};
+use crate::web::refusal::Refusal;
+
+/// Idle upstream connections kept for reuse.
+const MAX_IDLE_PER_HOST: usize = 256;
 
 /// Why the upstream URL in the config is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +55,7 @@ impl Upstream {
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout.get()));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = client::pooled(config.connect_timeout.get(), MAX_IDLE_PER_HOST);
         Ok(Upstream {
             client,
             scheme,
@@ -110,12 +105,12 @@ impl Upstream {
                 let kind = classify(&error);
                 metrics.upstream_error(kind);
                 tracing::warn!(error = %error_chain(&error), kind = kind.as_str(), "upstream request failed");
-                Err(error_response(kind))
+                Err(Refusal::Upstream(kind).into_response())
             }
             Err(_elapsed) => {
                 metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(timeout = ?self.response_timeout, "upstream response timed out");
-                Err(error_response(UpstreamError::Timeout))
+                Err(Refusal::Upstream(UpstreamError::Timeout).into_response())
             }
         }
     }
@@ -144,35 +139,5 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
         UpstreamError::Connect
     } else {
         UpstreamError::Reset
-    }
-}
-
-/// An error and its causes on one line (hyper-util's own message is only "client
-/// error (Connect)").
-pub(crate) fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn error_response(kind: UpstreamError) -> Response<ProxyBody> {
-    match kind {
-        UpstreamError::Timeout => body::text(
-            StatusCode::GATEWAY_TIMEOUT,
-            "504 Gateway Timeout: the application did not answer in time",
-        ),
-        UpstreamError::Connect => body::text(
-            StatusCode::BAD_GATEWAY,
-            "502 Bad Gateway: the application cannot be reached",
-        ),
-        UpstreamError::Reset | UpstreamError::Protocol => body::text(
-            StatusCode::BAD_GATEWAY,
-            "502 Bad Gateway: the application sent no valid response",
-        ),
     }
 }

@@ -1,4 +1,5 @@
-//! The request path, as a chain of stages:
+//! The request path, the top of the gateway: a chain of stages sharing one
+//! per-request [`Context`]:
 //!
 //! 1. **refuse** what no legacy backend should see (TRACE, CONNECT; a request that
 //!    sends both `Content-Length` and `Transfer-Encoding` is framed by the latter alone
@@ -7,60 +8,56 @@
 //!    ([`crate::reserved`]) and never forwarded;
 //! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
 //!    and record the signal or activity — or answer a `tab`-mode page load without
-//!    identity with the [`bootstrap`] page;
+//!    identity with the bootstrap page;
 //! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
 //!    own, wait for the session's start hook, and stream the request upstream
-//!    ([`forward`]);
+//!    ([`request`], [`forward`]);
 //! 5. **respond**: consume the upstream's control headers, put the agent into HTML
-//!    ([`crate::inject`]), add `X-Session-State` and cookies, and stream the body
-//!    back.
+//!    ([`crate::inject`]), and stream the body back ([`respond`]).
+//!
+//! Every answer, whatever its route, is finished by [`Context::finish`] in
+//! [`Gateway::handle`](crate::net::Handler::handle), which also counts it and logs it.
 
-pub mod body;
-pub mod bootstrap;
 pub mod forward;
-pub mod headers;
-pub mod origin;
-pub mod query;
+mod request;
+mod respond;
 pub mod tunnel;
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, HOST, SET_COOKIE, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
 use tracing::Instrument;
 
-use self::body::ProxyBody;
 use self::forward::Upstream;
-use self::headers::{
-    X_REQUEST_ID, X_SESSION_END, X_SESSION_PARENT, X_SESSION_ROTATE, X_SESSION_STATE,
-    X_SESSION_TIMEOUT, X_SESSION_TOKEN,
-};
-use self::origin::OriginPolicy;
+use self::request::Upgrade;
 use self::tunnel::Tunnels;
 use crate::config::{Activity, Config};
+use crate::context::{self, Context};
 use crate::hooks::Hooks;
-use crate::inject::{self, Outcome as InjectOutcome, Skip};
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::{self, Reserved};
-use crate::session::identity::{Ask, Carried, Carrier, Identity, Outcome, Resolver};
+use crate::session::identity::{Ask, Carried, Carrier, Outcome, Resolver};
 use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
-use crate::session::{Clock, EndReason, SessionError, State, Touch};
+use crate::session::{Clock, SessionError, State, Touch};
+use crate::web::body::ProxyBody;
+use crate::web::headers::X_SESSION_TOKEN;
+use crate::web::origin::OriginPolicy;
+use crate::web::refusal::{Refusal, Refused};
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
     pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) resolver: Resolver,
+    pub(crate) resolver: Arc<Resolver>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstream: Upstream,
     pub(crate) reserved: Reserved,
-    pub(crate) origins: OriginPolicy,
     pub(crate) tunnels: Arc<Tunnels>,
+    origins: OriginPolicy,
     hooks: Arc<Hooks>,
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
@@ -101,17 +98,24 @@ impl Gateway {
         let tickets = Arc::new(Tickets::new(
             config.session.max_sessions.saturating_mul(4).max(65_536),
         )?);
+        let resolver = Arc::new(Resolver::new(
+            Arc::clone(&store),
+            config.session.mode,
+            secure,
+            tickets,
+            CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
+        ));
         Ok(Gateway {
-            resolver: Resolver::new(
+            reserved: Reserved::new(
+                config,
                 Arc::clone(&store),
-                config.session.mode,
-                secure,
-                tickets,
-                CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
+                Arc::clone(&resolver),
+                clock,
+                Arc::clone(&metrics),
             ),
+            resolver,
             inject: config.browser.inject,
             hooks,
-            reserved: Reserved::new(config),
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
             upstream: Upstream::new(&config.upstream)?,
@@ -133,49 +137,46 @@ impl Gateway {
     async fn route(
         &self,
         request: Request<Incoming>,
-        conn: ConnInfo,
+        cx: &mut Context,
     ) -> (Route, Response<ProxyBody>) {
-        if let Some(mut refusal) = refuse(&request) {
-            finish_headers(refusal.headers_mut(), None, &[], None);
-            return (Route::Proxy, refusal);
+        if let Some(refusal) = refuse(&request) {
+            return (Route::Proxy, refusal.into_response());
         }
-        if let Some(endpoint) =
-            reserved::path::reserved_endpoint(request.uri().path(), self.reserved.prefix())
-        {
-            let response = reserved::handle(self, &endpoint, request, conn).await;
+        if let Some(endpoint) = self.reserved.endpoint(request.uri().path()) {
+            let response = self.reserved.handle(cx, &endpoint, request).await;
             return (Route::Reserved, response);
         }
-        self.forward(request, conn).await
+        self.forward(request, cx).await
     }
 
     async fn forward(
         &self,
         request: Request<Incoming>,
-        conn: ConnInfo,
+        cx: &mut Context,
     ) -> (Route, Response<ProxyBody>) {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
-        if upgrade.is_some() && !self.origin_allowed(&parts, conn) {
-            let refusal = body::text(
-                StatusCode::FORBIDDEN,
-                "403 Forbidden: cross-origin upgrade refused",
-            );
-            return (Route::Proxy, Exchange::default().finish(refusal));
+        if upgrade.is_some() && !self.origin_allowed(&parts, cx.conn) {
+            return (Route::Proxy, Refusal::CrossOriginUpgrade.into_response());
         }
 
         // Stage 3: identify (or answer with the bootstrap page).
-        let exchange = match self.identify(&parts, conn) {
-            Ok(Outcome::Forward(identity)) => self.record(&parts, identity),
-            Ok(Outcome::Bootstrap { browser }) => {
-                return (Route::Bootstrap, bootstrap::page(self, &parts, &browser))
+        match self.identify(&parts, cx) {
+            Ok(Outcome::Forward(identity)) => {
+                cx.identity = identity;
+                self.record(&parts, cx);
             }
-            Ok(Outcome::Loop) => return (Route::Bootstrap, bootstrap::loop_page(self)),
-            Err(error) => return (Route::Proxy, session_error_response(&error)),
-        };
-        (
-            Route::Proxy,
-            self.pass(parts, body, conn, upgrade, exchange).await,
-        )
+            Ok(Outcome::Bootstrap { browser }) => {
+                let page = self.reserved.bootstrap_page(&parts.method, &browser);
+                return (Route::Bootstrap, page);
+            }
+            Ok(Outcome::Loop) => return (Route::Bootstrap, self.reserved.loop_page(&parts.method)),
+            Err(error) => return (Route::Proxy, context::refuse_session(&error)),
+        }
+        if cx.identity.session.is_none() && self.requires_session(parts.uri.path()) {
+            return (Route::Proxy, Refusal::NeedsSession.into_response());
+        }
+        (Route::Proxy, self.pass(parts, body, upgrade, cx).await)
     }
 
     /// Stages 4 and 5 for an identified request: forward it and shape the response.
@@ -183,151 +184,43 @@ impl Gateway {
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
-        conn: ConnInfo,
         upgrade: Option<Upgrade>,
-        exchange: Exchange,
+        cx: &mut Context,
     ) -> Response<ProxyBody> {
-        if exchange.identity.session.is_none() && self.requires_session(parts.uri.path()) {
-            let refusal = body::text(
-                StatusCode::UNAUTHORIZED,
-                "401 Unauthorized: this page needs a session",
-            );
-            return exchange.finish(refusal);
-        }
-
         // Stage 4: forward.
         let method = parts.method.clone();
         if self.inject {
-            inject::prefer_identity(&parts.method, &mut parts.headers);
+            crate::inject::prefer_identity(&parts.method, cx.fetch, &mut parts.headers);
         }
-        let mut exchange = exchange;
-        exchange.request_id = Some(match parts.extensions.remove::<RequestId>() {
-            Some(RequestId(id)) => id,
-            None => headers::request_id(&parts.headers),
-        });
         if self
-            .prepare_upstream(&mut parts, conn, &exchange, upgrade.as_ref())
+            .prepare_upstream(&mut parts, cx, upgrade.as_ref())
             .is_err()
         {
-            let refusal = body::text(
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request: unusable request target",
-            );
-            return exchange.finish(refusal);
+            return Refusal::BadTarget.into_response();
         }
-        if let Some(session) = &exchange.identity.session {
+        if let Some(session) = &cx.identity.session {
             // The backend hears of a session (start hook) before its first request.
             self.hooks.ready(session.handle()).await;
         }
-        let upstream_request = Request::from_parts(parts, scrub_trailers(body));
+        let upstream_request = Request::from_parts(parts, request::scrub_trailers(body));
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
-            Err(failure) => return exchange.finish(failure),
+            Err(failure) => return failure,
         };
 
         // Stage 5: respond.
-        let switched =
-            upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, &exchange));
-        let (mut response_parts, body) = response.into_parts();
-        headers::scrub_response(&mut response_parts.headers);
-        if let Some(protocol) = &switched {
-            restore_upgrade(&mut response_parts.headers, protocol);
-        }
-        if let Some(session) = exchange.identity.session.clone() {
-            exchange.state = Some(self.apply_control_headers(
-                &response_parts.headers,
-                &session,
-                &mut exchange.identity,
-            ));
-        }
-        let body = body.map_err(Into::into).boxed_unsync();
-        let body = self.inject_agent(&method, &mut response_parts, body, &exchange);
-        headers::strip_session_headers(&mut response_parts.headers);
-        if exchange.identity.carrier == Some(Carrier::Header) {
+        let switched = upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, cx));
+        let mut response = self.respond(&method, response, switched, cx);
+        if cx.identity.carrier == Some(Carrier::Header) {
             // fetch/XHR can read a rotated token from the response; pages get it in
             // the agent tag instead.
-            if let Some(token) = &exchange.identity.new_token {
+            if let Some(token) = &cx.identity.new_token {
                 if let Ok(value) = HeaderValue::from_str(&token.encode()) {
-                    response_parts.headers.insert(X_SESSION_TOKEN, value);
+                    response.headers_mut().insert(X_SESSION_TOKEN, value);
                 }
             }
         }
-        exchange.finish(Response::from_parts(response_parts, body))
-    }
-
-    /// Stage 5b: the agent tag into HTML pages (streaming; see [`crate::inject`]).
-    fn inject_agent(
-        &self,
-        method: &Method,
-        parts: &mut http::response::Parts,
-        body: ProxyBody,
-        exchange: &Exchange,
-    ) -> ProxyBody {
-        if !self.inject {
-            return body;
-        }
-        let plan = match inject::plan(method, parts) {
-            Ok(plan) => plan,
-            Err(skip) => {
-                // Pages that should have had the agent and could not; images, JSON,
-                // HEAD and 304s are not pages and not counted.
-                if matches!(
-                    skip,
-                    Skip::OptOut | Skip::Encoding | Skip::Charset | Skip::Csp
-                ) {
-                    self.metrics
-                        .injections
-                        .with_label_values(&["skipped"])
-                        .inc();
-                    tracing::debug!(reason = skip.label(), "page not injected");
-                }
-                return body;
-            }
-        };
-        let tag = self.agent_tag(exchange);
-        let metrics = Arc::clone(&self.metrics);
-        let plan = plan.on_outcome(move |outcome| match outcome {
-            InjectOutcome::Injected => metrics.injection(true),
-            InjectOutcome::Abandoned => {}
-            other => {
-                tracing::debug!(reason = other.label(), "page not injected");
-                metrics.injection(false);
-            }
-        });
-        inject::inject(plan, parts, body, &tag)
-    }
-
-    /// The agent's `<script>` tag for a page of this exchange.
-    fn agent_tag(&self, exchange: &Exchange) -> inject::Tag {
-        let mut data = vec![
-            ("prefix", self.reserved.display_prefix().to_string()),
-            ("mode", self.resolver.mode().as_str().to_string()),
-        ];
-        if let (Some(session), Some(state)) = (&exchange.identity.session, exchange.state) {
-            if state != State::Ended {
-                data.push(("handle", session.handle().to_string()));
-                data.push(("state", state.as_str().to_string()));
-                data.push((
-                    "heartbeat",
-                    self.reserved.heartbeat_ms(session, self).to_string(),
-                ));
-                if let Some(token) = &exchange.identity.new_token {
-                    data.push(("token", token.encode()));
-                }
-            }
-        }
-        inject::Tag {
-            src: format!(
-                "{}/agent.js?v={}",
-                self.reserved.display_prefix(),
-                crate::agent::version()
-            ),
-            data,
-        }
-    }
-
-    pub(crate) fn trust_forwarded(&self) -> bool {
-        self.trust_forwarded
+        response
     }
 
     fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
@@ -339,108 +232,29 @@ impl Gateway {
     fn identify(
         &self,
         parts: &http::request::Parts,
-        conn: ConnInfo,
+        cx: &Context,
     ) -> Result<Outcome, SessionError> {
-        let page_load = (parts.method == Method::GET || parts.method == Method::HEAD)
-            && is_navigation(&parts.headers);
         let ask = Ask {
             carried: Carried {
                 headers: &parts.headers,
                 query: parts.uri.query(),
-                speculative: is_speculative(&parts.headers),
+                speculative: cx.fetch.speculative,
             },
-            navigation: page_load,
-            client: headers::client_address(&parts.headers, conn.peer.ip(), self.trust_forwarded),
+            navigation: cx.fetch.page_load,
+            client: cx.client,
         };
         self.resolver.identify(&ask, self.clock.now())
     }
 
     /// Records the request on its session (signal or activity).
-    fn record(&self, parts: &http::request::Parts, mut identity: Identity) -> Exchange {
-        let mut state = None;
-        if let Some(session) = &identity.session {
-            let touch = touch_kind(self.activity, &parts.method, &parts.headers);
+    fn record(&self, parts: &http::request::Parts, cx: &mut Context) {
+        if let Some(session) = &cx.identity.session {
+            let touch = touch_kind(self.activity, &parts.method, cx.fetch.navigation);
             match self.store.touch(session, touch, self.clock.now()) {
-                State::Ended => identity.session = None,
-                live => state = Some(live),
+                State::Ended => cx.identity.session = None,
+                live => cx.state = Some(live),
             }
         }
-        Exchange {
-            identity,
-            state,
-            request_id: None,
-        }
-    }
-
-    /// Turns the client's request head into the upstream's: strip everything the
-    /// client may not decide, then add the gateway's own headers.
-    fn prepare_upstream(
-        &self,
-        parts: &mut http::request::Parts,
-        conn: ConnInfo,
-        exchange: &Exchange,
-        upgrade: Option<&Upgrade>,
-    ) -> Result<(), http::Error> {
-        // Taken before scrubbing: `Connection: host` would remove it.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::scrub_request(&mut parts.headers);
-        headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
-        headers::set_forwarded(
-            &mut parts.headers,
-            conn.peer.ip(),
-            conn.scheme,
-            host.as_ref(),
-            self.trust_forwarded,
-        );
-        if let Some(id) = &exchange.request_id {
-            parts.headers.insert(X_REQUEST_ID, id.clone());
-        }
-        if let Some(upgrade) = upgrade {
-            restore_upgrade(&mut parts.headers, &upgrade.protocol);
-        }
-        let host = host.or_else(|| HeaderValue::from_str(self.upstream.authority().as_str()).ok());
-        if let Some(host) = host {
-            parts.headers.insert(HOST, host);
-        }
-        if let Some(session) = &exchange.identity.session {
-            parts
-                .headers
-                .insert(self.session_header.clone(), handle_value(session.handle()));
-            if let Some(parent) = session.parent_once() {
-                parts.headers.insert(X_SESSION_PARENT, handle_value(parent));
-            }
-        }
-        let query = parts.uri.query().and_then(query::strip_proxy_params);
-        parts.uri = self.upstream.uri_for(parts.uri.path(), query.as_deref())?;
-        // The upstream pool speaks HTTP/1.1 whatever the client spoke (h2 included).
-        parts.version = Version::HTTP_11;
-        Ok(())
-    }
-
-    /// On `101 Switching Protocols`, joins both sides of the upgrade in a tunnel and
-    /// returns the protocol to announce to the client.
-    fn start_tunnel(
-        &self,
-        upgrade: Upgrade,
-        response: &mut Response<Incoming>,
-        exchange: &Exchange,
-    ) -> Option<HeaderValue> {
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return None;
-        }
-        let upstream_side = hyper::upgrade::on(response);
-        let session = exchange
-            .identity
-            .session
-            .clone()
-            .map(|s| (s, Arc::clone(&self.store), self.clock));
-        self.tunnels.spawn(upgrade.client, upstream_side, session);
-        Some(upgrade.protocol)
     }
 
     fn requires_session(&self, path: &str) -> bool {
@@ -452,38 +266,6 @@ impl Gateway {
             .iter()
             .any(|prefix| normalized.starts_with(prefix.as_str()))
     }
-
-    /// `X-Session-End`, `X-Session-Timeout` and `X-Session-Rotate` from the upstream
-    /// (DESIGN.md §5).
-    fn apply_control_headers(
-        &self,
-        headers: &HeaderMap,
-        session: &crate::session::Session,
-        identity: &mut Identity,
-    ) -> State {
-        let now = self.clock.now();
-        if headers.contains_key(X_SESSION_END) {
-            self.store.end(session, EndReason::Upstream, now);
-            if let Some(expire) = self.resolver.expire_session_cookie() {
-                identity.set_cookies.push(expire);
-            }
-            return State::Ended;
-        }
-        if let Some(seconds) = headers
-            .get(X_SESSION_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            self.store
-                .set_timeout(session, seconds.saturating_mul(1000), now);
-        }
-        if headers.contains_key(X_SESSION_ROTATE) {
-            if let Err(error) = self.resolver.rotate(session, identity, now) {
-                tracing::error!(%error, session = %session.handle(), "cannot rotate the token");
-            }
-        }
-        session.state_at(self.store.rules(), now)
-    }
 }
 
 impl Handler for Gateway {
@@ -493,18 +275,20 @@ impl Handler for Gateway {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let started = tokio::time::Instant::now();
-        let mut request = request;
-        // Taken (or made) first, so the log line of every answer carries it. The
+        // Made first, so the log line of every answer carries the request id. The
         // path is logged without its query, which may hold a ticket.
-        let request_id = RequestId(headers::request_id(request.headers()));
+        let mut cx = Context::new(&request, conn, self.trust_forwarded);
         let span = tracing::info_span!(
             "request",
-            id = request_id.0.to_str().unwrap_or(""),
+            id = cx.id.to_str().unwrap_or(""),
             method = %request.method(),
             path = request.uri().path(),
         );
-        request.extensions_mut().insert(request_id);
-        let (route, response) = self.route(request, conn).instrument(span.clone()).await;
+        let (route, response) = self.route(request, &mut cx).instrument(span.clone()).await;
+        let response = cx.finish(response);
+        if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
+            self.metrics.refused(reason);
+        }
         self.metrics.request(route, response.status());
         span.in_scope(|| {
             tracing::info!(
@@ -518,83 +302,19 @@ impl Handler for Gateway {
     }
 }
 
-/// The request's `X-Request-Id` (kept or made), carried in its extensions.
-#[derive(Debug, Clone)]
-struct RequestId(HeaderValue);
-
-/// What the gateway knows about one proxied request as it moves through the stages.
-#[derive(Debug, Default)]
-struct Exchange {
-    identity: Identity,
-    /// The session's state after this request (`None`: no session).
-    state: Option<State>,
-    request_id: Option<HeaderValue>,
-}
-
-impl Exchange {
-    /// Adds the gateway's response headers to any answer, proxied or its own.
-    fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-        finish_headers(
-            response.headers_mut(),
-            self.state,
-            &self.identity.set_cookies,
-            self.request_id.as_ref(),
-        );
-        response
-    }
-}
-
-/// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
-struct Upgrade {
-    protocol: HeaderValue,
-    /// The client side of the connection, handed over once we answer 101.
-    client: hyper::upgrade::OnUpgrade,
-}
-
-impl Upgrade {
-    /// Takes the upgrade out of a request that asks for one (`Connection: upgrade`).
-    fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
-        let protocol = parts.headers.get(UPGRADE)?.clone();
-        let asks = parts.headers.get_all(CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        });
-        if !asks {
-            return None;
-        }
-        let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-        Some(Upgrade { protocol, client })
-    }
-}
-
-/// Puts back the two hop-by-hop headers of an upgrade that scrubbing removed.
-fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
-    headers.insert(UPGRADE, protocol.clone());
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-}
-
 /// Stage 1: requests answered before anything else looks at them.
-fn refuse(request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
-    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
-        let mut response = body::text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed");
-        response.headers_mut().insert(
-            http::header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-        return Some(response);
-    }
-    None
+fn refuse(request: &Request<Incoming>) -> Option<Refusal> {
+    (request.method() == Method::TRACE || request.method() == Method::CONNECT)
+        .then_some(Refusal::Method)
 }
 
 /// Whether a request counts as user activity or only as a sign of life (DESIGN.md
 /// §4): with `activity = "request"` every request does; with `"interaction"`,
 /// navigations and writes do, background reads (polling, heartbeats) do not.
-fn touch_kind(activity: Activity, method: &Method, headers: &HeaderMap) -> Touch {
+fn touch_kind(activity: Activity, method: &Method, navigation: bool) -> Touch {
     let is_activity = activity == Activity::Request
         || !(method == Method::GET || method == Method::HEAD)
-        || is_navigation(headers);
+        || navigation;
     if is_activity {
         Touch::Activity
     } else {
@@ -602,104 +322,11 @@ fn touch_kind(activity: Activity, method: &Method, headers: &HeaderMap) -> Touch
     }
 }
 
-/// Prefetch and prerender requests never mint or consume anything.
-fn is_speculative(headers: &HeaderMap) -> bool {
-    ["sec-purpose", "purpose"].iter().any(|name| {
-        headers
-            .get(*name)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                let v = v.to_ascii_lowercase();
-                v.contains("prefetch") || v.contains("prerender")
-            })
-    })
-}
-
-/// A top-level navigation (link, form, address bar) rather than a background request.
-fn is_navigation(headers: &HeaderMap) -> bool {
-    match headers.get("sec-fetch-mode") {
-        Some(mode) => mode.as_bytes() == b"navigate",
-        // Older clients: a request that prefers HTML is a page load.
-        None => headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/html")),
-    }
-}
-
-/// Strips identity headers from request trailers too (a chunked body can carry an
-/// `X-Session` trailer after the headers were checked).
-fn scrub_trailers(incoming: Incoming) -> ProxyBody {
-    incoming
-        .map_frame(|frame| match frame.into_trailers() {
-            Ok(mut trailers) => {
-                headers::scrub_request(&mut trailers);
-                Frame::trailers(trailers)
-            }
-            Err(frame) => frame,
-        })
-        .map_err(Into::into)
-        .boxed_unsync()
-}
-
-fn handle_value(handle: crate::session::Handle) -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(handle.hyphenated().encode_lower(&mut buf))
-        .unwrap_or(HeaderValue::from_static(""))
-}
-
-/// Adds the gateway's response headers: the session state, cookies, request id.
-pub(crate) fn finish_headers(
-    headers: &mut HeaderMap,
-    state: Option<State>,
-    set_cookies: &[HeaderValue],
-    request_id: Option<&HeaderValue>,
-) {
-    let state = state.map_or("none", State::as_str);
-    headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
-    for cookie in set_cookies {
-        headers.append(SET_COOKIE, cookie.clone());
-    }
-    if let Some(id) = request_id {
-        headers.insert(X_REQUEST_ID, id.clone());
-    }
-}
-
-pub(crate) fn session_error_response(error: &SessionError) -> Response<ProxyBody> {
-    let mut response = match error {
-        SessionError::Full(_) => body::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "503 Service Unavailable: too many sessions; try again later",
-        ),
-        SessionError::Limited(retry_ms) => {
-            let mut response = body::text(
-                StatusCode::TOO_MANY_REQUESTS,
-                "429 Too Many Requests: too many new sessions from this address",
-            );
-            let seconds = retry_ms.div_ceil(1000).max(1);
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, value);
-            }
-            response
-        }
-        SessionError::Entropy(_) => {
-            tracing::error!(%error, "cannot mint a session");
-            body::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "500 Internal Server Error",
-            )
-        }
-    };
-    finish_headers(response.headers_mut(), None, &[], None);
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::fetch::is_navigation;
+    use http::HeaderMap;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
@@ -710,6 +337,9 @@ mod tests {
 
     #[test]
     fn what_counts_as_activity() {
+        let touch_kind = |activity, method: &Method, h: &HeaderMap| {
+            touch_kind(activity, method, is_navigation(h))
+        };
         let navigate = headers(&[("sec-fetch-mode", "navigate")]);
         let fetch = headers(&[("sec-fetch-mode", "cors"), ("accept", "text/html")]);
         let old_browser_page = headers(&[("accept", "text/html,*/*")]);
@@ -739,16 +369,5 @@ mod tests {
                 assert_eq!(touch_kind(Activity::Request, &method, h), Touch::Activity);
             }
         }
-    }
-
-    #[test]
-    fn speculative_loads_are_recognised() {
-        assert!(is_speculative(&headers(&[("sec-purpose", "prefetch")])));
-        assert!(is_speculative(&headers(&[(
-            "sec-purpose",
-            "prefetch;prerender"
-        )])));
-        assert!(is_speculative(&headers(&[("purpose", "prefetch")])));
-        assert!(!is_speculative(&headers(&[("sec-fetch-mode", "navigate")])));
     }
 }

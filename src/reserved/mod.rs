@@ -1,32 +1,41 @@
 //! The reserved endpoints under `browser.prefix` (DESIGN.md §6), answered by the
-//! gateway and never forwarded.
+//! gateway and never forwarded, and the bootstrap protocol end to end: the page that
+//! issues a challenge ([`bootstrap`]) and `POST session`, which redeems it.
 //!
 //! State-changing endpoints are POST only, need the session's token header (or, in
 //! `browser` mode, the cookie plus `X-Sessiongate-Agent: 1`, which a cross-site form
 //! cannot send), refuse cross-site requests and foreign origins, read at most
-//! [`MAX_BODY`] bytes, and never answer with CORS headers.
+//! [`MAX_BODY`] bytes, and never answer with CORS headers. Answers are typed
+//! ([`reply`]); refusals are [`Refusal`]s; the request context adds the state,
+//! cookies and request id.
 
+pub mod bootstrap;
 pub mod path;
+pub mod reply;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use serde_json::json;
 
+use self::reply::{LiveReply, SessionReply, StateReply};
 use crate::agent;
-use crate::config::{BrowserConfig, Config, DuplicateTab};
-use crate::net::ConnInfo;
-use crate::proxy::body::{self, ProxyBody};
-use crate::proxy::headers::X_SESSIONGATE_AGENT;
-use crate::proxy::{finish_headers, Gateway};
-use crate::session::identity::{Carried, Carrier, Identity};
+use crate::config::{Config, DuplicateTab};
+use crate::context::{self, Context};
+use crate::lifetime::Lifetime;
+use crate::metrics::Metrics;
+use crate::session::identity::{Carried, Carrier, Resolver};
+use crate::session::store::SessionStore;
 use crate::session::ticket::Kind;
-use crate::session::{BrowserKey, CreatedKind, EndReason, Session, State, Token, Touch};
+use crate::session::{BrowserKey, Clock, EndReason, Session, State, Token, Touch};
+use crate::web::body::{self, ProxyBody};
+use crate::web::headers::X_SESSIONGATE_AGENT;
+use crate::web::origin::OriginPolicy;
+use crate::web::query;
+use crate::web::refusal::Refusal;
 
 /// Largest body a reserved endpoint reads.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -34,47 +43,333 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Tickets handed out by one reply at most (the agent keeps a pool of 8).
 const MAX_TICKETS: usize = 8;
 
-/// Settings of the reserved endpoints.
+/// The reserved endpoints and what they need.
 pub struct Reserved {
     /// Lowercased, to match normalized paths.
     prefix: String,
-    browser: BrowserConfig,
+    /// As configured, for URLs the gateway writes into pages.
+    display_prefix: String,
     duplicate_tab: DuplicateTab,
+    lifetime: Lifetime,
+    store: Arc<dyn SessionStore>,
+    resolver: Arc<Resolver>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    origins: OriginPolicy,
 }
 
 impl Reserved {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        resolver: Arc<Resolver>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Reserved {
             prefix: config.browser.prefix.to_ascii_lowercase(),
-            browser: config.browser.clone(),
+            display_prefix: config.browser.prefix.clone(),
             duplicate_tab: config.session.duplicate_tab,
+            lifetime: config.lifetime(),
+            store,
+            resolver,
+            clock,
+            metrics,
+            origins: OriginPolicy::new(config.listen.origins.clone()),
         }
     }
 
-    /// The prefix for matching (lowercase).
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+    /// The endpoint a request path names, if it is under the prefix (see
+    /// [`path::reserved_endpoint`]).
+    pub fn endpoint(&self, path: &str) -> Option<String> {
+        path::reserved_endpoint(path, &self.prefix)
     }
 
     /// The prefix as configured, for URLs the gateway writes into pages.
     pub fn display_prefix(&self) -> &str {
-        &self.browser.prefix
-    }
-
-    pub fn duplicate_tab(&self) -> DuplicateTab {
-        self.duplicate_tab
+        &self.display_prefix
     }
 
     /// Heartbeat interval for a session (its timeout may differ from the config's).
-    pub(crate) fn heartbeat_ms(&self, session: &Session, gateway: &Gateway) -> u64 {
-        let timeout = session.timeout();
-        let abandon = gateway.store.rules().abandon_for(timeout);
-        self.browser
-            .heartbeat_for(
-                Duration::from_millis(timeout),
-                Duration::from_millis(abandon),
-            )
-            .as_millis() as u64
+    pub fn heartbeat_ms(&self, session: &Session) -> u64 {
+        self.lifetime.heartbeat_for(session.timeout())
+    }
+
+    /// Answers a request for `endpoint` (the path after the prefix, normalized),
+    /// recording the session's state and cookies on the context.
+    pub async fn handle(
+        &self,
+        cx: &mut Context,
+        endpoint: &str,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let answer = match endpoint {
+            "agent.js" => Ok(agent_script(&request)),
+            "status" => self.status(cx, &request),
+            "session" => self.session(cx, request).await,
+            "heartbeat" | "extend" | "end" | "bye" => self.change(cx, endpoint, request).await,
+            _ => Err(Refusal::NotFound),
+        };
+        answer.unwrap_or_else(|refusal| {
+            cx.state = None;
+            refusal.into_response()
+        })
+    }
+
+    /// `GET status`: the session's state and deadlines, without counting as a signal.
+    fn status(
+        &self,
+        cx: &mut Context,
+        request: &Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Err(Refusal::ReservedMethod("GET, HEAD"));
+        }
+        let now = self.clock.now();
+        let session = self
+            .resolver
+            .browser_key(request.headers())
+            .and_then(|key| self.identify(request, &key, false, now))
+            .and_then(|caller| caller.session);
+        let reply = match session {
+            None => StateReply::gone("none"),
+            Some(session) => {
+                let state = session.state_at(self.store.rules(), now);
+                cx.state = Some(state);
+                self.describe(&session, state, Vec::new(), None)
+            }
+        };
+        Ok(body::json(StatusCode::OK, &reply))
+    }
+
+    /// `POST session`: the bootstrap page asks for its tab's session.
+    async fn session(
+        &self,
+        cx: &mut Context,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        if request.method() != Method::POST {
+            return Err(Refusal::ReservedMethod("POST"));
+        }
+        if !self.same_origin(cx, &request) {
+            return Err(Refusal::CrossOrigin);
+        }
+        let browser = self
+            .resolver
+            .browser_key(request.headers())
+            .ok_or(Refusal::NoBrowserKey)?;
+        let presented = self.resolver.header_token(request.headers());
+        let body = read_body(request).await?;
+        let asked: SessionBody = serde_json::from_slice(&body).map_err(|_| Refusal::BadJson)?;
+        let now = self.clock.now();
+        self.resolver
+            .tickets
+            .redeem(Kind::Challenge, &asked.challenge, &browser, now)
+            .map_err(|_| Refusal::BadChallenge)?;
+        let found = match self.resolver.bootstrap(
+            browser,
+            presented,
+            asked.duplicate,
+            self.duplicate_tab,
+            cx.client,
+            now,
+        ) {
+            Ok(found) => found,
+            Err(error) => return Ok(context::refuse_session(&error)),
+        };
+        let reason = found.reason.as_str();
+        self.metrics.bootstraps.with_label_values(&[reason]).inc();
+        // One ticket for the bootstrap page's own reload, a few for the next page.
+        let session = &found.session;
+        let reply = SessionReply {
+            token: found.token.map(|token| token.encode()),
+            handle: session.handle(),
+            ticket: self.issue_tickets(session, &browser, 1, now).pop(),
+            tickets: self.issue_tickets(session, &browser, MAX_TICKETS / 2, now),
+            reason,
+        };
+        cx.state = Some(session.state_at(self.store.rules(), now));
+        Ok(body::json(StatusCode::OK, &reply))
+    }
+
+    /// Fresh tickets for `session`, bound to this browser.
+    fn issue_tickets(
+        &self,
+        session: &Session,
+        browser: &BrowserKey,
+        count: usize,
+        now: u64,
+    ) -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                self.resolver
+                    .tickets
+                    .issue(Kind::Ticket, session.handle(), browser, now)
+            })
+            .collect()
+    }
+
+    /// `POST heartbeat | extend | end | bye`.
+    async fn change(
+        &self,
+        cx: &mut Context,
+        endpoint: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        if request.method() != Method::POST {
+            return Err(Refusal::ReservedMethod("POST"));
+        }
+        let caller = self.authorize(cx, &request, endpoint == "bye")?;
+        let body = read_body(request).await?;
+        let now = self.clock.now();
+        let session = &caller.session;
+        match endpoint {
+            "end" => {
+                self.store.end(session, EndReason::Ended, now);
+                cx.identity
+                    .set_cookies
+                    .extend(self.resolver.expire_session_cookie());
+                cx.state = Some(State::Ended);
+                Ok(body::json(StatusCode::OK, &StateReply::gone("ended")))
+            }
+            // The page is gone; whether the tab is, only the absence of further
+            // signals can tell (a reload sends `bye` too). So nothing changes here.
+            "bye" => {
+                cx.state = Some(session.state_at(self.store.rules(), now));
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                Ok(response)
+            }
+            "extend" => Ok(self.touched(cx, &caller, Touch::Activity, 0, now)),
+            _ => {
+                self.metrics.heartbeats.inc();
+                let beat: HeartbeatBody = if body.is_empty() {
+                    HeartbeatBody::default()
+                } else {
+                    serde_json::from_slice(&body).map_err(|_| Refusal::BadJson)?
+                };
+                let touch = if beat.activity {
+                    Touch::Activity
+                } else {
+                    Touch::Signal
+                };
+                Ok(self.touched(cx, &caller, touch, beat.want, now))
+            }
+        }
+    }
+
+    /// Is the request from the gateway's own origin (or an allowed one)?
+    fn same_origin(&self, cx: &Context, request: &Request<Incoming>) -> bool {
+        let authority = request.uri().authority().map(|a| a.as_str());
+        self.origins
+            .allows(request.headers(), cx.conn.scheme, authority)
+    }
+
+    /// The session a reserved request carries: its token header, a ticket (only
+    /// where `tickets` allows: `bye` is a beacon and cannot set headers), or the
+    /// cookie.
+    fn identify(
+        &self,
+        request: &Request<Incoming>,
+        browser: &BrowserKey,
+        tickets: bool,
+        now: u64,
+    ) -> Option<Found> {
+        let carried = Carried {
+            headers: request.headers(),
+            query: if tickets { request.uri().query() } else { None },
+            speculative: false,
+        };
+        let identity = self.resolver.existing(&carried, browser, now)?;
+        Some(Found {
+            session: identity.session,
+            carrier: identity.carrier,
+            new_token: identity.new_token,
+        })
+    }
+
+    /// The session a state-changing request may act on: same origin, a valid
+    /// session, and — when only the cookie carries it — the agent's header, which a
+    /// cross-site form cannot send.
+    fn authorize(
+        &self,
+        cx: &Context,
+        request: &Request<Incoming>,
+        tickets: bool,
+    ) -> Result<Caller, Refusal> {
+        if !self.same_origin(cx, request) {
+            return Err(Refusal::CrossOrigin);
+        }
+        let browser = self
+            .resolver
+            .browser_key(request.headers())
+            .ok_or(Refusal::NoSession)?;
+        let now = self.clock.now();
+        let found = self
+            .identify(request, &browser, tickets, now)
+            .ok_or(Refusal::NoSession)?;
+        let session = found.session.ok_or(Refusal::NoSession)?;
+        if found.carrier == Some(Carrier::Cookie)
+            && !request.headers().contains_key(X_SESSIONGATE_AGENT)
+        {
+            return Err(Refusal::MissingAgentHeader);
+        }
+        Ok(Caller {
+            session,
+            browser,
+            new_token: found.new_token,
+        })
+    }
+
+    /// Records a touch and answers with the session's deadlines, `want` fresh
+    /// tickets, and the current token if the caller's was rotated away.
+    fn touched(
+        &self,
+        cx: &mut Context,
+        caller: &Caller,
+        touch: Touch,
+        want: usize,
+        now: u64,
+    ) -> Response<ProxyBody> {
+        let session = &caller.session;
+        let state = self.store.touch(session, touch, now);
+        cx.state = Some(state);
+        let tickets = if state == State::Ended {
+            Vec::new()
+        } else {
+            self.issue_tickets(session, &caller.browser, want.min(MAX_TICKETS), now)
+        };
+        let reply = self.describe(session, state, tickets, caller.new_token.as_ref());
+        body::json(StatusCode::OK, &reply)
+    }
+
+    /// The description of a session for the agent (times in ms since the epoch).
+    fn describe(
+        &self,
+        session: &Session,
+        state: State,
+        tickets: Vec<String>,
+        token: Option<&Token>,
+    ) -> StateReply {
+        if state == State::Ended {
+            return StateReply::gone("ended");
+        }
+        let clock = &self.clock;
+        let deadlines = session.deadlines(self.store.rules());
+        let wall = |at: Option<u64>| at.map(|at| clock.wall(at));
+        StateReply {
+            state: state.as_str(),
+            live: Some(LiveReply {
+                handle: session.handle(),
+                now: clock.wall(clock.now()),
+                warn_at: wall(deadlines.warn_at),
+                deadline: wall(deadlines.end_at),
+                abandon_at: wall(deadlines.abandon_at),
+                heartbeat: self.heartbeat_ms(session),
+                tickets,
+                token: token.map(Token::encode),
+            }),
+        }
     }
 }
 
@@ -96,53 +391,19 @@ struct SessionBody {
     duplicate: bool,
 }
 
-/// Answers a request for `endpoint` (the path after the prefix, normalized).
-pub async fn handle(
-    gateway: &Gateway,
-    endpoint: &str,
-    request: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<ProxyBody> {
-    let mut response = match endpoint {
-        "agent.js" => agent_script(&request),
-        "status" => status(gateway, &request),
-        "session" => session(gateway, request, conn).await,
-        "heartbeat" | "extend" | "end" | "bye" => change(gateway, endpoint, request, conn).await,
-        _ => body::json_error(StatusCode::NOT_FOUND, "no such endpoint"),
-    };
-    if !response
-        .headers()
-        .contains_key(crate::proxy::headers::X_SESSION_STATE)
-    {
-        finish_headers(response.headers_mut(), None, &[], None);
-    }
-    response
+/// What a reserved request carries, as identified.
+struct Found {
+    session: Option<Arc<Session>>,
+    carrier: Option<Carrier>,
+    new_token: Option<Token>,
 }
 
-/// `GET status`: the session's state and deadlines, without counting as a signal.
-fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return method_not_allowed("GET, HEAD");
-    }
-    let now = gateway.clock.now();
-    let session = gateway
-        .resolver
-        .browser_key(request.headers())
-        .and_then(|key| identify(gateway, request, &key, false, now))
-        .and_then(|identity| identity.session);
-    match session {
-        None => with_state(
-            body::json(StatusCode::OK, &json!({ "state": "none" })),
-            None,
-        ),
-        Some(session) => {
-            let state = session.state_at(gateway.store.rules(), now);
-            with_state(
-                body::json(StatusCode::OK, &describe(gateway, &session, state)),
-                Some(state),
-            )
-        }
-    }
+/// The session a reserved request acts on, and what the reply needs to know.
+struct Caller {
+    session: Arc<Session>,
+    browser: BrowserKey,
+    /// The current token when the request presented one that was rotated away.
+    new_token: Option<Token>,
 }
 
 /// `GET agent.js`: the agent. Its URL carries the version, so it may be cached
@@ -150,12 +411,12 @@ fn status(gateway: &Gateway, request: &Request<Incoming>) -> Response<ProxyBody>
 /// for a short while.
 fn agent_script(request: &Request<Incoming>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return method_not_allowed("GET, HEAD");
+        return Refusal::ReservedMethod("GET, HEAD").into_response();
     }
     let current = request
         .uri()
         .query()
-        .and_then(|q| crate::proxy::query::param(q, "v"))
+        .and_then(|q| query::param(q, "v"))
         .is_some_and(|v| v == agent::version());
     let body = if request.method() == Method::HEAD {
         body::empty()
@@ -183,320 +444,6 @@ fn agent_script(request: &Request<Incoming>) -> Response<ProxyBody> {
     response
 }
 
-/// `POST session`: the bootstrap page asks for its tab's session.
-async fn session(
-    gateway: &Gateway,
-    request: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<ProxyBody> {
-    if request.method() != Method::POST {
-        return method_not_allowed("POST");
-    }
-    if !same_origin(gateway, &request, conn) {
-        return Refusal::CrossOrigin.response();
-    }
-    let Some(browser) = gateway.resolver.browser_key(request.headers()) else {
-        return Refusal::NoBrowserKey.response();
-    };
-    let presented = gateway.resolver.header_token(request.headers());
-    let client = crate::proxy::headers::client_address(
-        request.headers(),
-        conn.peer.ip(),
-        gateway.trust_forwarded(),
-    );
-    let body = match read_body(request).await {
-        Ok(body) => body,
-        Err(refusal) => return refusal.response(),
-    };
-    let Ok(asked) = serde_json::from_slice::<SessionBody>(&body) else {
-        return Refusal::BadJson.response();
-    };
-    let now = gateway.clock.now();
-    if gateway
-        .resolver
-        .tickets
-        .redeem(Kind::Challenge, &asked.challenge, &browser, now)
-        .is_err()
-    {
-        return Refusal::BadChallenge.response();
-    }
-    let resolved = presented.and_then(|token| gateway.store.resolve(&token, &browser, now));
-    let fork = asked.duplicate && gateway.reserved.duplicate_tab == DuplicateTab::New;
-    let (reason, session, token) = match resolved {
-        Some(resolved) if !fork => {
-            // A reload or navigation of the tab: the user is there.
-            gateway.store.touch(&resolved.session, Touch::Activity, now);
-            ("resumed", resolved.session, resolved.newer_token)
-        }
-        found => {
-            let (reason, parent, kind) = match (found, presented) {
-                (Some(parent), _) => ("forked", Some(parent.session.handle()), CreatedKind::Fork),
-                (None, Some(_)) => ("expired", None, CreatedKind::ResumeMiss),
-                (None, None) => ("new", None, CreatedKind::New),
-            };
-            match gateway
-                .resolver
-                .mint(Some(browser), parent, kind, client, now)
-            {
-                Ok(Identity {
-                    session: Some(session),
-                    new_token,
-                    ..
-                }) => (reason, session, new_token),
-                Ok(_) => return Refusal::NoSession.response(),
-                Err(error) => return crate::proxy::session_error_response(&error),
-            }
-        }
-    };
-    gateway
-        .metrics
-        .bootstraps
-        .with_label_values(&[reason])
-        .inc();
-    // One ticket for the bootstrap page's own reload, a few for the next page.
-    let ticket = issue_tickets(gateway, &session, &browser, 1, now);
-    let tickets = issue_tickets(gateway, &session, &browser, MAX_TICKETS / 2, now);
-    let mut reply = json!({
-        "handle": session.handle(),
-        "ticket": ticket.first(),
-        "tickets": tickets,
-        "reason": reason,
-    });
-    if let Some(token) = token {
-        reply["token"] = json!(token.encode());
-    }
-    let state = session.state_at(gateway.store.rules(), now);
-    with_state(body::json(StatusCode::OK, &reply), Some(state))
-}
-
-/// Fresh tickets for `session`, bound to this browser.
-fn issue_tickets(
-    gateway: &Gateway,
-    session: &Session,
-    browser: &BrowserKey,
-    count: usize,
-    now: u64,
-) -> Vec<String> {
-    (0..count)
-        .map(|_| {
-            gateway
-                .resolver
-                .tickets
-                .issue(Kind::Ticket, session.handle(), browser, now)
-        })
-        .collect()
-}
-
-/// `POST heartbeat | extend | end | bye`.
-async fn change(
-    gateway: &Gateway,
-    endpoint: &str,
-    request: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<ProxyBody> {
-    if request.method() != Method::POST {
-        return method_not_allowed("POST");
-    }
-    let caller = match authorize(gateway, &request, conn, endpoint == "bye") {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.response(),
-    };
-    let body = match read_body(request).await {
-        Ok(body) => body,
-        Err(refusal) => return refusal.response(),
-    };
-    let now = gateway.clock.now();
-    match endpoint {
-        "end" => {
-            gateway.store.end(&caller.session, EndReason::Ended, now);
-            let cookies: Vec<HeaderValue> = gateway
-                .resolver
-                .expire_session_cookie()
-                .into_iter()
-                .collect();
-            let mut response = body::json(StatusCode::OK, &json!({ "state": "ended" }));
-            finish_headers(response.headers_mut(), Some(State::Ended), &cookies, None);
-            response
-        }
-        // The page is gone; whether the tab is, only the absence of further signals
-        // can tell (a reload sends `bye` too). So nothing changes here.
-        "bye" => {
-            let state = caller.session.state_at(gateway.store.rules(), now);
-            let mut response = Response::new(body::empty());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            with_state(response, Some(state))
-        }
-        "extend" => touched(gateway, &caller, Touch::Activity, 0, now),
-        _ => {
-            gateway.metrics.heartbeats.inc();
-            let beat: HeartbeatBody = if body.is_empty() {
-                HeartbeatBody::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(beat) => beat,
-                    Err(_) => return Refusal::BadJson.response(),
-                }
-            };
-            let touch = if beat.activity {
-                Touch::Activity
-            } else {
-                Touch::Signal
-            };
-            touched(gateway, &caller, touch, beat.want, now)
-        }
-    }
-}
-
-/// Why a reserved request was refused.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    CrossOrigin,
-    NoSession,
-    NoBrowserKey,
-    BadChallenge,
-    MissingAgentHeader,
-    TooLarge,
-    Unreadable,
-    BadJson,
-}
-
-impl Refusal {
-    fn response(self) -> Response<ProxyBody> {
-        let (status, message) = match self {
-            Refusal::CrossOrigin => (StatusCode::FORBIDDEN, "cross-origin request refused"),
-            Refusal::NoSession => (StatusCode::UNAUTHORIZED, "no valid session"),
-            Refusal::NoBrowserKey => (
-                StatusCode::UNAUTHORIZED,
-                "no browser key cookie: cookies must be enabled",
-            ),
-            Refusal::BadChallenge => (
-                StatusCode::FORBIDDEN,
-                "the challenge is invalid, expired or already used",
-            ),
-            Refusal::MissingAgentHeader => (
-                StatusCode::FORBIDDEN,
-                "cookie-carried requests need the X-Sessiongate-Agent header",
-            ),
-            Refusal::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body larger than 16 KiB"),
-            Refusal::Unreadable => (StatusCode::BAD_REQUEST, "could not read the body"),
-            Refusal::BadJson => (StatusCode::BAD_REQUEST, "body is not valid JSON"),
-        };
-        with_state(body::json_error(status, message), None)
-    }
-}
-
-/// The session a reserved request acts on, and what the reply needs to know.
-struct Caller {
-    session: Arc<Session>,
-    browser: BrowserKey,
-    /// The current token when the request presented one that was rotated away.
-    new_token: Option<Token>,
-}
-
-/// Is the request from the gateway's own origin (or an allowed one)?
-fn same_origin(gateway: &Gateway, request: &Request<Incoming>, conn: ConnInfo) -> bool {
-    let authority = request.uri().authority().map(|a| a.as_str());
-    gateway
-        .origins
-        .allows(request.headers(), conn.scheme, authority)
-}
-
-/// The session a reserved request carries: its token header, a ticket (only where
-/// `tickets` allows: `bye` is a beacon and cannot set headers), or the cookie.
-fn identify(
-    gateway: &Gateway,
-    request: &Request<Incoming>,
-    browser: &BrowserKey,
-    tickets: bool,
-    now: u64,
-) -> Option<Identity> {
-    let carried = Carried {
-        headers: request.headers(),
-        query: if tickets { request.uri().query() } else { None },
-        speculative: false,
-    };
-    gateway.resolver.existing(&carried, browser, now)
-}
-
-/// The session a state-changing request may act on: same origin, a valid session,
-/// and — when only the cookie carries it — the agent's header, which a cross-site
-/// form cannot send.
-fn authorize(
-    gateway: &Gateway,
-    request: &Request<Incoming>,
-    conn: ConnInfo,
-    tickets: bool,
-) -> Result<Caller, Refusal> {
-    if !same_origin(gateway, request, conn) {
-        return Err(Refusal::CrossOrigin);
-    }
-    let browser = gateway
-        .resolver
-        .browser_key(request.headers())
-        .ok_or(Refusal::NoSession)?;
-    let now = gateway.clock.now();
-    let identity = identify(gateway, request, &browser, tickets, now).ok_or(Refusal::NoSession)?;
-    let session = identity.session.ok_or(Refusal::NoSession)?;
-    if identity.carrier == Some(Carrier::Cookie)
-        && !request.headers().contains_key(X_SESSIONGATE_AGENT)
-    {
-        return Err(Refusal::MissingAgentHeader);
-    }
-    Ok(Caller {
-        session,
-        browser,
-        new_token: identity.new_token,
-    })
-}
-
-/// Records a touch and answers with the session's deadlines, `want` fresh tickets,
-/// and the current token if the caller's was rotated away.
-fn touched(
-    gateway: &Gateway,
-    caller: &Caller,
-    touch: Touch,
-    want: usize,
-    now: u64,
-) -> Response<ProxyBody> {
-    let session = &caller.session;
-    let state = gateway.store.touch(session, touch, now);
-    let mut reply = describe(gateway, session, state);
-    if state != State::Ended {
-        let tickets = issue_tickets(
-            gateway,
-            session,
-            &caller.browser,
-            want.min(MAX_TICKETS),
-            now,
-        );
-        reply["tickets"] = json!(tickets);
-        if let Some(token) = &caller.new_token {
-            reply["token"] = json!(token.encode());
-        }
-    }
-    with_state(body::json(StatusCode::OK, &reply), Some(state))
-}
-
-/// The JSON description of a session for the agent (times in ms since the epoch).
-fn describe(gateway: &Gateway, session: &Arc<Session>, state: State) -> serde_json::Value {
-    if state == State::Ended {
-        return json!({ "state": "ended" });
-    }
-    let clock = &gateway.clock;
-    let deadlines = session.deadlines(gateway.store.rules());
-    let wall = |at: Option<u64>| at.map(|at| clock.wall(at));
-    json!({
-        "state": state.as_str(),
-        "handle": session.handle(),
-        "now": clock.wall(clock.now()),
-        "warn_at": wall(deadlines.warn_at),
-        "deadline": wall(deadlines.end_at),
-        "abandon_at": wall(deadlines.abandon_at),
-        "heartbeat": gateway.reserved.heartbeat_ms(session, gateway),
-        "tickets": [],
-    })
-}
-
 /// Reads at most [`MAX_BODY`] bytes of a reserved request's body.
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Refusal> {
     body::read_limited(request, MAX_BODY)
@@ -505,13 +452,4 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Refusal> {
             body::ReadError::TooLarge => Refusal::TooLarge,
             body::ReadError::Unreadable => Refusal::Unreadable,
         })
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
-    body::method_not_allowed(allow)
-}
-
-fn with_state(mut response: Response<ProxyBody>, state: Option<State>) -> Response<ProxyBody> {
-    finish_headers(response.headers_mut(), state, &[], None);
-    response
 }

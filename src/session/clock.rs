@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-/// Milliseconds since the clock's origin.
-pub type Millis = u64;
+/// Milliseconds since the clock's origin (see [`crate::lifetime::Millis`]).
+pub use crate::lifetime::Millis;
 
 /// A monotonic millisecond clock with a fixed mapping to wall time for reporting.
 #[derive(Debug, Clone, Copy)]

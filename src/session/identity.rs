@@ -24,12 +24,12 @@ use cookie::{Cookie, SameSite};
 use http::{HeaderMap, HeaderValue};
 
 use super::limit::CreationLimiter;
-use super::store::{Resolved, SessionStore};
+use super::store::{Created, Resolved, SessionStore};
 use super::ticket::{Kind, Tickets};
-use super::{BrowserKey, CreatedKind, Handle, Millis, Session, SessionError, Token};
-use crate::config::SessionMode;
-use crate::proxy::headers::{cookie_values, X_SESSION_TOKEN};
-use crate::proxy::query;
+use super::{BrowserKey, CreatedKind, Handle, Millis, Session, SessionError, Token, Touch};
+use crate::config::{DuplicateTab, SessionMode};
+use crate::web::headers::{cookie_values, X_SESSION_TOKEN};
+use crate::web::query;
 
 /// The query parameter that carries a ticket.
 pub const TICKET_PARAM: &str = "__sg_t";
@@ -148,6 +148,40 @@ pub enum Outcome {
     Bootstrap { browser: BrowserKey },
     /// Too many bootstrap hops: serve the error page.
     Loop,
+}
+
+/// How `POST session` found the tab's session (the reply's `reason` and the label of
+/// `sessiongate_bootstraps_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapReason {
+    /// The stored token is still good: the same session goes on.
+    Resumed,
+    /// A first session for the tab.
+    New,
+    /// A duplicated tab got its own session, a child of the original's.
+    Forked,
+    /// The stored token's session is gone; a new one replaces it.
+    Expired,
+}
+
+impl BootstrapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootstrapReason::Resumed => "resumed",
+            BootstrapReason::New => "new",
+            BootstrapReason::Forked => "forked",
+            BootstrapReason::Expired => "expired",
+        }
+    }
+}
+
+/// The answer to a bootstrap: the session, and its token when the tab must learn it
+/// (new, forked, expired, or rotated since the tab stored it).
+#[derive(Debug)]
+pub struct Bootstrapped {
+    pub reason: BootstrapReason,
+    pub session: Arc<Session>,
+    pub token: Option<Token>,
 }
 
 /// Resolves requests to sessions.
@@ -298,6 +332,52 @@ impl Resolver {
             .find_map(|token| self.store.resolve(&token, key, now))
     }
 
+    /// `POST session` (DESIGN.md §3 rule 5): the bootstrap page of a tab whose
+    /// challenge was already redeemed asks for its session, presenting the token it
+    /// stored (if any). The one place that decides between resuming it, forking it
+    /// (a duplicated tab under `duplicate_tab = "new"`), replacing an expired one,
+    /// and minting a first one.
+    pub fn bootstrap(
+        &self,
+        browser: BrowserKey,
+        presented: Option<Token>,
+        duplicate: bool,
+        duplicate_tab: DuplicateTab,
+        client: IpAddr,
+        now: Millis,
+    ) -> Result<Bootstrapped, SessionError> {
+        let resolved = presented
+            .as_ref()
+            .and_then(|token| self.store.resolve(token, &browser, now));
+        let fork = duplicate && duplicate_tab == DuplicateTab::New;
+        let (reason, parent, kind) = match resolved {
+            Some(resolved) if !fork => {
+                // A reload or navigation of the tab: the user is there.
+                self.store.touch(&resolved.session, Touch::Activity, now);
+                return Ok(Bootstrapped {
+                    reason: BootstrapReason::Resumed,
+                    session: resolved.session,
+                    token: resolved.newer_token,
+                });
+            }
+            Some(parent) => (
+                BootstrapReason::Forked,
+                Some(parent.session.handle()),
+                CreatedKind::Fork,
+            ),
+            None if presented.is_some() => {
+                (BootstrapReason::Expired, None, CreatedKind::ResumeMiss)
+            }
+            None => (BootstrapReason::New, None, CreatedKind::New),
+        };
+        let minted = self.create(browser, parent, kind, client, now)?;
+        Ok(Bootstrapped {
+            reason,
+            session: minted.session,
+            token: Some(minted.token),
+        })
+    }
+
     /// Creates a session for this browser (and a browser key if it has none),
     /// within the per-client creation limit.
     pub fn mint(
@@ -308,9 +388,6 @@ impl Resolver {
         client: IpAddr,
         now: Millis,
     ) -> Result<Identity, SessionError> {
-        self.limiter
-            .admit(client, now)
-            .map_err(|retry| SessionError::Limited(retry.0))?;
         let mut set_cookies = Vec::with_capacity(2);
         let key = match key {
             Some(key) => key,
@@ -320,7 +397,7 @@ impl Resolver {
                 key
             }
         };
-        let created = self.store.create(&key, parent, kind, now)?;
+        let created = self.create(key, parent, kind, client, now)?;
         if self.mode == SessionMode::Browser {
             set_cookies.push(
                 self.cookies
@@ -333,6 +410,21 @@ impl Resolver {
             new_token: Some(created.token),
             set_cookies,
         })
+    }
+
+    /// A new session bound to `browser`, within the per-client creation limit.
+    fn create(
+        &self,
+        browser: BrowserKey,
+        parent: Option<Handle>,
+        kind: CreatedKind,
+        client: IpAddr,
+        now: Millis,
+    ) -> Result<Created, SessionError> {
+        self.limiter
+            .admit(client, now)
+            .map_err(|retry| SessionError::Limited(retry.0))?;
+        self.store.create(&browser, parent, kind, now)
     }
 
     /// Rotates a session's token (`X-Session-Rotate`) and records the new token on

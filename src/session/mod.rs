@@ -2,7 +2,8 @@
 //!
 //! - [`Session`]: one session's identity and timestamps, all in atomics so that a
 //!   request or heartbeat touches it without a lock.
-//! - [`Lifetime`]: the configured rules that turn timestamps into a state or an end.
+//! - [`Lifetime`] (from [`crate::lifetime`]): the rules that turn timestamps into a
+//!   state or an end.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) interface the request path
 //!   uses, and the in-memory implementation with its deadline index ([`expiry`]).
 //! - [`identity`]: which session a request belongs to.
@@ -27,7 +28,9 @@ use uuid::Uuid;
 pub use clock::{Clock, Millis};
 pub use token::{BrowserKey, Token};
 
-use crate::config::{Activity, OnTimeout, SessionConfig};
+pub use crate::lifetime::Lifetime;
+use crate::lifetime::OnTimeout;
+use crate::web::refusal::Refusal;
 
 /// The value sent upstream in `X-Session`: a UUID, not a secret.
 pub type Handle = Uuid;
@@ -41,6 +44,19 @@ pub enum SessionError {
     Full(usize),
     #[error("too many new sessions from this client address; retry in {0} ms")]
     Limited(Millis),
+}
+
+impl SessionError {
+    /// The gateway's answer to this error.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            SessionError::Entropy(_) => Refusal::Internal,
+            SessionError::Full(_) => Refusal::SessionsFull,
+            SessionError::Limited(retry_ms) => Refusal::Limited {
+                retry_ms: *retry_ms,
+            },
+        }
+    }
 }
 
 /// A live session's state as browsers and operators see it.
@@ -150,17 +166,6 @@ pub enum Touch {
     Activity,
 }
 
-/// The configured lifetime rules, in milliseconds, shared by every session.
-#[derive(Debug, Clone)]
-pub struct Lifetime {
-    pub timeout: Millis,
-    pub on_timeout: OnTimeout,
-    countdown: Option<Millis>,
-    abandon: Option<Millis>,
-    pub max_lifetime: Millis,
-    pub activity: Activity,
-}
-
 /// What the rules say about a session at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -178,33 +183,6 @@ pub struct Deadlines {
     pub end_at: Option<Millis>,
     /// When it is abandoned if no signal at all arrives.
     pub abandon_at: Option<Millis>,
-}
-
-fn ms(d: std::time::Duration) -> Millis {
-    d.as_millis().min(u128::from(u64::MAX / 4)) as u64
-}
-
-impl Lifetime {
-    pub fn from_config(config: &SessionConfig) -> Self {
-        Lifetime {
-            timeout: ms(config.timeout.get()),
-            on_timeout: config.on_timeout,
-            countdown: config.countdown.map(|d| ms(d.get())),
-            abandon: config.abandon.map(|d| ms(d.get())),
-            max_lifetime: ms(config.max_lifetime.get()),
-            activity: config.activity,
-        }
-    }
-
-    /// The countdown for a session whose timeout is `timeout` (scaled unless set).
-    pub fn countdown_for(&self, timeout: Millis) -> Millis {
-        self.countdown.unwrap_or(timeout)
-    }
-
-    /// The abandon time for a session whose timeout is `timeout` (scaled unless set).
-    pub fn abandon_for(&self, timeout: Millis) -> Millis {
-        self.abandon.unwrap_or(timeout.saturating_mul(2))
-    }
 }
 
 /// One session. Timestamps are monotonic [`Millis`]; everything a request changes is

@@ -42,8 +42,10 @@ pub fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// A JSON answer from the gateway itself (never cached: it describes a session).
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(full(value.to_string()));
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ProxyBody> {
+    // The gateway's own reply types always serialize; `{}` is a safe stand-in.
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -14,69 +14,58 @@ use base64::Engine;
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use http::{HeaderValue, Method, Response, StatusCode};
 
-use super::body::{self, ProxyBody};
-use super::{finish_headers, Gateway};
+use super::Reserved;
 use crate::agent;
 use crate::config::DuplicateTab;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Handle};
+use crate::web::body::{self, ProxyBody};
 
-/// The bootstrap page for this browser, with a fresh challenge and nonce.
-pub fn page(
-    gateway: &Gateway,
-    request: &http::request::Parts,
-    browser: &BrowserKey,
-) -> Response<ProxyBody> {
-    let challenge = gateway.resolver.tickets.issue(
-        Kind::Challenge,
-        Handle::nil(),
-        browser,
-        gateway.clock.now(),
-    );
-    let nonce = nonce();
-    let share = gateway.reserved.duplicate_tab() == DuplicateTab::Share;
-    let html = agent::bootstrap_page(&challenge, &nonce, gateway.reserved.display_prefix(), share);
-    let body = if request.method == Method::HEAD {
+impl Reserved {
+    /// The bootstrap page for this browser, with a fresh challenge and nonce.
+    pub fn bootstrap_page(&self, method: &Method, browser: &BrowserKey) -> Response<ProxyBody> {
+        let challenge =
+            self.resolver
+                .tickets
+                .issue(Kind::Challenge, Handle::nil(), browser, self.clock.now());
+        let nonce = nonce();
+        let share = self.duplicate_tab == DuplicateTab::Share;
+        let html = agent::bootstrap_page(&challenge, &nonce, &self.display_prefix, share);
+        page(method, html, &agent::bootstrap_csp(&nonce), StatusCode::OK)
+    }
+
+    /// The page for a browser that keeps coming back without a session (cookies or
+    /// JavaScript disabled): an explanation instead of another hop.
+    pub fn loop_page(&self, method: &Method) -> Response<ProxyBody> {
+        self.metrics.bootstraps.with_label_values(&["loop"]).inc();
+        page(
+            method,
+            agent::loop_page(),
+            "default-src 'none'; base-uri 'none'; form-action 'none'",
+            StatusCode::BAD_REQUEST,
+        )
+    }
+}
+
+/// An HTML page of the gateway's own: never cached, with its own CSP.
+fn page(method: &Method, html: String, csp: &str, status: StatusCode) -> Response<ProxyBody> {
+    let body = if method == Method::HEAD {
         body::empty()
     } else {
         body::full(html)
     };
     let mut response = Response::new(body);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(csp) = HeaderValue::from_str(&agent::bootstrap_csp(&nonce)) {
+    if let Ok(csp) = HeaderValue::from_str(csp) {
         headers.insert(CONTENT_SECURITY_POLICY, csp);
     }
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    finish_headers(headers, None, &[], None);
-    response
-}
-
-/// The page for a browser that keeps coming back without a session (cookies or
-/// JavaScript disabled): an explanation instead of another hop.
-pub fn loop_page(gateway: &Gateway) -> Response<ProxyBody> {
-    gateway
-        .metrics
-        .bootstraps
-        .with_label_values(&["loop"])
-        .inc();
-    let mut response = Response::new(body::full(agent::loop_page()));
-    *response.status_mut() = StatusCode::BAD_REQUEST;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; base-uri 'none'; form-action 'none'"),
-    );
-    finish_headers(headers, None, &[], None);
     response
 }
 

@@ -1,0 +1,75 @@
+//! The per-request context: everything the gateway learns about one request, made
+//! once when the request arrives and carried through every stage (Pingora's `CTX`).
+//!
+//! It holds the request id, the connection, the request's [`Fetch`] metadata, the
+//! client address (computed once), and — as the stages find them — the session
+//! identity and state. Every route (proxied, reserved, bootstrap, refusal) ends in
+//! [`Context::finish`], so `X-Session-State`, the gateway's cookies and
+//! `X-Request-Id` are set the same way on every answer.
+
+use std::net::IpAddr;
+
+use http::header::SET_COOKIE;
+use http::{HeaderValue, Request, Response};
+
+use crate::net::ConnInfo;
+use crate::session::identity::Identity;
+use crate::session::{SessionError, State};
+use crate::web::body::ProxyBody;
+use crate::web::fetch::Fetch;
+use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_STATE};
+use crate::web::refusal::Refusal;
+
+/// What the gateway knows about one request as it moves through the stages.
+#[derive(Debug)]
+pub struct Context {
+    /// `X-Request-Id`: the client's when well-formed, else a fresh UUID.
+    pub id: HeaderValue,
+    pub conn: ConnInfo,
+    pub fetch: Fetch,
+    /// The client address per-client limits apply to (see
+    /// [`headers::client_address`]).
+    pub client: IpAddr,
+    /// The request's session, once identified, and cookies to set.
+    pub identity: Identity,
+    /// The session's state after this request (`None`: no session).
+    pub state: Option<State>,
+}
+
+impl Context {
+    /// The context of a request that has just arrived.
+    pub fn new<B>(request: &Request<B>, conn: ConnInfo, trust_forwarded: bool) -> Context {
+        let headers = request.headers();
+        Context {
+            id: headers::request_id(headers),
+            conn,
+            fetch: Fetch::of(request.method(), headers),
+            client: headers::client_address(headers, conn.peer.ip(), trust_forwarded),
+            identity: Identity::default(),
+            state: None,
+        }
+    }
+
+    /// Adds the gateway's response headers to any answer, proxied or its own: the
+    /// session state, the gateway's cookies, the request id.
+    pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let headers = response.headers_mut();
+        let state = self.state.map_or("none", State::as_str);
+        headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
+        for cookie in &self.identity.set_cookies {
+            headers.append(SET_COOKIE, cookie.clone());
+        }
+        headers.insert(X_REQUEST_ID, self.id.clone());
+        response
+    }
+}
+
+/// The answer to a session-layer error (limits, the OS generator), logged when it is
+/// the gateway's own fault.
+pub fn refuse_session(error: &SessionError) -> Response<ProxyBody> {
+    let refusal = error.refusal();
+    if refusal == Refusal::Internal {
+        tracing::error!(%error, "cannot mint a session");
+    }
+    refusal.into_response()
+}

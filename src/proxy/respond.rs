@@ -1,0 +1,135 @@
+//! Stage 5, the response: consume the upstream's control headers (DESIGN.md §5),
+//! put the agent's tag into HTML pages ([`crate::inject`]), and hand the body back
+//! as it streams.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::request::restore_upgrade;
+use super::Gateway;
+use crate::context::Context;
+use crate::inject::{self, Outcome as InjectOutcome, Skip};
+use crate::session::{EndReason, Session, State};
+use crate::web::body::ProxyBody;
+use crate::web::headers::{self, X_SESSION_END, X_SESSION_ROTATE, X_SESSION_TIMEOUT};
+
+impl Gateway {
+    /// Shapes the upstream's response for the client.
+    pub(super) fn respond(
+        &self,
+        method: &Method,
+        response: Response<Incoming>,
+        switched: Option<HeaderValue>,
+        cx: &mut Context,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        headers::scrub_response(&mut parts.headers);
+        if let Some(protocol) = &switched {
+            restore_upgrade(&mut parts.headers, protocol);
+        }
+        if let Some(session) = cx.identity.session.clone() {
+            cx.state = Some(self.apply_control_headers(&parts.headers, &session, cx));
+        }
+        let body = body.map_err(Into::into).boxed_unsync();
+        let body = self.inject_agent(method, &mut parts, body, cx);
+        headers::strip_session_headers(&mut parts.headers);
+        Response::from_parts(parts, body)
+    }
+
+    /// The agent tag into HTML pages (streaming; see [`crate::inject`]).
+    fn inject_agent(
+        &self,
+        method: &Method,
+        parts: &mut http::response::Parts,
+        body: ProxyBody,
+        cx: &Context,
+    ) -> ProxyBody {
+        if !self.inject {
+            return body;
+        }
+        let plan = match inject::plan(method, parts) {
+            Ok(plan) => plan,
+            Err(skip) => {
+                // Pages that should have had the agent and could not; images, JSON,
+                // HEAD and 304s are not pages and not counted.
+                if matches!(
+                    skip,
+                    Skip::OptOut | Skip::Encoding | Skip::Charset | Skip::Csp
+                ) {
+                    self.metrics.injection(false);
+                    tracing::debug!(reason = skip.label(), "page not injected");
+                }
+                return body;
+            }
+        };
+        let tag = self.agent_tag(cx);
+        let metrics = Arc::clone(&self.metrics);
+        let plan = plan.on_outcome(move |outcome| match outcome {
+            InjectOutcome::Injected => metrics.injection(true),
+            InjectOutcome::Abandoned => {}
+            other => {
+                tracing::debug!(reason = other.label(), "page not injected");
+                metrics.injection(false);
+            }
+        });
+        inject::inject(plan, parts, body, &tag)
+    }
+
+    /// The agent's `<script>` tag for a page of this request.
+    fn agent_tag(&self, cx: &Context) -> inject::Tag {
+        let prefix = self.reserved.display_prefix();
+        let mut data = vec![
+            ("prefix", prefix.to_string()),
+            ("mode", self.resolver.mode().as_str().to_string()),
+        ];
+        if let (Some(session), Some(state)) = (&cx.identity.session, cx.state) {
+            if state != State::Ended {
+                data.push(("handle", session.handle().to_string()));
+                data.push(("state", state.as_str().to_string()));
+                data.push(("heartbeat", self.reserved.heartbeat_ms(session).to_string()));
+                if let Some(token) = &cx.identity.new_token {
+                    data.push(("token", token.encode()));
+                }
+            }
+        }
+        inject::Tag {
+            src: format!("{prefix}/agent.js?v={}", crate::agent::version()),
+            data,
+        }
+    }
+
+    /// `X-Session-End`, `X-Session-Timeout` and `X-Session-Rotate` from the upstream
+    /// (DESIGN.md §5).
+    fn apply_control_headers(
+        &self,
+        headers: &HeaderMap,
+        session: &Session,
+        cx: &mut Context,
+    ) -> State {
+        let now = self.clock.now();
+        if headers.contains_key(X_SESSION_END) {
+            self.store.end(session, EndReason::Upstream, now);
+            if let Some(expire) = self.resolver.expire_session_cookie() {
+                cx.identity.set_cookies.push(expire);
+            }
+            return State::Ended;
+        }
+        if let Some(seconds) = headers
+            .get(X_SESSION_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            self.store
+                .set_timeout(session, seconds.saturating_mul(1000), now);
+        }
+        if headers.contains_key(X_SESSION_ROTATE) {
+            if let Err(error) = self.resolver.rotate(session, &mut cx.identity, now) {
+                tracing::error!(%error, session = %session.handle(), "cannot rotate the token");
+            }
+        }
+        session.state_at(self.store.rules(), now)
+    }
+}

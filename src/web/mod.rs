@@ -1,0 +1,15 @@
+//! The HTTP vocabulary every layer may use: response bodies and canned answers,
+//! header names and scrubbing, cookies, forwarded headers, the query string, Fetch
+//! Metadata, origins, the pooled client, and the one type for everything the gateway
+//! refuses or fails on.
+//!
+//! Nothing here knows about sessions, the request path or the server: this module
+//! sits just above [`crate::config`] and below everything else (see ARCHITECTURE.md).
+
+pub mod body;
+pub mod client;
+pub mod fetch;
+pub mod headers;
+pub mod origin;
+pub mod query;
+pub mod refusal;

@@ -107,7 +107,10 @@ fn top_level_modules_only_depend_downwards() {
                 unknown.push(used);
                 continue;
             };
-            edges.entry(module.clone()).or_default().insert(used.clone());
+            edges
+                .entry(module.clone())
+                .or_default()
+                .insert(used.clone());
             if used_rank > own_rank {
                 let shown = file.strip_prefix(&src).unwrap_or(file).display();
                 upward.push(format!("{shown}: {module} uses {used}, which is above it"));

@@ -37,7 +37,7 @@ use crate::context::{self, Context};
 use crate::hooks::Hooks;
 use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
-use crate::reserved::{self, Reserved};
+use crate::reserved::Reserved;
 use crate::session::identity::{Ask, Carried, Carrier, Outcome, Resolver};
 use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
@@ -261,7 +261,7 @@ impl Gateway {
         if self.require.is_empty() {
             return false;
         }
-        let normalized = reserved::path::normalize(path);
+        let normalized = crate::web::path::normalize(path);
         self.require
             .iter()
             .any(|prefix| normalized.starts_with(prefix.as_str()))

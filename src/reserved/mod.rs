@@ -10,7 +10,6 @@
 //! cookies and request id.
 
 pub mod bootstrap;
-pub mod path;
 pub mod reply;
 
 use std::sync::Arc;
@@ -80,9 +79,9 @@ impl Reserved {
     }
 
     /// The endpoint a request path names, if it is under the prefix (see
-    /// [`path::reserved_endpoint`]).
+    /// [`crate::web::path::reserved_endpoint`]).
     pub fn endpoint(&self, path: &str) -> Option<String> {
-        path::reserved_endpoint(path, &self.prefix)
+        crate::web::path::reserved_endpoint(path, &self.prefix)
     }
 
     /// The prefix as configured, for URLs the gateway writes into pages.

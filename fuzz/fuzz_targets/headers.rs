@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     for name in headers.keys() {
         assert!(!is_session_header(name), "{name} survived");
         assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name} survived");
-        assert!(!named.iter().any(|n| n == name.as_str()), "{name} was named in Connection");
+        assert!(
+            !named.iter().any(|n| n == name.as_str()),
+            "{name} was named in Connection"
+        );
         let folded = name.as_str().replace('_', "-");
         assert!(!folded.starts_with("x-session"), "{name} survived");
     }

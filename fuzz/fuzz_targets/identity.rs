@@ -25,20 +25,32 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(token) = Token::parse(text) {
-        assert_eq!(Token::parse(&token.encode()).map(|t| t.encode()), Some(token.encode()));
+        assert_eq!(
+            Token::parse(&token.encode()).map(|t| t.encode()),
+            Some(token.encode())
+        );
     }
     let _ = BrowserKey::parse(text);
     let (tickets, key) = tickets();
     for kind in [Kind::Ticket, Kind::Challenge] {
-        assert!(tickets.peek(kind, text, key, 0).is_err(), "made-up value accepted");
-        assert!(tickets.redeem(kind, text, key, 0).is_err(), "made-up value redeemed");
+        assert!(
+            tickets.peek(kind, text, key, 0).is_err(),
+            "made-up value accepted"
+        );
+        assert!(
+            tickets.redeem(kind, text, key, 0).is_err(),
+            "made-up value redeemed"
+        );
     }
     let _ = param(text, "__sg_t");
     if let Some(kept) = strip_proxy_params(text) {
         assert!(
-            !kept
-                .split('&')
-                .any(|p| p.split('=').next().unwrap_or("").to_ascii_lowercase().starts_with("__sg")),
+            !kept.split('&').any(|p| p
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+                .starts_with("__sg")),
             "a proxy parameter survived in {kept:?}"
         );
     }

@@ -704,6 +704,34 @@ mod tests {
     }
 
     #[test]
+    fn duration_errors_name_the_source_and_say_what_is_accepted() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gate.toml",
+                "[session]\ntimeout = \"soon\"\ncountdown = \"10 minuts\"\n",
+            )?;
+            jail.set_env("SESSIONGATE_SESSION__ABANDON", "-5s");
+            let text = ConfigErrors(errors_of(Some(Path::new("gate.toml")))).to_string();
+            for line in [
+                "gate.toml: session.timeout: invalid duration \"soon\": expected a duration \
+                 like \"90s\", \"5m\" or \"1h\" (or whole seconds)",
+                "gate.toml: session.countdown: invalid duration \"10 minuts\": unknown unit \
+                 \"minuts\" (use ms, s, m, h or d); expected a duration like \"90s\", \"5m\" \
+                 or \"1h\" (or whole seconds)",
+                "environment SESSIONGATE_SESSION__ABANDON: session.abandon: invalid duration \
+                 \"-5s\": negative values are not allowed; expected a duration like \"90s\", \
+                 \"5m\" or \"1h\" (or whole seconds)",
+            ] {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "no line {line:?} in\n{text}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_accept_seconds_and_units() {
         Jail::expect_with(|jail| {
             jail.create_file(

@@ -755,3 +755,40 @@ format = "json"
         "the gateway exited"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Duration errors
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn duration_errors_say_what_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "[session]\ntimeout = \"soon\"\ncountdown = \"10 minuts\"\n",
+    );
+    let name = path_str(&file);
+    let out = run_to_end(
+        &["check", "--config", name],
+        &[("SESSIONGATE_SESSION__ABANDON", "-5s")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let accepted = r#"expected a duration like "90s", "5m" or "1h" (or whole seconds)"#;
+    for line in [
+        format!("  {name}: session.timeout: invalid duration \"soon\": {accepted}"),
+        format!(
+            "  {name}: session.countdown: invalid duration \"10 minuts\": unknown unit \
+             \"minuts\" (use ms, s, m, h or d); {accepted}"
+        ),
+        format!(
+            "  environment SESSIONGATE_SESSION__ABANDON: session.abandon: invalid duration \
+             \"-5s\": negative values are not allowed; {accepted}"
+        ),
+    ] {
+        assert!(
+            out.stderr.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}

@@ -160,7 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
 
-    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = ?config.session.mode, "sessiongate started");
+    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = %config.session.mode, "sessiongate started");
     Ok(Running {
         public_addr,
         admin_addr,

@@ -757,6 +757,159 @@ format = "json"
 }
 
 // ---------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------
+
+/// A gateway config on ephemeral ports in front of `upstream`, with `extra` lines.
+fn gateway_config(dir: &tempfile::TempDir, upstream: &Upstream, extra: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n{extra}",
+            upstream.url()
+        ),
+    )
+}
+
+/// Requests that log what a log reader meets most: a request without a session,
+/// and a first page load that starts a session (tab mode, no parent).
+async fn traffic(listen: SocketAddr) {
+    let client = reqwest::Client::new();
+    let plain = client.get(format!("http://{listen}/plain")).send().await;
+    assert_eq!(plain.expect("GET /plain").status(), 200);
+    let page = client
+        .get(format!("http://{listen}/page"))
+        .header("sec-fetch-mode", "navigate")
+        .header("accept", "text/html")
+        .send()
+        .await;
+    assert_eq!(page.expect("GET /page").status(), 200);
+}
+
+#[tokio::test]
+async fn text_logs_in_a_pipe_are_plain_and_readable() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = gateway_config(&dir, &upstream, "");
+    // stderr is a pipe here, and `log.color` is the default `auto`.
+    let mut gate = Gate::spawn(&["--config", path_str(&file)], &[]);
+    let listen: SocketAddr = gate
+        .stderr_line("`sessiongate started` line", |line| {
+            if !line.contains("sessiongate started") {
+                return None;
+            }
+            line.split("listen=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .await;
+    traffic(listen).await;
+    gate.stderr_line("a `session started` line", |line| {
+        line.contains("session started").then_some(())
+    })
+    .await;
+    gate.signal(libc::SIGTERM);
+    let exit = gate.exit_within(WAIT).await;
+    assert!(exit.success(), "{exit}\n{}", gate.transcript());
+    // The reader task may still hold the last lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = gate.transcript();
+    let log = log.split("--- stderr ---").nth(1).unwrap_or_default();
+
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a pipe:\n{log}"
+    );
+    for debug in ["Some(", "None", "=Tab", "=Browser", "=Active", "=Warning"] {
+        assert!(
+            !log.contains(debug),
+            "debug formatting {debug:?} in:\n{log}"
+        );
+    }
+    assert!(log.contains(" mode=tab"), "{log}");
+    assert!(log.contains(" route=proxy status=200 elapsed_ms="), "{log}");
+    let started = log
+        .lines()
+        .find(|l| l.contains("session started"))
+        .expect("a session started line");
+    assert!(
+        !started.contains("parent="),
+        "an absent parent is left out: {started}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("listener closed") && l.contains(" address=127.0.0.1:")),
+        "{log}"
+    );
+    let mut answered = 0;
+    for line in log.lines().filter(|l| l.contains("answered")) {
+        let elapsed = line
+            .split("elapsed_ms=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no elapsed_ms in {line}"));
+        let decimals = elapsed.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3 && elapsed.parse::<f64>().is_ok(),
+            "elapsed_ms={elapsed}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 2, "{log}");
+}
+
+#[tokio::test]
+async fn log_color_always_colours_and_json_keeps_its_shape() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let file = gateway_config(&dir, &upstream, "");
+    let mut gate = Gate::spawn(
+        &["--config", path_str(&file)],
+        &[("SESSIONGATE_LOG__COLOR", "always")],
+    );
+    let line = gate
+        .stderr_line("`sessiongate started` line", |line| {
+            line.contains("sessiongate started")
+                .then(|| line.to_owned())
+        })
+        .await;
+    assert!(line.contains("\u{1b}["), "log.color = always: {line:?}");
+    drop(gate);
+
+    let file = gateway_config(
+        &dir,
+        &upstream,
+        "[log]\nformat = \"json\"\ncolor = \"always\"\n",
+    );
+    let mut gate = Gate::spawn(&["--config", path_str(&file)], &[]);
+    let listen = gate.listen_addr().await;
+    traffic(listen).await;
+    let answered = gate
+        .stderr_line("a JSON `answered` event", |line| {
+            assert!(!line.contains('\u{1b}'), "JSON is never coloured: {line:?}");
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["fields"]["message"] == "answered").then_some(event)
+        })
+        .await;
+    assert!(answered["fields"]["elapsed_ms"].is_f64(), "{answered}");
+    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+    assert_eq!(answered["span"]["name"], "request", "{answered}");
+    assert_eq!(answered["span"]["method"], "GET", "{answered}");
+    let started = gate
+        .stderr_line("a JSON `session started` event", |line| {
+            json_event(line, "session started")
+        })
+        .await;
+    assert!(started.get("parent").is_none(), "{started}");
+    assert!(started["session"].is_string(), "{started}");
+}
+
+// ---------------------------------------------------------------------------------
 // Duration errors
 // ---------------------------------------------------------------------------------
 

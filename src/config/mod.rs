@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
-pub use load::{load, load_with_defaults, ConfigError, ConfigErrors, Source};
+pub use load::{load, load_sourced, load_with_defaults, ConfigError, ConfigErrors, Loaded, Source};
 
 /// The whole configuration, one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -151,13 +151,17 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
 }
 
 /// An error and its causes on one line (hyper-util's own message is only "client
-/// error (Connect)").
-pub(crate) fn error_chain(error: &dyn StdError) -> String {
+/// error (Connect)"). A cause that a message already ends with (`"...: {source}"`
+/// and `source()` both) is not repeated.
+pub fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

@@ -757,6 +757,108 @@ format = "json"
 }
 
 // ---------------------------------------------------------------------------------
+// sessiongate demo on a busy port
+// ---------------------------------------------------------------------------------
+
+/// A loopback port held by the test for as long as the listener lives.
+fn hold_port() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    (listener, addr)
+}
+
+/// The demo's built-in addresses (8080 and 9090) are replaced by ports this test
+/// holds (the hidden `--default-listen`/`--default-admin`), so the test neither
+/// depends on nor disturbs whatever uses 8080 on the machine. Nothing is configured,
+/// so both listeners move to free ports and the demo says where.
+#[tokio::test]
+async fn demo_moves_to_a_free_port_when_its_default_is_taken() {
+    let (_listen, taken_listen) = hold_port();
+    let (_admin, taken_admin) = hold_port();
+    let mut gate = Gate::spawn(
+        &[
+            "demo",
+            "--default-listen",
+            &taken_listen.to_string(),
+            "--default-admin",
+            &taken_admin.to_string(),
+        ],
+        &[],
+    );
+    for taken in [taken_listen, taken_admin] {
+        gate.stdout_line("an `is in use` note", |line| {
+            line.contains(&format!("{taken} is in use")).then_some(())
+        })
+        .await;
+    }
+    let base = gate
+        .stdout_line("`open http://…` line", |line| {
+            let url = line.split("open ").nth(1)?.split_whitespace().next()?;
+            url.starts_with("http://").then(|| url.to_owned())
+        })
+        .await;
+    let metrics = gate
+        .stdout_line("`metrics at http://…` line", |line| {
+            let url = line.split("metrics at ").nth(1)?.trim();
+            url.starts_with("http://").then(|| url.to_owned())
+        })
+        .await;
+    assert!(
+        !base.ends_with(&format!(":{}", taken_listen.port())),
+        "{base}"
+    );
+    assert!(
+        !metrics.contains(&format!(":{}/", taken_admin.port())),
+        "{metrics}"
+    );
+
+    let home = reqwest::get(format!("{base}/")).await.expect("GET /");
+    assert_eq!(home.status(), 200, "{}", gate.transcript());
+    let metrics = reqwest::get(&metrics).await.expect("GET /metrics");
+    assert_eq!(metrics.status(), 200, "{}", gate.transcript());
+}
+
+/// An address the operator chose is never replaced: the demo stops, naming the
+/// cause once, with a hint at the variable that sets another one.
+#[tokio::test]
+async fn demo_on_a_taken_configured_address_fails_with_the_cause_once_and_a_hint() {
+    let (_held, taken) = hold_port();
+    let taken = taken.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        &format!("[listen]\naddress = \"{taken}\"\n[admin]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    let from_env = [
+        ("SESSIONGATE_LISTEN__ADDRESS", taken.as_str()),
+        ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
+    ];
+    for (args, env) in [
+        (&["demo"][..], &from_env[..]),
+        (&["demo", "--config", path_str(&file)], &[]),
+    ] {
+        let out = run_to_end(args, env).await;
+        assert!(!out.status.success(), "{args:?} must fail: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("cannot listen on listen address {taken}: ")),
+            "{out}"
+        );
+        assert_eq!(
+            out.stderr.matches("already in use").count(),
+            1,
+            "the cause is printed once: {out}"
+        );
+        assert!(
+            out.stderr
+                .contains("hint: choose another address, e.g. SESSIONGATE_LISTEN__ADDRESS="),
+            "{out}"
+        );
+        assert!(!out.stdout.contains("open http"), "{out}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Logs
 // ---------------------------------------------------------------------------------
 

@@ -93,11 +93,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The demo listens on loopback only.
+/// The demo listens on loopback only and wires the demo app's own hooks, which log
+/// and count every call (its About page shows the counts).
 fn demo_defaults(args: DemoArgs) -> Config {
     let mut config = Config::default();
     config.listen.address = args.default_listen;
     config.admin.address = args.default_admin;
+    config.hooks.start = "/hooks/start".into();
+    config.hooks.timeout = "/hooks/timeout".into();
+    config.hooks.end = "/hooks/end".into();
     config
 }
 

@@ -1,15 +1,17 @@
 //! The `sessiongate` command: run the gateway, check a config, or run the demo.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use sessiongate::config::{self, Config, LogFormat};
-use sessiongate::server;
+use sessiongate::config::{self, Config, LogFormat, Source};
+use sessiongate::server::{self, Bind, Binds};
+use sessiongate::web::client::error_chain;
 
 /// A reverse-proxy sidecar that gives legacy web backends server-side sessions.
 #[derive(Debug, Parser)]
@@ -30,19 +32,31 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective values.
     Check,
-    /// Run a bundled legacy demo app behind the gateway.
-    Demo,
+    /// Run a bundled legacy demo app behind the gateway (http://127.0.0.1:8080, or a
+    /// free port when 8080 is taken and no address is configured).
+    Demo(DemoArgs),
+}
+
+/// The demo's built-in addresses. Hidden: they exist so that a test can hold the
+/// "default" port itself instead of depending on whether 8080 is free on the machine.
+/// A configured address (file or SESSIONGATE_* variable) still wins over them.
+#[derive(Debug, Clone, Copy, Args)]
+struct DemoArgs {
+    #[arg(long, hide = true, default_value = "127.0.0.1:8080")]
+    default_listen: SocketAddr,
+    #[arg(long, hide = true, default_value = "127.0.0.1:9090")]
+    default_admin: SocketAddr,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     let defaults = match command {
-        Command::Demo => demo_defaults(),
+        Command::Demo(args) => demo_defaults(args),
         Command::Run | Command::Check => Config::default(),
     };
-    let config = match config::load_with_defaults(cli.config.as_deref(), defaults) {
-        Ok(config) => config,
+    let loaded = match config::load_sourced(cli.config.as_deref(), defaults) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!(
                 "sessiongate: invalid configuration{}:",
@@ -56,23 +70,38 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Check => {
-            print!("{}", config.to_effective_toml());
+            print!("{}", loaded.config.to_effective_toml());
             eprintln!(
                 "sessiongate: configuration OK{}",
                 describe_file(cli.config.as_deref())
             );
             ExitCode::SUCCESS
         }
-        Command::Run => run(config, false),
-        Command::Demo => run(config, true),
+        Command::Run => run(loaded.config, None),
+        Command::Demo(_) => {
+            // An address nobody chose may move to a free port; a chosen one may not.
+            let bind = |key: &str| match loaded.source(key) {
+                Source::Default => Bind::OrFreePort,
+                Source::File(_) | Source::Env(_) => Bind::Exact,
+            };
+            let binds = Binds {
+                listen: bind("listen.address"),
+                admin: bind("admin.address"),
+            };
+            run(loaded.config, Some(binds))
+        }
     }
 }
 
-/// The demo listens on loopback only, and (until the per-tab agent ships) carries
-/// its session in a cookie so that it works in any browser and with curl.
-fn demo_defaults() -> Config {
+/// The demo listens on loopback only and wires the demo app's own hooks, which log
+/// and count every call (its About page shows the counts).
+fn demo_defaults(args: DemoArgs) -> Config {
     let mut config = Config::default();
-    config.listen.address = SocketAddr::from(([127, 0, 0, 1], 8080));
+    config.listen.address = args.default_listen;
+    config.admin.address = args.default_admin;
+    config.hooks.start = "/hooks/start".into();
+    config.hooks.timeout = "/hooks/timeout".into();
+    config.hooks.end = "/hooks/end".into();
     config
 }
 
@@ -81,7 +110,8 @@ fn describe_file(path: Option<&Path>) -> String {
         .unwrap_or_default()
 }
 
-fn run(config: Config, demo: bool) -> ExitCode {
+/// Runs the gateway; `demo` carries how the demo binds its listeners.
+fn run(config: Config, demo: Option<Binds>) -> ExitCode {
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,15 +126,21 @@ fn run(config: Config, demo: bool) -> ExitCode {
     match runtime.block_on(serve(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("sessiongate: {error:#}");
+            eprintln!("sessiongate: {}", error_chain(error.as_ref()));
+            if let Some(hint) = error
+                .downcast_ref::<server::StartError>()
+                .and_then(server::StartError::hint)
+            {
+                eprintln!("sessiongate: hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, demo: Option<Binds>) -> anyhow::Result<()> {
     let demo_stop = CancellationToken::new();
-    if demo {
+    if demo.is_some() {
         let app = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .context("cannot start the demo app")?;
@@ -115,14 +151,30 @@ async fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         tokio::spawn(sessiongate::demo::serve(app, header, demo_stop.clone()));
     }
 
-    let running = server::start(config).await?;
-    if demo {
+    let wanted = (config.listen.address, config.admin.address);
+    let running = server::start_with(config, demo.unwrap_or_default()).await?;
+    if demo.is_some() {
+        for (what, wanted, got) in [
+            ("the demo", wanted.0, running.public_addr),
+            ("the admin listener", wanted.1, running.admin_addr),
+        ] {
+            if wanted.port() != 0 && wanted != got {
+                println!(
+                    "sessiongate demo: {wanted} is in use, so {what} listens on port {} instead",
+                    got.port()
+                );
+            }
+        }
         println!(
             "sessiongate demo: open http://{} in a browser",
             running.public_addr
         );
         println!(
             "                  metrics at http://{}/metrics",
+            running.admin_addr
+        );
+        println!(
+            "                  sessions at http://{}/sessions",
             running.admin_addr
         );
     }
@@ -165,11 +217,17 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = config
+        .log
+        .color
+        .use_ansi(std::io::stderr().is_terminal(), no_color);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // JSON is for machines: never coloured.
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
     }
 }

@@ -20,11 +20,13 @@ use crate::session::events::{LogObserver, Observers};
 use crate::session::store::{MemoryStore, SessionStore};
 use crate::session::{sweeper, Clock, Lifetime};
 
-/// Why the gateway could not start.
+/// Why the gateway could not start. A cause is reported through `source()`, never
+/// repeated in the message, so a printed error chain names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {what} address {address}: {source}")]
+    #[error("cannot listen on {what} address {address}")]
     Bind {
+        /// `listen` or `admin`: the config section of the address.
         what: &'static str,
         address: SocketAddr,
         source: std::io::Error,
@@ -33,10 +35,44 @@ pub enum StartError {
     Tls(#[from] net::tls::TlsError),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-    #[error("metrics: {0}")]
+    #[error("cannot register the metrics")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Hooks(#[from] HooksError),
+}
+
+impl StartError {
+    /// What the operator can do about it, when there is an obvious answer.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StartError::Bind { what, address, .. } => {
+                let example = SocketAddr::new(address.ip(), address.port().wrapping_add(1).max(1));
+                let var = format!("SESSIONGATE_{}__ADDRESS", what.to_ascii_uppercase());
+                Some(format!(
+                    "choose another address, e.g. {var}={example}, or set {what}.address in the config file"
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a listener takes its configured address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Bind {
+    /// Exactly that address; if it is taken, the gateway does not start.
+    #[default]
+    Exact,
+    /// That address, or a free port on the same IP when it is in use. For addresses
+    /// nobody chose (`sessiongate demo`'s defaults), never for configured ones.
+    OrFreePort,
+}
+
+/// How [`start_with`] binds its two listeners.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binds {
+    pub listen: Bind,
+    pub admin: Bind,
 }
 
 /// A started gateway.
@@ -72,8 +108,13 @@ impl Running {
     }
 }
 
-/// Binds the listeners and starts serving.
+/// Binds the listeners (exactly the configured addresses) and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, Binds::default()).await
+}
+
+/// [`start`], with a choice of what happens when an address is taken.
+pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartError> {
     let clock = Clock::new();
     let metrics = Arc::new(Metrics::new()?);
     let hooks = Arc::new(Hooks::new(&config, clock, &metrics)?);
@@ -109,17 +150,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(net::tls::acceptor)
         .transpose()?;
 
-    let bind = |what: &'static str, address: SocketAddr| async move {
-        TcpListener::bind(address)
-            .await
-            .map_err(|source| StartError::Bind {
-                what,
-                address,
-                source,
-            })
-    };
-    let public = bind("listen", config.listen.address).await?;
-    let admin_listener = bind("admin", config.admin.address).await?;
+    let public = bind("listen", config.listen.address, binds.listen).await?;
+    let admin_listener = bind("admin", config.admin.address, binds.admin).await?;
     let public_addr = local_addr(&public, "listen", config.listen.address)?;
     let admin_addr = local_addr(&admin_listener, "admin", config.admin.address)?;
 
@@ -160,7 +192,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
 
-    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = ?config.session.mode, "sessiongate started");
+    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %config.upstream.url, mode = %config.session.mode, "sessiongate started");
     Ok(Running {
         public_addr,
         admin_addr,
@@ -193,6 +225,37 @@ async fn housekeeping(gateway: Arc<Gateway>, clock: Clock, shutdown: Cancellatio
     }
 }
 
+/// Binds `address`, or with [`Bind::OrFreePort`] a free port on its IP when it is in use.
+async fn bind(
+    what: &'static str,
+    address: SocketAddr,
+    how: Bind,
+) -> Result<TcpListener, StartError> {
+    let error = match TcpListener::bind(address).await {
+        Ok(listener) => return Ok(listener),
+        Err(error) => error,
+    };
+    if how == Bind::Exact || error.kind() != std::io::ErrorKind::AddrInUse {
+        return Err(StartError::Bind {
+            what,
+            address,
+            source: error,
+        });
+    }
+    let any_port = SocketAddr::new(address.ip(), 0);
+    let listener = TcpListener::bind(any_port)
+        .await
+        .map_err(|source| StartError::Bind {
+            what,
+            address: any_port,
+            source,
+        })?;
+    if let Ok(instead) = listener.local_addr() {
+        tracing::warn!(%address, %instead, "{what} address in use; listening on a free port instead");
+    }
+    Ok(listener)
+}
+
 fn local_addr(
     listener: &TcpListener,
     what: &'static str,
@@ -203,4 +266,37 @@ fn local_addr(
         address,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_address_falls_back_only_when_allowed() {
+        let held = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let taken = held.local_addr().expect("addr");
+
+        let error = bind("listen", taken, Bind::Exact)
+            .await
+            .expect_err("the address is taken");
+        let text = error.to_string();
+        assert_eq!(text, format!("cannot listen on listen address {taken}"));
+        let cause = std::error::Error::source(&error).expect("the cause");
+        assert!(!text.contains(&cause.to_string()), "cause twice: {text}");
+        let hint = error.hint().expect("a hint");
+        assert!(hint.contains("SESSIONGATE_LISTEN__ADDRESS="), "{hint}");
+
+        let listener = bind("admin", taken, Bind::OrFreePort)
+            .await
+            .expect("falls back");
+        let got = listener.local_addr().expect("addr");
+        assert_eq!(got.ip(), taken.ip());
+        assert_ne!(got.port(), taken.port());
+
+        // A free address is taken as it is, whatever the mode.
+        drop((held, listener));
+        let again = bind("listen", taken, Bind::OrFreePort).await.expect("free");
+        assert_eq!(again.local_addr().expect("addr"), taken);
+    }
 }

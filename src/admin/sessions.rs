@@ -1,12 +1,20 @@
 //! The session API of the admin listener (DESIGN.md §9):
-//! `GET /sessions?limit=&after=`, `GET | DELETE | PATCH /sessions/{handle}`.
+//! `GET /sessions?limit=&after=&state=`, `GET | DELETE | PATCH /sessions/{handle}`.
+//!
+//! Every time is in milliseconds: instants (`created`, `last_activity`,
+//! `last_seen`) since the Unix epoch, like the hook payloads and heartbeat replies;
+//! the one duration is named for its unit (`timeout_ms`), in replies and in `PATCH`.
 //!
 //! Listing pages through sessions in handle order (a stable order that needs no
-//! snapshot: `after` is the last handle of the previous page). Ending a session here
-//! is reason `admin` and fires the `end` hook like any other end; a new timeout
-//! applies at once and also scales the session's countdown and abandon times unless
-//! the configuration sets those explicitly.
+//! snapshot: `after` is the last handle of the previous page), optionally only those
+//! in one `state`, with `count`: how many match in the whole table ("how many are in
+//! the countdown right now?"). Ending a session here is reason `admin` and fires the
+//! `end` hook like any other end; a new timeout applies at once and also scales the
+//! session's countdown and abandon times unless the configuration sets those
+//! explicitly.
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -16,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::config::SessionMode;
 use crate::session::store::SessionStore;
-use crate::session::{Clock, EndReason, Handle, Session};
+use crate::session::{Clock, EndReason, Handle, Millis, Session, State};
 use crate::web::body::{self, ProxyBody, ReadError};
 use crate::web::query;
 
@@ -25,8 +33,8 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Largest `PATCH` body read.
 const MAX_BODY: usize = 16 * 1024;
-/// The longest timeout the API accepts: a year, in seconds.
-const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// The longest timeout the API accepts: a year, in milliseconds.
+const MAX_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// What the session API needs from the gateway.
 pub struct SessionApi {
@@ -39,8 +47,34 @@ pub struct SessionApi {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Patch {
-    /// Seconds; 0 = never time out.
-    timeout: f64,
+    /// Milliseconds; 0 = never time out.
+    timeout_ms: u64,
+}
+
+/// What a `PATCH` body must look like, for the 400 answer.
+const PATCH_EXPECTED: &str = "expected {\"timeout_ms\": milliseconds}, a whole number from 0 (never) to 31536000000 (a year), e.g. {\"timeout_ms\": 300000} for 5 minutes";
+
+/// A session in the listing's bounded heap, ordered by handle.
+struct ByHandle(Handle, Arc<Session>);
+
+impl PartialEq for ByHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ByHandle {}
+
+impl PartialOrd for ByHandle {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByHandle {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
 }
 
 impl SessionApi {
@@ -82,16 +116,50 @@ impl SessionApi {
                 )
             }
         };
-        // One more than asked tells whether there is a next page.
-        let mut sessions = self.store.page(after, limit + 1);
+        let state = match param("state").as_deref() {
+            None => None,
+            Some("active") => Some(State::Active),
+            Some("warning") => Some(State::Warning),
+            Some("ended") => Some(State::Ended),
+            Some(_) => {
+                return body::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "state must be active, warning or ended",
+                )
+            }
+        };
+        let now = self.clock.now();
+        let rules = self.store.rules();
+        // One pass: count every match, and keep the `limit + 1` smallest handles after
+        // the cursor in a bounded max-heap (one more than asked tells whether there is
+        // a next page).
+        let mut count = 0usize;
+        let mut heap = BinaryHeap::with_capacity(limit + 2);
+        self.store.for_each(&mut |session| {
+            if state.is_some_and(|want| session.state_at(rules, now) != want) {
+                return;
+            }
+            count += 1;
+            let handle = session.handle();
+            if after.is_some_and(|a| handle <= a) {
+                return;
+            }
+            if heap.len() <= limit {
+                heap.push(ByHandle(handle, Arc::clone(session)));
+            } else if heap.peek().is_some_and(|top: &ByHandle| handle < top.0) {
+                heap.pop();
+                heap.push(ByHandle(handle, Arc::clone(session)));
+            }
+        });
+        let mut sessions = heap.into_sorted_vec();
         let next = (sessions.len() > limit).then(|| {
             sessions.truncate(limit);
-            sessions.last().map(|s| s.handle())
+            sessions.last().map(|s| s.0)
         });
-        let items: Vec<Value> = sessions.iter().map(|s| self.describe(s)).collect();
+        let items: Vec<Value> = sessions.iter().map(|s| self.describe(&s.1, now)).collect();
         body::json(
             StatusCode::OK,
-            &json!({ "sessions": items, "next": next.flatten() }),
+            &json!({ "sessions": items, "count": count, "next": next.flatten() }),
         )
     }
 
@@ -101,7 +169,7 @@ impl SessionApi {
             return body::json_error(StatusCode::NOT_FOUND, "no such session");
         };
         match *request.method() {
-            Method::GET | Method::HEAD => body::json(StatusCode::OK, &self.describe(&session)),
+            Method::GET | Method::HEAD => body::json(StatusCode::OK, &self.describe(&session, now)),
             Method::DELETE => {
                 self.store.end(&session, EndReason::Admin, now);
                 body::json(
@@ -110,8 +178,8 @@ impl SessionApi {
                 )
             }
             Method::PATCH => {
-                let patch = match body::read_limited(request, MAX_BODY).await {
-                    Ok(bytes) => serde_json::from_slice::<Patch>(&bytes),
+                let bytes = match body::read_limited(request, MAX_BODY).await {
+                    Ok(bytes) => bytes,
                     Err(ReadError::TooLarge) => {
                         return body::json_error(
                             StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,25 +190,20 @@ impl SessionApi {
                         return body::json_error(StatusCode::BAD_REQUEST, "could not read the body")
                     }
                 };
-                let seconds = match patch {
-                    Ok(Patch { timeout }) if (0.0..=MAX_TIMEOUT_SECS).contains(&timeout) => timeout,
-                    _ => return body::json_error(
-                        StatusCode::BAD_REQUEST,
-                        "expected {\"timeout\": seconds} with seconds from 0 (never) to 31536000",
-                    ),
+                let timeout = match parse_patch(&bytes) {
+                    Ok(timeout) => timeout,
+                    Err(reason) => return body::json_error(StatusCode::BAD_REQUEST, &reason),
                 };
-                self.store
-                    .set_timeout(&session, (seconds * 1000.0).round() as u64, now);
-                body::json(StatusCode::OK, &self.describe(&session))
+                self.store.set_timeout(&session, timeout, now);
+                body::json(StatusCode::OK, &self.describe(&session, now))
             }
             _ => body::method_not_allowed("GET, HEAD, DELETE, PATCH"),
         }
     }
 
     /// `{"handle", "state", "mode", "created", "last_activity", "last_seen",
-    /// "timeout", "parent"}`: times in ms since the epoch, the timeout in seconds.
-    fn describe(&self, session: &Session) -> Value {
-        let now = self.clock.now();
+    /// "timeout_ms", "parent"}`: instants in ms since the epoch, the timeout in ms.
+    fn describe(&self, session: &Session, now: Millis) -> Value {
         json!({
             "handle": session.handle(),
             "state": session.state_at(self.store.rules(), now).as_str(),
@@ -148,8 +211,57 @@ impl SessionApi {
             "created": self.clock.wall(session.created()),
             "last_activity": self.clock.wall(session.last_activity()),
             "last_seen": self.clock.wall(session.last_seen()),
-            "timeout": session.timeout() as f64 / 1000.0,
+            "timeout_ms": session.timeout(),
             "parent": session.parent(),
         })
+    }
+}
+
+/// The new timeout in ms from a `PATCH` body, or the reason for a 400.
+fn parse_patch(bytes: &[u8]) -> Result<Millis, String> {
+    if let Ok(Patch { timeout_ms }) = serde_json::from_slice::<Patch>(bytes) {
+        if timeout_ms <= MAX_TIMEOUT_MS {
+            return Ok(timeout_ms);
+        }
+    }
+    // The field used to be `timeout`, in seconds: say so rather than guess the unit.
+    let old_name = serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .is_some_and(|v| v.get("timeout").is_some());
+    Err(if old_name {
+        format!("\"timeout\" is now \"timeout_ms\", in milliseconds; {PATCH_EXPECTED}")
+    } else {
+        PATCH_EXPECTED.to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_bodies() {
+        assert_eq!(parse_patch(br#"{"timeout_ms": 300000}"#), Ok(300_000));
+        assert_eq!(parse_patch(br#"{"timeout_ms": 0}"#), Ok(0));
+        assert_eq!(
+            parse_patch(br#"{"timeout_ms": 31536000000}"#),
+            Ok(MAX_TIMEOUT_MS)
+        );
+        for bad in [
+            &br#"{"timeout_ms": 31536000001}"#[..],
+            br#"{"timeout_ms": -1}"#,
+            br#"{"timeout_ms": 1.5}"#,
+            br#"{"timeout_ms": "5m"}"#,
+            br#"{"timeout_ms": 1, "x": 2}"#,
+            b"not json",
+        ] {
+            let reason = parse_patch(bad).expect_err("refused");
+            assert!(reason.starts_with("expected {\"timeout_ms\""), "{reason}");
+        }
+        let reason = parse_patch(br#"{"timeout": 300}"#).expect_err("the old field");
+        assert!(
+            reason.starts_with("\"timeout\" is now \"timeout_ms\""),
+            "{reason}"
+        );
     }
 }

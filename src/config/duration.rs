@@ -1,5 +1,6 @@
 //! The duration syntax of the config file: `"120s"`, `"2m"`, `"1h 30m"`, or a bare
-//! integer number of seconds (`timeout = 0`).
+//! integer number of seconds (`timeout = 0`). A value that is not one of these is
+//! refused with a reason that says what is accepted, never the parser's own wording.
 
 use std::fmt;
 
@@ -58,13 +59,52 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// What every rejected duration is told to look like.
+const EXPECTED: &str = r#"expected a duration like "90s", "5m" or "1h" (or whole seconds)"#;
+/// Appended when the value was negative.
+const NOT_NEGATIVE: &str = "negative values are not allowed";
+
+/// Why `text` is not a duration, in the operator's terms: the value, what was wrong
+/// with it when that can be said simply, and what is accepted.
+fn invalid(text: &str) -> String {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return format!("invalid duration {text:?}: {NOT_NEGATIVE}; {EXPECTED}");
+    }
+    match humantime::parse_duration(text) {
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) if !unit.is_empty() => {
+            format!(
+                "invalid duration {text:?}: unknown unit {unit:?} (use ms, s, m, h or d); {EXPECTED}"
+            )
+        }
+        Err(humantime::DurationError::UnknownUnit { .. }) => {
+            format!("invalid duration {text:?}: a unit is missing; {EXPECTED}")
+        }
+        Err(humantime::DurationError::NumberOverflow) => {
+            format!("invalid duration {text:?}: too large; {EXPECTED}")
+        }
+        _ => format!("invalid duration {text:?}: {EXPECTED}"),
+    }
+}
+
+/// Parses the text form: whole seconds or a humantime duration.
+fn parse_text(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map(Duration)
+        .map_err(|_| invalid(text))
+}
+
 struct DurationVisitor;
 
 impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(r#"a duration such as "120s", "2m", "1h 30m", or whole seconds"#)
+        f.write_str(r#"a duration like "90s", "5m" or "1h" (or whole seconds)"#)
     }
 
     fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
@@ -74,7 +114,7 @@ impl Visitor<'_> for DurationVisitor {
     fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
         u64::try_from(secs).map(Duration::from_secs).map_err(|_| {
             E::custom(format!(
-                "invalid duration {secs}: a duration cannot be negative"
+                "invalid duration {secs}: {NOT_NEGATIVE}; {EXPECTED}"
             ))
         })
     }
@@ -84,20 +124,17 @@ impl Visitor<'_> for DurationVisitor {
         std::time::Duration::try_from_secs_f64(secs)
             .map(Duration)
             .map_err(|_| {
-                E::custom(format!(
-                    "invalid duration {secs}: must be a finite, non-negative number of seconds"
-                ))
+                let why = if secs < 0.0 {
+                    NOT_NEGATIVE
+                } else {
+                    "not a finite number of seconds"
+                };
+                E::custom(format!("invalid duration {secs}: {why}; {EXPECTED}"))
             })
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-        let text = text.trim();
-        if let Ok(secs) = text.parse::<u64>() {
-            return Ok(Duration::from_secs(secs));
-        }
-        humantime::parse_duration(text)
-            .map(Duration)
-            .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+        parse_text(text).map_err(E::custom)
     }
 }
 
@@ -116,7 +153,7 @@ impl<'de> Deserialize<'de> for super::Heartbeat {
         impl Visitor<'_> for HeartbeatVisitor {
             type Value = super::Heartbeat;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""auto" or a duration such as "30s""#)
+                f.write_str(r#""auto" or a duration like "30s""#)
             }
             fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Self::Value, E> {
                 DurationVisitor.visit_u64(secs).map(super::Heartbeat::Every)
@@ -131,7 +168,9 @@ impl<'de> Deserialize<'de> for super::Heartbeat {
                 if text.trim().eq_ignore_ascii_case("auto") {
                     Ok(super::Heartbeat::Auto)
                 } else {
-                    DurationVisitor.visit_str(text).map(super::Heartbeat::Every)
+                    parse_text(text)
+                        .map(super::Heartbeat::Every)
+                        .map_err(|reason| E::custom(format!("{reason}, or \"auto\"")))
                 }
             }
         }
@@ -170,6 +209,49 @@ mod tests {
         );
         assert_eq!(parse::<Duration>("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse::<Duration>("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejected_forms_say_what_is_accepted() {
+        let expected = r#"expected a duration like "90s", "5m" or "1h" (or whole seconds)"#;
+        for (input, says) in [
+            (
+                "\"soon\"",
+                r#"invalid duration "soon": expected a duration like"#,
+            ),
+            (
+                "\"-5s\"",
+                r#"invalid duration "-5s": negative values are not allowed; expected"#,
+            ),
+            (
+                "-5",
+                "invalid duration -5: negative values are not allowed; expected",
+            ),
+            (
+                "-1.5",
+                "invalid duration -1.5: negative values are not allowed",
+            ),
+            (
+                "\"10 minuts\"",
+                r#"invalid duration "10 minuts": unknown unit "minuts" (use ms, s, m, h or d); expected"#,
+            ),
+            ("\"10\"", ""),
+            ("\"5 5\"", r#"invalid duration "5 5": a unit is missing"#),
+            ("\"\"", r#"invalid duration "": expected a duration like"#),
+        ] {
+            match parse::<Duration>(input) {
+                Ok(d) => assert!(says.is_empty(), "{input} parsed as {d}"),
+                Err(err) => {
+                    assert!(err.starts_with(says), "{input}: {err}");
+                    assert!(err.ends_with(expected), "{input}: {err}");
+                    // The parsing library's wording never reaches the operator.
+                    assert!(!err.contains("expected number at"), "{input}: {err}");
+                    assert!(!err.contains("supported units"), "{input}: {err}");
+                }
+            }
+        }
+        let err = parse::<Heartbeat>("\"sometimes\"").unwrap_err();
+        assert!(err.ends_with(r#"(or whole seconds), or "auto""#), "{err}");
     }
 
     #[test]

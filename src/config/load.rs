@@ -127,6 +127,27 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
 /// [`load`] on top of other built-in defaults (`sessiongate demo` starts from a
 /// loopback listener); the file and the environment still override them.
 pub fn load_with_defaults(path: Option<&Path>, defaults: Config) -> Result<Config, ConfigErrors> {
+    load_sourced(path, defaults).map(|loaded| loaded.config)
+}
+
+/// A loaded configuration that still knows which layer supplied each value.
+pub struct Loaded {
+    pub config: Config,
+    figment: Figment,
+}
+
+impl Loaded {
+    /// Where the value of `key` (dotted, e.g. `listen.address`) came from:
+    /// [`Source::Default`] when neither the file nor the environment set it.
+    pub fn source(&self, key: &str) -> Source {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        source_of(&self.figment, &path)
+    }
+}
+
+/// [`load_with_defaults`], keeping the sources: `sessiongate demo` moves to a free
+/// port only when the operator did not choose the address.
+pub fn load_sourced(path: Option<&Path>, defaults: Config) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut figment = Figment::from(Serialized::defaults(defaults));
     let mut file_ok = true;
@@ -145,7 +166,7 @@ pub fn load_with_defaults(path: Option<&Path>, defaults: Config) -> Result<Confi
     let config = extract(&figment, file_ok, &mut errors);
     sort_by_section(&mut errors);
     match config {
-        Some(config) if errors.is_empty() => Ok(config),
+        Some(config) if errors.is_empty() => Ok(Loaded { config, figment }),
         _ => Err(ConfigErrors(errors)),
     }
 }
@@ -699,6 +720,54 @@ mod tests {
             assert_eq!(config.listen.address.port(), 9000);
             assert_eq!(config.admin.token, "0123456789012345678901");
             assert!(config.upstream.trust_forwarded);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sources_say_who_set_a_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("gate.toml", "[admin]\naddress = \"127.0.0.1:9999\"\n")?;
+            jail.set_env("SESSIONGATE_SESSION__TIMEOUT", "30s");
+            let loaded =
+                load_sourced(Some(Path::new("gate.toml")), Config::default()).expect("loads");
+            assert_eq!(loaded.source("listen.address"), Source::Default);
+            assert_eq!(
+                loaded.source("admin.address"),
+                Source::File("gate.toml".into())
+            );
+            assert_eq!(
+                loaded.source("session.timeout"),
+                Source::Env("SESSIONGATE_SESSION__TIMEOUT".into())
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn duration_errors_name_the_source_and_say_what_is_accepted() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gate.toml",
+                "[session]\ntimeout = \"soon\"\ncountdown = \"10 minuts\"\n",
+            )?;
+            jail.set_env("SESSIONGATE_SESSION__ABANDON", "-5s");
+            let text = ConfigErrors(errors_of(Some(Path::new("gate.toml")))).to_string();
+            for line in [
+                "gate.toml: session.timeout: invalid duration \"soon\": expected a duration \
+                 like \"90s\", \"5m\" or \"1h\" (or whole seconds)",
+                "gate.toml: session.countdown: invalid duration \"10 minuts\": unknown unit \
+                 \"minuts\" (use ms, s, m, h or d); expected a duration like \"90s\", \"5m\" \
+                 or \"1h\" (or whole seconds)",
+                "environment SESSIONGATE_SESSION__ABANDON: session.abandon: invalid duration \
+                 \"-5s\": negative values are not allowed; expected a duration like \"90s\", \
+                 \"5m\" or \"1h\" (or whole seconds)",
+            ] {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "no line {line:?} in\n{text}"
+                );
+            }
             Ok(())
         });
     }

@@ -18,7 +18,7 @@ use crate::lifetime::{millis, Beat, Lifetime};
 pub use crate::lifetime::{Activity, OnTimeout};
 
 pub use duration::Duration;
-pub use load::{load, load_with_defaults, ConfigError, ConfigErrors, Source};
+pub use load::{load, load_sourced, load_with_defaults, ConfigError, ConfigErrors, Loaded, Source};
 
 /// The whole configuration, one field per TOML table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -120,6 +120,13 @@ impl SessionMode {
     }
 }
 
+/// As written in the config (`tab`, `browser`): how it appears in log lines.
+impl std::fmt::Display for SessionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a duplicated tab gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -177,6 +184,8 @@ pub struct AdminConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// ANSI colours in text logs.
+    pub color: LogColor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +193,28 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Whether text log lines carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when the log goes to a terminal and `NO_COLOR` is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether to colour, given whether the log stream is a terminal and whether
+    /// the `NO_COLOR` convention (<https://no-color.org>) asks for none.
+    pub fn use_ansi(self, terminal: bool, no_color: bool) -> bool {
+        match self {
+            LogColor::Always => true,
+            LogColor::Never => false,
+            LogColor::Auto => terminal && !no_color,
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -267,6 +298,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            color: LogColor::Auto,
         }
     }
 }

@@ -6,13 +6,16 @@
 //! it knows about sessiongate is the name of the request header that carries the
 //! session handle; it keys all of its per-user state (a visit counter, notes, an
 //! API counter) on that value. Requests without the header get pages that say so
-//! and use no state.
+//! and use no state: through the gateway that means the request has no session
+//! yet; without the gateway's forwarding headers, that it did not come through it.
 //!
 //! Routes: `GET /`, `GET /about`, `POST /notes`, `POST /api/counter`,
-//! `POST /hooks/{start,timeout,end}` (logged, answered with `{}`), 404 otherwise.
+//! `POST /hooks/{start,timeout,end}` (logged and counted, answered with `{}`; the
+//! About page shows the counts), 404 otherwise.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,9 +207,39 @@ impl Sessions {
 
 type Resp = Response<Full<Bytes>>;
 
+/// Hook calls received from the gateway, over all sessions.
+#[derive(Debug, Default)]
+struct HookCounts {
+    start: AtomicU64,
+    timeout: AtomicU64,
+    end: AtomicU64,
+}
+
+impl HookCounts {
+    fn counter(&self, name: &str) -> &AtomicU64 {
+        match name {
+            "start" => &self.start,
+            "timeout" => &self.timeout,
+            _ => &self.end,
+        }
+    }
+}
+
 struct App {
     header: HeaderName,
     sessions: Sessions,
+    hooks: HookCounts,
+}
+
+/// How a request without a session handle reached the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// With the gateway's `X-Forwarded-For`: sessiongate forwarded it without a
+    /// session (in tab mode, a request that is neither a page load nor sent by the
+    /// agent, e.g. a plain `curl`).
+    Gateway,
+    /// Straight to the app's port.
+    Direct,
 }
 
 impl App {
@@ -214,20 +247,28 @@ impl App {
         App {
             header,
             sessions: Sessions::new(capacity),
+            hooks: HookCounts::default(),
         }
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Resp {
         let handle = self.session_handle(&req);
+        // The gateway always sets X-Forwarded-For (it replaces or appends to it).
+        let arrival = if req.headers().contains_key("x-forwarded-for") {
+            Arrival::Gateway
+        } else {
+            Arrival::Direct
+        };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         match (&method, path.as_str()) {
-            (&Method::GET, "/") => self.home(handle.as_deref()),
-            (&Method::GET, "/about") => self.about(handle.as_deref()),
+            (&Method::GET, "/") => self.home(handle.as_deref(), arrival),
+            (&Method::GET, "/about") => self.about(handle.as_deref(), arrival),
             (&Method::POST, "/notes") => self.add_note(handle.as_deref(), req).await,
             (&Method::POST, "/api/counter") => self.api_counter(handle),
             (&Method::POST, "/hooks/start" | "/hooks/timeout" | "/hooks/end") => {
-                hook(&path["/hooks/".len()..], handle.as_deref(), req).await
+                self.hook(&path["/hooks/".len()..], handle.as_deref(), req)
+                    .await
             }
             (_, "/" | "/about") => method_not_allowed("GET"),
             (_, "/notes" | "/api/counter" | "/hooks/start" | "/hooks/timeout" | "/hooks/end") => {
@@ -245,41 +286,52 @@ impl App {
         (!value.is_empty() && value.len() <= MAX_HANDLE_LEN).then(|| value.to_owned())
     }
 
-    fn home(&self, handle: Option<&str>) -> Resp {
-        let (visits, notes) = match handle {
+    fn home(&self, handle: Option<&str>, arrival: Arrival) -> Resp {
+        let (visits, notes, api_count) = match handle {
             Some(h) => self.sessions.update(h, |s| {
                 s.visits += 1;
-                (s.visits.to_string(), notes_html(&s.notes))
+                (s.visits.to_string(), notes_html(&s.notes), s.api_count)
             }),
             None => (
                 "not counted (no session)".to_owned(),
                 "<p class=\"muted\">Without a session there is nowhere to keep notes.</p>"
                     .to_owned(),
+                0,
             ),
+        };
+        // The server's count, so a reload shows where the session stands.
+        let count = match api_count {
+            0 => "not clicked yet".to_owned(),
+            n => format!("count = {n}"),
         };
         let body = fill(
             HOME,
             &[
                 ("header", &self.header_display()),
-                ("session", &self.session_html(handle)),
+                ("session", &self.session_html(handle, arrival)),
                 ("visits", &visits),
                 ("notes", &notes),
+                ("count", &count),
             ],
         );
         html(StatusCode::OK, self.page("Legacy demo app", &body))
     }
 
-    fn about(&self, handle: Option<&str>) -> Resp {
+    fn about(&self, handle: Option<&str>, arrival: Arrival) -> Resp {
         let visits = match handle {
             Some(h) => self.sessions.read(h, |s| s.visits).unwrap_or(0).to_string(),
             None => "— (no session)".to_owned(),
         };
+        let calls = |name| self.hooks.counter(name).load(Ordering::Relaxed).to_string();
         let body = fill(
             ABOUT,
             &[
                 ("header", &self.header_display()),
-                ("session", &self.session_html(handle)),
+                ("session", &self.session_html(handle, arrival)),
                 ("visits", &visits),
+                ("hook_start", &calls("start")),
+                ("hook_timeout", &calls("timeout")),
+                ("hook_end", &calls("end")),
             ],
         );
         html(StatusCode::OK, self.page("About — Legacy demo app", &body))
@@ -336,19 +388,51 @@ impl App {
         )
     }
 
-    fn session_html(&self, handle: Option<&str>) -> String {
-        match handle {
-            Some(h) => format!(
+    fn session_html(&self, handle: Option<&str>, arrival: Arrival) -> String {
+        match (handle, arrival) {
+            (Some(h), _) => format!(
                 "<p>Session handle: <code class=\"handle\">{}</code></p>",
                 escape_html(h)
             ),
-            None => format!(
+            (None, Arrival::Gateway) => format!(
+                "<p class=\"notice\"><strong>No session on this request yet.</strong> It \
+                 came through sessiongate without a <code>{}</code> header. In \
+                 <code>tab</code> mode (the default) a session belongs to a browser tab: a \
+                 browser gets one on its first page load, and the gateway's script carries \
+                 it on every later request (a reload of a tab that has one passes through a \
+                 short bootstrap page first). A client without JavaScript, such as \
+                 <code>curl</code>, has no session unless it asks for a page \
+                 (<code>-H 'Accept: text/html'</code>: a new session every time) — or run \
+                 the demo with <code>SESSIONGATE_SESSION__MODE=browser</code> and keep \
+                 cookies (<code>curl -c jar -b jar</code>).</p>",
+                self.header_display()
+            ),
+            (None, Arrival::Direct) => format!(
                 "<p class=\"warning\"><strong>No <code>{}</code> header on this request \
                  — are you bypassing the gateway?</strong> Open the app at the address \
                  sessiongate printed when it started, not at this port.</p>",
                 self.header_display()
             ),
         }
+    }
+
+    /// Logs and counts a hook call from the gateway and answers `{}` (not handled).
+    async fn hook(&self, name: &str, handle: Option<&str>, req: Request<Incoming>) -> Resp {
+        let body = match read_body(req.into_body(), MAX_HOOK_BYTES).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        };
+        let calls = self.hooks.counter(name).fetch_add(1, Ordering::Relaxed) + 1;
+        let payload = String::from_utf8_lossy(&body);
+        // An absent handle leaves the field out rather than logging a placeholder.
+        tracing::info!(
+            hook = %name,
+            session = handle,
+            calls,
+            %payload,
+            "demo app: sessiongate hook called"
+        );
+        json(StatusCode::OK, &serde_json::json!({}))
     }
 
     /// Wraps a page body in the shared layout.
@@ -379,22 +463,6 @@ impl App {
             .collect::<Vec<_>>()
             .join("-")
     }
-}
-
-/// Logs a hook call from the gateway and answers `{}` (not handled).
-async fn hook(name: &str, handle: Option<&str>, req: Request<Incoming>) -> Resp {
-    let body = match read_body(req.into_body(), MAX_HOOK_BYTES).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
-    };
-    let payload = String::from_utf8_lossy(&body);
-    tracing::info!(
-        hook = name,
-        session = handle.unwrap_or("-"),
-        %payload,
-        "demo app: sessiongate hook called"
-    );
-    json(StatusCode::OK, &serde_json::json!({}))
 }
 
 /// Reads a whole request body of at most `limit` bytes, or says why not.
@@ -670,6 +738,68 @@ mod tests {
         let headers = [("x-app-session", "<script>")];
         let page = send(&demo, Method::GET, "/", &headers, "").await.body;
         assert!(page.contains("<code class=\"handle\">&lt;script&gt;</code>"));
+    }
+
+    #[tokio::test]
+    async fn through_the_gateway_without_a_session_the_page_explains() {
+        let demo = start("x-session").await;
+        // What the gateway forwards for a plain `curl` in tab mode: its forwarding
+        // headers, no session header.
+        let headers = [("x-forwarded-for", "127.0.0.1")];
+        for path in ["/", "/about"] {
+            let page = send(&demo, Method::GET, path, &headers, "").await.body;
+            assert!(page.contains("No session on this request yet."), "{page}");
+            assert!(page.contains("Accept: text/html"), "{page}");
+            assert!(!page.contains("bypassing"), "{path}: {page}");
+        }
+        // Straight to the app's port: that is a bypass, and the page says so.
+        let page = get(&demo, "/", None).await.body;
+        assert!(page.contains("are you bypassing the gateway?"));
+    }
+
+    #[tokio::test]
+    async fn the_count_widget_starts_from_the_server_count() {
+        let demo = start("x-session").await;
+        let page = get(&demo, "/", Some("c1")).await.body;
+        assert!(page.contains(">not clicked yet</output>"), "{page}");
+        counter(&demo, Some("c1")).await;
+        counter(&demo, Some("c1")).await;
+        // A reload shows the count the server kept, not "not clicked yet".
+        let page = get(&demo, "/", Some("c1")).await.body;
+        assert!(page.contains(">count = 2</output>"), "{page}");
+        let page = get(&demo, "/", Some("c2")).await.body;
+        assert!(page.contains(">not clicked yet</output>"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn hook_calls_are_counted_on_the_about_page() {
+        let demo = start("x-session").await;
+        let about = get(&demo, "/about", Some("h1")).await.body;
+        assert!(
+            about.contains(
+                "start <strong>0</strong>,\n  timeout <strong>0</strong>, end <strong>0</strong>"
+            ),
+            "{about}"
+        );
+        let headers = [("x-session", "h1"), ("content-type", "application/json")];
+        for hook in ["start", "end", "end"] {
+            let reply = send(
+                &demo,
+                Method::POST,
+                &format!("/hooks/{hook}"),
+                &headers,
+                "{}",
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+        let about = get(&demo, "/about", Some("h1")).await.body;
+        assert!(
+            about.contains(
+                "start <strong>1</strong>,\n  timeout <strong>0</strong>, end <strong>2</strong>"
+            ),
+            "{about}"
+        );
     }
 
     #[tokio::test]

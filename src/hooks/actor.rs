@@ -135,7 +135,7 @@ impl Runner {
         let body = match serde_json::to_vec(&payload) {
             Ok(body) => Bytes::from(body),
             Err(error) => {
-                tracing::error!(hook = kind.as_str(), session = %payload.session, %error, "cannot encode hook payload");
+                tracing::error!(hook = %kind.as_str(), session = %payload.session, %error, "cannot encode hook payload");
                 return;
             }
         };
@@ -192,16 +192,16 @@ impl Runner {
         let hook = kind.as_str();
         match &result {
             Ok(reply) if outcome == Outcome::Ok => {
-                tracing::debug!(hook, %session, status = reply.status.as_u16(), "hook called");
+                tracing::debug!(%hook, %session, status = reply.status.as_u16(), "hook called");
             }
             Ok(reply) => tracing::warn!(
-                hook,
+                %hook,
                 %session,
                 attempt,
                 status = reply.status.as_u16(),
                 "hook answered with an error status"
             ),
-            Err(error) => tracing::warn!(hook, %session, attempt, %error, "hook call failed"),
+            Err(error) => tracing::warn!(%hook, %session, attempt, %error, "hook call failed"),
         }
         result
     }

@@ -239,7 +239,7 @@ impl Hooks {
         // Logged at 1, 2, 4, 8, … drops: a burst must not turn into a log flood.
         if dropped.is_power_of_two() {
             tracing::warn!(
-                hook = kind.as_str(),
+                hook = %kind.as_str(),
                 %session,
                 dropped,
                 why,

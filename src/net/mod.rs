@@ -117,7 +117,11 @@ pub async fn serve<H: Handler>(
 
     drop(listener);
     tracker.close();
-    tracing::info!(address = ?local, open = tracker.len(), "listener closed; draining connections");
+    tracing::info!(
+        address = local.map(tracing::field::display),
+        open = tracker.len(),
+        "listener closed; draining connections"
+    );
     if tokio::time::timeout(limits.drain_timeout, tracker.wait())
         .await
         .is_err()

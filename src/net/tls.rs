@@ -17,7 +17,7 @@ pub enum TlsError {
     Cert { path: PathBuf, reason: String },
     #[error("listen.tls.key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
-    #[error("listen.tls: {0}")]
+    #[error("listen.tls: the certificate or key is not usable")]
     Rustls(#[from] rustls::Error),
 }
 

@@ -104,12 +104,15 @@ impl Upstream {
             Ok(Err(error)) => {
                 let kind = classify(&error);
                 metrics.upstream_error(kind);
-                tracing::warn!(error = %error_chain(&error), kind = kind.as_str(), "upstream request failed");
+                tracing::warn!(error = %error_chain(&error), kind = %kind.as_str(), "upstream request failed");
                 Err(Refusal::Upstream(kind).into_response())
             }
             Err(_elapsed) => {
                 metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(timeout = ?self.response_timeout, "upstream response timed out");
+                tracing::warn!(
+                    timeout_ms = self.response_timeout.as_millis() as u64,
+                    "upstream response timed out"
+                );
                 Err(Refusal::Upstream(UpstreamError::Timeout).into_response())
             }
         }

@@ -71,8 +71,8 @@ impl SessionObserver for LogObserver {
         match *event {
             SessionEvent::Started { session, kind } => tracing::info!(
                 session = %session.handle(),
-                parent = ?session.parent(),
-                kind = kind.as_str(),
+                parent = session.parent().map(tracing::field::display),
+                kind = %kind.as_str(),
                 "session started"
             ),
             SessionEvent::Warned { session } => {
@@ -94,7 +94,7 @@ impl SessionObserver for LogObserver {
                 ..
             } => tracing::info!(
                 session = %session.handle(),
-                reason = reason.as_str(),
+                reason = %reason.as_str(),
                 lived_ms = at.saturating_sub(session.created()),
                 "session ended"
             ),

@@ -97,6 +97,10 @@ pub trait SessionStore: Send + Sync {
     /// Live sessions ordered by handle, starting after `after`.
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
 
+    /// Calls `visit` with every session in the table, in no particular order (the
+    /// admin API's filtered, counted listing). `visit` must not call the store.
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
+
     fn len(&self) -> usize;
 
     fn is_empty(&self) -> bool {
@@ -504,6 +508,12 @@ impl SessionStore for MemoryStore {
             .into_iter()
             .filter_map(|handle| self.sessions.get(&handle).map(|s| Arc::clone(&s)))
             .collect()
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) {
+        for entry in self.sessions.iter() {
+            visit(entry.value());
+        }
     }
 
     fn len(&self) -> usize {

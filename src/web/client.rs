@@ -38,13 +38,17 @@ where
 }
 
 /// An error and its causes on one line (hyper-util's own message is only "client
-/// error (Connect)").
+/// error (Connect)"). A cause that a message already ends with (`"...: {source}"`
+/// and `source()` both) is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

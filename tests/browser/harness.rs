@@ -69,14 +69,15 @@ where
 /// The binary named by `var`, or `default`; panics if it is not there.
 fn binary(var: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    let (program, package) = if var == "CHROME" {
+        ("Chromium", "chromium")
+    } else {
+        ("chromedriver", "chromium-driver")
+    };
     assert!(
         path.is_file(),
-        "the browser tests need {} at {} (install it, or set {var} to its path)",
-        if var == "CHROME" {
-            "Chromium"
-        } else {
-            "chromedriver"
-        },
+        "the browser tests need {program} at {} (install Debian's `{package}`, as \
+         scripts/test does, or set {var} to its path)",
         path.display()
     );
     path

@@ -1,9 +1,12 @@
 //! The admin session API: paging, get, delete (reason `admin`, end hook), patch
-//! timeout, bearer-token refusal and clear JSON errors.
+//! timeout, the `state` filter and `count`, milliseconds everywhere, bearer-token
+//! refusal and clear JSON errors.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sessiongate::config::SessionMode;
+use sessiongate::config::{Duration as CfgDuration, SessionMode};
 
 use crate::common::{cookie_client, Fixture};
 
@@ -23,10 +26,17 @@ async fn get(url: String) -> (StatusCode, Value) {
     (response.status(), response.json().await.unwrap())
 }
 
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(since_epoch.as_millis()).unwrap()
+}
+
 #[tokio::test]
 async fn lists_in_stable_pages() {
     let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let before = now_ms();
     let mut handles = sessions(&fx, 5).await;
+    let after = now_ms();
     handles.sort();
     let mut listed = Vec::new();
     let mut url = fx.admin_url("/sessions?limit=2");
@@ -35,14 +45,23 @@ async fn lists_in_stable_pages() {
         let (status, page) = get(url).await;
         assert_eq!(status, StatusCode::OK);
         pages += 1;
+        // Every page counts the whole table, not itself.
+        assert_eq!(page["count"], 5, "{page}");
         for session in page["sessions"].as_array().unwrap() {
             listed.push(session["handle"].as_str().unwrap().to_string());
             assert_eq!(session["state"], "active");
             assert_eq!(session["mode"], "browser");
-            assert_eq!(session["timeout"], 120.0);
+            // Milliseconds everywhere: the duration says so in its name, the
+            // instants are ms since the epoch (whole numbers, taken in this test).
+            assert_eq!(session["timeout_ms"], 120_000, "{session}");
+            assert!(session.get("timeout").is_none(), "{session}");
             assert!(session["parent"].is_null());
             for field in ["created", "last_activity", "last_seen"] {
-                assert!(session[field].as_u64().unwrap() > 1_600_000_000_000);
+                let at = session[field].as_u64().unwrap();
+                assert!(
+                    (before.saturating_sub(1000)..=after + 1000).contains(&at),
+                    "{field} = {at}, not ms since the epoch around {before}..{after}"
+                );
             }
         }
         match page["next"].as_str() {
@@ -72,15 +91,15 @@ async fn get_patch_and_delete_one_session() {
     let client = reqwest::Client::new();
     let patched: Value = client
         .patch(&one)
-        .json(&json!({"timeout": 2.5}))
+        .json(&json!({"timeout_ms": 2500}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(patched["timeout"], 2.5);
-    assert_eq!(get(one.clone()).await.1["timeout"], 2.5);
+    assert_eq!(patched["timeout_ms"], 2500);
+    assert_eq!(get(one.clone()).await.1["timeout_ms"], 2500);
 
     let deleted = client.delete(&one).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::OK);
@@ -129,18 +148,38 @@ async fn bad_requests_get_clear_json_errors() {
         ),
         (client.post(fx.admin_url("/sessions")), 405, "method"),
         (
+            client.get(fx.admin_url("/sessions?state=idle")),
+            400,
+            "state must be active, warning or ended",
+        ),
+        (
             client
                 .patch(fx.admin_url(&format!("/sessions/{handle}")))
-                .body("{\"timeout\": -1}"),
+                .body("{\"timeout_ms\": -1}"),
             400,
-            "timeout",
+            "timeout_ms",
+        ),
+        (
+            client
+                .patch(fx.admin_url(&format!("/sessions/{handle}")))
+                .body("{\"timeout_ms\": 1.5}"),
+            400,
+            "a whole number",
+        ),
+        (
+            // The old field, in seconds: refused with its new name, never guessed.
+            client
+                .patch(fx.admin_url(&format!("/sessions/{handle}")))
+                .body("{\"timeout\": 300}"),
+            400,
+            "\"timeout\" is now \"timeout_ms\", in milliseconds",
         ),
         (
             client
                 .patch(fx.admin_url(&format!("/sessions/{handle}")))
                 .body("not json"),
             400,
-            "timeout",
+            "timeout_ms",
         ),
     ];
     for (request, status, says) in cases {
@@ -150,6 +189,56 @@ async fn bad_requests_get_clear_json_errors() {
         let error = body["error"].as_str().unwrap();
         assert!(error.contains(says), "{error:?} should mention {says}");
     }
+}
+
+/// "How many are in the countdown right now?": `state=warning` and `count`.
+#[tokio::test]
+async fn state_filter_counts_sessions_in_the_countdown() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.session.timeout = CfgDuration::from_secs(1);
+        c.session.countdown = Some(CfgDuration::from_secs(60));
+        c.session.abandon = Some(CfgDuration::from_secs(120));
+    })
+    .await;
+    let handles = sessions(&fx, 3).await;
+    let (_, all) = get(fx.admin_url("/sessions?state=active")).await;
+    assert_eq!(all["count"], 3, "{all}");
+
+    // Idle past the 1 s timeout: all three are in the countdown.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (_, warning) = get(fx.admin_url("/sessions?state=warning")).await;
+    assert_eq!(warning["count"], 3, "{warning}");
+    assert_eq!(warning["sessions"].as_array().unwrap().len(), 3);
+
+    // A long timeout takes one out of the countdown.
+    let kept = &handles[1];
+    let response = reqwest::Client::new()
+        .patch(fx.admin_url(&format!("/sessions/{kept}")))
+        .json(&json!({"timeout_ms": 3_600_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let (_, warning) = get(fx.admin_url("/sessions?state=warning&limit=1")).await;
+    assert_eq!(
+        warning["count"], 2,
+        "counts every match, not the page: {warning}"
+    );
+    let page = warning["sessions"].as_array().unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["state"], "warning");
+    let next = warning["next"].as_str().expect("a second page");
+    let (_, rest) = get(fx.admin_url(&format!("/sessions?state=warning&after={next}"))).await;
+    assert_eq!(rest["sessions"].as_array().unwrap().len(), 1, "{rest}");
+    assert!(rest["next"].is_null());
+
+    let (_, active) = get(fx.admin_url("/sessions?state=active")).await;
+    assert_eq!(active["count"], 1, "{active}");
+    assert_eq!(active["sessions"][0]["handle"], kept.as_str());
+    assert_eq!(active["sessions"][0]["timeout_ms"], 3_600_000);
+    let (_, all) = get(fx.admin_url("/sessions")).await;
+    assert_eq!(all["count"], 3, "{all}");
 }
 
 #[tokio::test]

@@ -755,3 +755,295 @@ format = "json"
         "the gateway exited"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// sessiongate demo on a busy port
+// ---------------------------------------------------------------------------------
+
+/// A loopback port held by the test for as long as the listener lives.
+fn hold_port() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    (listener, addr)
+}
+
+/// The demo's built-in addresses (8080 and 9090) are replaced by ports this test
+/// holds (the hidden `--default-listen`/`--default-admin`), so the test neither
+/// depends on nor disturbs whatever uses 8080 on the machine. Nothing is configured,
+/// so both listeners move to free ports and the demo says where.
+#[tokio::test]
+async fn demo_moves_to_a_free_port_when_its_default_is_taken() {
+    let (_listen, taken_listen) = hold_port();
+    let (_admin, taken_admin) = hold_port();
+    let mut gate = Gate::spawn(
+        &[
+            "demo",
+            "--default-listen",
+            &taken_listen.to_string(),
+            "--default-admin",
+            &taken_admin.to_string(),
+        ],
+        &[],
+    );
+    for taken in [taken_listen, taken_admin] {
+        gate.stdout_line("an `is in use` note", |line| {
+            line.contains(&format!("{taken} is in use")).then_some(())
+        })
+        .await;
+    }
+    let base = gate
+        .stdout_line("`open http://…` line", |line| {
+            let url = line.split("open ").nth(1)?.split_whitespace().next()?;
+            url.starts_with("http://").then(|| url.to_owned())
+        })
+        .await;
+    let metrics = gate
+        .stdout_line("`metrics at http://…` line", |line| {
+            let url = line.split("metrics at ").nth(1)?.trim();
+            url.starts_with("http://").then(|| url.to_owned())
+        })
+        .await;
+    assert!(
+        !base.ends_with(&format!(":{}", taken_listen.port())),
+        "{base}"
+    );
+    assert!(
+        !metrics.contains(&format!(":{}/", taken_admin.port())),
+        "{metrics}"
+    );
+
+    let home = reqwest::get(format!("{base}/")).await.expect("GET /");
+    assert_eq!(home.status(), 200, "{}", gate.transcript());
+    let metrics = reqwest::get(&metrics).await.expect("GET /metrics");
+    assert_eq!(metrics.status(), 200, "{}", gate.transcript());
+}
+
+/// An address the operator chose is never replaced: the demo stops, naming the
+/// cause once, with a hint at the variable that sets another one.
+#[tokio::test]
+async fn demo_on_a_taken_configured_address_fails_with_the_cause_once_and_a_hint() {
+    let (_held, taken) = hold_port();
+    let taken = taken.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        &format!("[listen]\naddress = \"{taken}\"\n[admin]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    let from_env = [
+        ("SESSIONGATE_LISTEN__ADDRESS", taken.as_str()),
+        ("SESSIONGATE_ADMIN__ADDRESS", "127.0.0.1:0"),
+    ];
+    for (args, env) in [
+        (&["demo"][..], &from_env[..]),
+        (&["demo", "--config", path_str(&file)], &[]),
+    ] {
+        let out = run_to_end(args, env).await;
+        assert!(!out.status.success(), "{args:?} must fail: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("cannot listen on listen address {taken}: ")),
+            "{out}"
+        );
+        assert_eq!(
+            out.stderr.matches("already in use").count(),
+            1,
+            "the cause is printed once: {out}"
+        );
+        assert!(
+            out.stderr
+                .contains("hint: choose another address, e.g. SESSIONGATE_LISTEN__ADDRESS="),
+            "{out}"
+        );
+        assert!(!out.stdout.contains("open http"), "{out}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------
+
+/// A gateway config on ephemeral ports in front of `upstream`, with `extra` lines.
+fn gateway_config(dir: &tempfile::TempDir, upstream: &Upstream, extra: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n{extra}",
+            upstream.url()
+        ),
+    )
+}
+
+/// Requests that log what a log reader meets most: a request without a session,
+/// and a first page load that starts a session (tab mode, no parent).
+async fn traffic(listen: SocketAddr) {
+    let client = reqwest::Client::new();
+    let plain = client.get(format!("http://{listen}/plain")).send().await;
+    assert_eq!(plain.expect("GET /plain").status(), 200);
+    let page = client
+        .get(format!("http://{listen}/page"))
+        .header("sec-fetch-mode", "navigate")
+        .header("accept", "text/html")
+        .send()
+        .await;
+    assert_eq!(page.expect("GET /page").status(), 200);
+}
+
+#[tokio::test]
+async fn text_logs_in_a_pipe_are_plain_and_readable() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = gateway_config(&dir, &upstream, "");
+    // stderr is a pipe here, and `log.color` is the default `auto`.
+    let mut gate = Gate::spawn(&["--config", path_str(&file)], &[]);
+    let listen: SocketAddr = gate
+        .stderr_line("`sessiongate started` line", |line| {
+            if !line.contains("sessiongate started") {
+                return None;
+            }
+            line.split("listen=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .await;
+    traffic(listen).await;
+    gate.stderr_line("a `session started` line", |line| {
+        line.contains("session started").then_some(())
+    })
+    .await;
+    gate.signal(libc::SIGTERM);
+    let exit = gate.exit_within(WAIT).await;
+    assert!(exit.success(), "{exit}\n{}", gate.transcript());
+    // The reader task may still hold the last lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = gate.transcript();
+    let log = log.split("--- stderr ---").nth(1).unwrap_or_default();
+
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a pipe:\n{log}"
+    );
+    for debug in ["Some(", "None", "=Tab", "=Browser", "=Active", "=Warning"] {
+        assert!(
+            !log.contains(debug),
+            "debug formatting {debug:?} in:\n{log}"
+        );
+    }
+    assert!(log.contains(" mode=tab"), "{log}");
+    assert!(log.contains(" route=proxy status=200 elapsed_ms="), "{log}");
+    let started = log
+        .lines()
+        .find(|l| l.contains("session started"))
+        .expect("a session started line");
+    assert!(
+        !started.contains("parent="),
+        "an absent parent is left out: {started}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("listener closed") && l.contains(" address=127.0.0.1:")),
+        "{log}"
+    );
+    let mut answered = 0;
+    for line in log.lines().filter(|l| l.contains("answered")) {
+        let elapsed = line
+            .split("elapsed_ms=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no elapsed_ms in {line}"));
+        let decimals = elapsed.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3 && elapsed.parse::<f64>().is_ok(),
+            "elapsed_ms={elapsed}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 2, "{log}");
+}
+
+#[tokio::test]
+async fn log_color_always_colours_and_json_keeps_its_shape() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let file = gateway_config(&dir, &upstream, "");
+    let mut gate = Gate::spawn(
+        &["--config", path_str(&file)],
+        &[("SESSIONGATE_LOG__COLOR", "always")],
+    );
+    let line = gate
+        .stderr_line("`sessiongate started` line", |line| {
+            line.contains("sessiongate started")
+                .then(|| line.to_owned())
+        })
+        .await;
+    assert!(line.contains("\u{1b}["), "log.color = always: {line:?}");
+    drop(gate);
+
+    let file = gateway_config(
+        &dir,
+        &upstream,
+        "[log]\nformat = \"json\"\ncolor = \"always\"\n",
+    );
+    let mut gate = Gate::spawn(&["--config", path_str(&file)], &[]);
+    let listen = gate.listen_addr().await;
+    traffic(listen).await;
+    let answered = gate
+        .stderr_line("a JSON `answered` event", |line| {
+            assert!(!line.contains('\u{1b}'), "JSON is never coloured: {line:?}");
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["fields"]["message"] == "answered").then_some(event)
+        })
+        .await;
+    assert!(answered["fields"]["elapsed_ms"].is_f64(), "{answered}");
+    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+    assert_eq!(answered["span"]["name"], "request", "{answered}");
+    assert_eq!(answered["span"]["method"], "GET", "{answered}");
+    let started = gate
+        .stderr_line("a JSON `session started` event", |line| {
+            json_event(line, "session started")
+        })
+        .await;
+    assert!(started.get("parent").is_none(), "{started}");
+    assert!(started["session"].is_string(), "{started}");
+}
+
+// ---------------------------------------------------------------------------------
+// Duration errors
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn duration_errors_say_what_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "[session]\ntimeout = \"soon\"\ncountdown = \"10 minuts\"\n",
+    );
+    let name = path_str(&file);
+    let out = run_to_end(
+        &["check", "--config", name],
+        &[("SESSIONGATE_SESSION__ABANDON", "-5s")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let accepted = r#"expected a duration like "90s", "5m" or "1h" (or whole seconds)"#;
+    for line in [
+        format!("  {name}: session.timeout: invalid duration \"soon\": {accepted}"),
+        format!(
+            "  {name}: session.countdown: invalid duration \"10 minuts\": unknown unit \
+             \"minuts\" (use ms, s, m, h or d); {accepted}"
+        ),
+        format!(
+            "  environment SESSIONGATE_SESSION__ABANDON: session.abandon: invalid duration \
+             \"-5s\": negative values are not allowed; {accepted}"
+        ),
+    ] {
+        assert!(
+            out.stderr.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}

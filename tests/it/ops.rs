@@ -224,7 +224,7 @@ fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("cannot run {binary} ({e}); install Debian's `prometheus` (.ci/run does)")
+            panic!("cannot run {binary} ({e}); install Debian's `prometheus` (scripts/test does)")
         });
     Prometheus {
         child,
@@ -272,7 +272,7 @@ fn the_sample_alerts_and_scrape_config_pass_promtool() {
             .args(args)
             .current_dir(docker)
             .output()
-            .expect("promtool runs (Debian's `prometheus` package; .ci/run installs it)");
+            .expect("promtool runs (Debian's `prometheus` package; scripts/test installs it)");
         assert!(
             output.status.success(),
             "promtool {args:?}: {}{}",

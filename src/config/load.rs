@@ -8,7 +8,6 @@
 //! checked semantically by [`validate`](super::validate::validate).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::error::Kind;
@@ -16,7 +15,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{validate, Config, Heartbeat};
+pub use super::errors::{ConfigError, ConfigErrors, Source};
+use super::{validate, Config};
 
 /// Prefix of the environment variables that override the file (`__` between levels).
 pub const ENV_PREFIX: &str = "SESSIONGATE_";
@@ -27,95 +27,6 @@ const ENV_LAYER: &str = "environment";
 /// Every deserialization error fixes at least one key, so a config with more errors
 /// than this is garbage; the bound only guards against a repair that does not help.
 const MAX_ROUNDS: usize = 256;
-
-/// Where a configuration value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// The built-in default (or a key that no layer supplied).
-    Default,
-    /// The TOML file, as the path was given.
-    File(PathBuf),
-    /// An environment variable, by name.
-    Env(String),
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Default => f.write_str("default"),
-            Source::File(path) => write!(f, "{}", path.display()),
-            Source::Env(var) => write!(f, "environment {var}"),
-        }
-    }
-}
-
-/// One problem with the configuration, displayed as `source: key: reason`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key path (`session.timeout`); empty for a problem with the whole file.
-    pub key: String,
-    /// The layer that supplied the offending value.
-    pub source: Source,
-    pub reason: String,
-}
-
-// Written by hand: thiserror would take a field named `source` for the error's cause.
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.source, self.reason)
-        } else {
-            write!(f, "{}: {}: {}", self.source, self.key, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Every problem found while loading; displayed one per line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", display_lines(.0))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-fn display_lines(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-impl ConfigErrors {
-    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
-        self.0.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl IntoIterator for ConfigErrors {
-    type Item = ConfigError;
-    type IntoIter = std::vec::IntoIter<ConfigError>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
-impl<'a> IntoIterator for &'a ConfigErrors {
-    type Item = &'a ConfigError;
-    type IntoIter = std::slice::Iter<'a, ConfigError>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
 
 /// Loads the configuration: built-in defaults, then the TOML file at `path` (which
 /// must exist when given), then `SESSIONGATE_*` environment variables. Returns every
@@ -309,73 +220,6 @@ fn extract(figment: &Figment, semantic: bool, errors: &mut Vec<ConfigError>) -> 
         }
     }
     Some(config)
-}
-
-impl Config {
-    /// The effective configuration as TOML, for `sessiongate check`. Keys whose
-    /// value is derived (`session.countdown`, `session.abandon` when unset, an
-    /// `"auto"` heartbeat) get a comment with the value in force, so the output can
-    /// be fed back as a config file with the same meaning. Includes `admin.token`
-    /// verbatim, so treat the output like the config file itself.
-    pub fn to_effective_toml(&self) -> String {
-        let text = match toml::to_string(self) {
-            Ok(text) => text,
-            Err(e) => return format!("# cannot render the configuration as TOML: {e}\n"),
-        };
-        let timeout = self.session.timeout.get();
-        let never = if timeout.is_zero() {
-            "; timeout = 0 means never"
-        } else {
-            ""
-        };
-        let rules = self.lifetime();
-        let ms = crate::lifetime::millis(timeout);
-        let duration = |ms| super::Duration::from(std::time::Duration::from_millis(ms));
-        let countdown = duration(rules.countdown_for(ms));
-        let abandon = duration(rules.abandon_for(ms));
-        let heartbeat = duration(rules.heartbeat_for(ms));
-
-        let mut out = String::with_capacity(text.len() + 200);
-        let mut table = String::new();
-        for line in text.lines() {
-            if line.starts_with('[') {
-                table = line.trim_matches(['[', ']']).to_owned();
-            }
-            out.push_str(line);
-            if table == "browser"
-                && line.starts_with("heartbeat =")
-                && self.browser.heartbeat == Heartbeat::Auto
-            {
-                out.push_str(&format!(
-                    "  # = {heartbeat} for timeout {}",
-                    self.session.timeout
-                ));
-            }
-            out.push('\n');
-            if table != "session" {
-                continue;
-            }
-            // Serialization order is mode, timeout, on_timeout, countdown?, abandon?,
-            // so a derived value goes right where an explicit one would be.
-            if line.starts_with("on_timeout =") {
-                if self.session.countdown.is_none() {
-                    out.push_str(&format!(
-                        "# countdown = \"{countdown}\" (derived: = timeout{never})\n"
-                    ));
-                }
-                if self.session.countdown.is_none() && self.session.abandon.is_none() {
-                    out.push_str(&format!(
-                        "# abandon = \"{abandon}\" (derived: 2 × timeout{never})\n"
-                    ));
-                }
-            } else if line.starts_with("countdown =") && self.session.abandon.is_none() {
-                out.push_str(&format!(
-                    "# abandon = \"{abandon}\" (derived: 2 × timeout{never})\n"
-                ));
-            }
-        }
-        out
-    }
 }
 
 /// The TOML file, read once up front so that a missing file or a syntax error is
@@ -645,7 +489,7 @@ fn repair(root: &mut Value, defaults: &Value, path: &[String]) -> bool {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
-    use crate::config::{Duration, SessionMode};
+    use crate::config::{Duration, Heartbeat, SessionMode};
     use figment::Jail;
 
     fn reference_path() -> PathBuf {

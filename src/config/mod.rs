@@ -6,6 +6,8 @@
 //! [`load`](mod@load), semantic checks in [`validate`], and the duration syntax in [`duration`].
 
 pub mod duration;
+pub mod effective;
+pub mod errors;
 pub mod load;
 pub mod validate;
 

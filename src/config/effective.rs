@@ -3,14 +3,24 @@
 
 use super::{Config, Heartbeat};
 
+/// What `check` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 impl Config {
     /// The effective configuration as TOML, for `sessiongate check`. Keys whose
     /// value is derived (`session.countdown`, `session.abandon` when unset, an
     /// `"auto"` heartbeat) get a comment with the value in force, so the output can
-    /// be fed back as a config file with the same meaning. Includes `admin.token`
-    /// verbatim, so treat the output like the config file itself.
+    /// be fed back as a config file with the same meaning. Secrets (`admin.token`,
+    /// `hooks.secret`) are shown as [`REDACTED`] when set, so the output can be
+    /// pasted into a ticket.
     pub fn to_effective_toml(&self) -> String {
-        let text = match toml::to_string(self) {
+        let mut shown = self.clone();
+        for secret in [&mut shown.admin.token, &mut shown.hooks.secret] {
+            if !secret.is_empty() {
+                *secret = REDACTED.to_string();
+            }
+        }
+        let text = match toml::to_string(&shown) {
             Ok(text) => text,
             Err(e) => return format!("# cannot render the configuration as TOML: {e}\n"),
         };
@@ -67,5 +77,22 @@ impl Config {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_empty_ones_stay_empty() {
+        let mut config = Config::default();
+        config.admin.token = "admin-secret-value".into();
+        config.hooks.secret = "hook-secret-value".into();
+        let text = config.to_effective_toml();
+        assert!(!text.contains("admin-secret-value"), "{text}");
+        assert!(!text.contains("hook-secret-value"), "{text}");
+        assert_eq!(text.matches(REDACTED).count(), 2, "{text}");
+        assert!(!Config::default().to_effective_toml().contains(REDACTED));
     }
 }

@@ -869,7 +869,14 @@ mod tests {
                 text.contains("# abandon = \"3m\" (derived: 2 × timeout)"),
                 "{text}"
             );
-            jail.create_file("custom.toml", &text)?;
+            // Secrets are redacted (and the placeholder is no valid token, so the
+            // output cannot be used as it is); with them put back, it reads back the
+            // same.
+            assert!(!text.contains("0123456789abcdef"), "{text}");
+            jail.create_file("redacted.toml", &text)?;
+            assert!(load(Some(Path::new("redacted.toml"))).is_err());
+            let restored = text.replace(crate::config::effective::REDACTED, "0123456789abcdef");
+            jail.create_file("custom.toml", &restored)?;
             assert_eq!(load(Some(Path::new("custom.toml"))), Ok(custom));
             Ok(())
         });

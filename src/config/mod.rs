@@ -170,6 +170,9 @@ pub struct HooksConfig {
     pub timeout: String,
     pub end: String,
     pub budget: Duration,
+    /// Non-empty: every hook request carries `X-Session-Signature`, an HMAC-SHA256
+    /// of its body under this secret.
+    pub secret: String,
 }
 
 /// `[admin]`: the operator listener.
@@ -282,6 +285,7 @@ impl Default for HooksConfig {
             timeout: String::new(),
             end: String::new(),
             budget: Duration::from_secs(2),
+            secret: String::new(),
         }
     }
 }

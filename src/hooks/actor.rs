@@ -186,7 +186,7 @@ impl Runner {
         body: Bytes,
         attempt: Option<u32>,
     ) -> Result<Reply, CallError> {
-        let result = self.caller.post(uri, session, body).await;
+        let result = self.caller.post(uri, kind, session, body).await;
         let outcome = Outcome::of(&result);
         self.counters.count(kind, outcome);
         let hook = kind.as_str();

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use prometheus::IntCounter;
+use ring::hmac;
 use tokio::time::Instant;
 
 use super::HookKind;
@@ -44,11 +45,22 @@ pub(crate) enum CallError {
     Build(#[from] http::Error),
 }
 
+/// Names the event of a hook request (`start`, `timeout`, `end`). It is in the
+/// `X-Session*` namespace, which the gateway strips from every client request, so a
+/// request carrying it that reached the upstream through the gateway came from the
+/// gateway itself.
+pub const X_SESSION_HOOK: HeaderName = HeaderName::from_static("x-session-hook");
+/// `sha256=<hex HMAC-SHA256 of the body>` under `hooks.secret`, for upstreams that
+/// others can reach directly.
+pub const X_SESSION_SIGNATURE: HeaderName = HeaderName::from_static("x-session-signature");
+
 /// Sends hook requests.
 pub(crate) struct Caller {
     client: Client<HttpConnector, Full<Bytes>>,
     header: HeaderName,
     budget: Duration,
+    /// `hooks.secret`, when set: every body is signed with it.
+    secret: Option<hmac::Key>,
 }
 
 impl Caller {
@@ -57,27 +69,47 @@ impl Caller {
         budget: Duration,
         connect_timeout: Duration,
         pool: usize,
+        secret: &str,
     ) -> Self {
         let client = client::pooled(connect_timeout, pool);
         Caller {
             client,
             header,
             budget,
+            secret: (!secret.is_empty())
+                .then(|| hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())),
         }
     }
 
-    /// Posts `body` to `uri` for `session`; an answer of any status is `Ok`.
+    /// The `X-Session-Signature` value for `body`, when a secret is set.
+    fn signature(&self, body: &[u8]) -> Option<String> {
+        let tag = hmac::sign(self.secret.as_ref()?, body);
+        let mut value = String::with_capacity(7 + 64);
+        value.push_str("sha256=");
+        for byte in tag.as_ref() {
+            value.push_str(&format!("{byte:02x}"));
+        }
+        Some(value)
+    }
+
+    /// Posts `body` to `uri` for `session`'s `event`; an answer of any status is
+    /// `Ok`.
     pub(crate) async fn post(
         &self,
         uri: &Uri,
+        event: HookKind,
         session: Handle,
         body: Bytes,
     ) -> Result<Reply, CallError> {
         let deadline = Instant::now() + self.budget;
-        let request = Request::post(uri.clone())
+        let mut request = Request::post(uri.clone())
             .header(&self.header, session.to_string())
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
+            .header(X_SESSION_HOOK, event.as_str());
+        if let Some(signature) = self.signature(&body) {
+            request = request.header(X_SESSION_SIGNATURE, signature);
+        }
+        let request = request.body(Full::new(body))?;
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(CallError::Send(error)),

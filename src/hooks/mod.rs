@@ -162,7 +162,13 @@ impl Hooks {
         let connect_timeout = config.upstream.connect_timeout.get().min(budget);
         let concurrency = tuning.concurrency.max(1);
         let runner = Arc::new(Runner {
-            caller: Caller::new(header, budget, connect_timeout, concurrency),
+            caller: Caller::new(
+                header,
+                budget,
+                connect_timeout,
+                concurrency,
+                &config.hooks.secret,
+            ),
             targets,
             counters: Counters::new(metrics),
             retry: Retry {

@@ -148,3 +148,44 @@ async fn a_handled_timeout_keeps_the_session() {
         1.0
     );
 }
+
+/// A hook request can be told from a client's request that merely looks like one:
+/// it names its event in `X-Session-Hook` (a header no client request carries through
+/// the gateway), and with `hooks.secret` it is signed.
+#[tokio::test]
+async fn hook_requests_say_their_event_and_are_signed_with_the_secret() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.hooks.start = "/hooks/start".into();
+        c.hooks.secret = "s3cret".into();
+    })
+    .await;
+    let client = cookie_client();
+    // A client forging a hook call: its X-Session-Hook never reaches the upstream.
+    let forged = client
+        .post(fx.url("/hooks/end"))
+        .header("x-session-hook", "end")
+        .header("x-session-signature", "sha256=00")
+        .body(r#"{"event":"end","session":"00000000-0000-0000-0000-000000000000"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 200);
+
+    let seen = wait_path(&fx, "/hooks/start").await;
+    let start = &seen[position(&seen, "/hooks/start")];
+    assert_eq!(start.header("x-session-hook").as_deref(), Some("start"));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+    let expected: String = ring::hmac::sign(&key, &start.body)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        start.header("x-session-signature"),
+        Some(format!("sha256={expected}"))
+    );
+
+    let forged = &seen[position(&seen, "/hooks/end")];
+    assert_eq!(forged.header("x-session-hook"), None);
+    assert_eq!(forged.header("x-session-signature"), None);
+}

@@ -45,6 +45,14 @@ pub struct DueEntry {
     pub bucket: Bucket,
 }
 
+impl DueEntry {
+    /// Whether the session is still filed where this entry was (otherwise the entry
+    /// is a leftover from before a lowering, and the session is filed earlier).
+    pub fn is_current(&self, session: &Session) -> bool {
+        session.filed_in.load(Ordering::Acquire) == self.bucket
+    }
+}
+
 impl DeadlineIndex {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Bucket, Vec<Handle>>> {
         // A panic while holding this lock leaves the map consistent (pushes and pops

@@ -1,150 +1,45 @@
-//! Where sessions are kept: the [`SessionStore`] interface and its in-memory
-//! implementation.
+//! The lifetime policy, written once over any [`Storage`]: [`Sessions`].
 //!
-//! The request path only talks to the trait, so a shared store (several gateway
-//! replicas, DESIGN.md §10) can be added without touching it. The in-memory store is
-//! one `DashMap` (handle → session) plus the [`DeadlineIndex`]; tokens are not stored
-//! at all but derive to their session's handle, and the rare rotated sessions sit in
-//! two small side maps.
-//! DashMap guards are never held across another map operation or an `.await`:
-//! values are cloned out first (`Arc`, `Copy`), which keeps the store deadlock-free.
+//! Storage keeps sessions; this decides what happens to them. It turns the rules'
+//! verdicts into transitions (active → warning → active, and the one end), emits
+//! each transition to the [`SessionObserver`] exactly once (the caller that wins the
+//! session's atomic state change), ends a session found past a deadline on lookup
+//! (lookups never depend on the sweeper being on time), enforces `max_sessions`
+//! (reject, or evict the least recently seen exactly), gives rotated tokens their
+//! grace, keeps an idle period the `timeout` hook handled, and sweeps what the
+//! deadline index says is due.
+//!
+//! Storage is only ever asked for copies (`Arc<Session>`, `Copy` records), so no
+//! storage lock is held while the policy calls another storage operation or an
+//! observer.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
-
-use super::events::{SessionEvent, SessionObserver};
-use super::expiry::{DeadlineIndex, DueEntry};
-use super::token::{Binder, Deriver};
-use super::{
+use super::storage::{Alias, Rotation, Storage};
+use super::{Created, Resolved, SessionStore, ROTATION_GRACE};
+use crate::config::{OnTimeout, WhenFull};
+use crate::session::events::{SessionEvent, SessionObserver};
+use crate::session::expiry::DueEntry;
+use crate::session::token::{Binder, Deriver};
+use crate::session::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
     Token, Touch, Verdict,
 };
-use crate::config::{OnTimeout, WhenFull};
-
-/// How long a token replaced by `X-Session-Rotate` keeps working (requests in flight).
-pub const ROTATION_GRACE: Millis = 10_000;
-
-/// A newly created session and the token only its creator learns.
-#[derive(Debug)]
-pub struct Created {
-    pub session: Arc<Session>,
-    pub token: Token,
-}
-
-/// A session found by its token.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub session: Arc<Session>,
-    /// Set when the token presented has been replaced by a rotation: the new one,
-    /// which the response must hand to the browser.
-    pub newer_token: Option<Token>,
-}
-
-/// The operations the request path, the sweeper and the admin API need.
-pub trait SessionStore: Send + Sync {
-    /// The lifetime rules every session follows.
-    fn rules(&self) -> &Lifetime;
-
-    /// Creates a session bound to `browser`.
-    fn create(
-        &self,
-        browser: &BrowserKey,
-        parent: Option<Handle>,
-        kind: CreatedKind,
-        now: Millis,
-    ) -> Result<Created, SessionError>;
-
-    /// The live session for `token`, if the token is known (or replaced less than
-    /// [`ROTATION_GRACE`] ago), bound to `browser`, and its session is within its
-    /// deadlines at `now` (a session found past a deadline is ended on the spot:
-    /// lookups never depend on the sweeper being on time).
-    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Resolved>;
-
-    /// The live session with this handle, with the same deadline check.
-    fn get(&self, handle: &Handle, now: Millis) -> Option<Arc<Session>>;
-
-    /// The live session with this handle if it is bound to `browser` (tickets).
-    fn get_bound(&self, handle: &Handle, browser: &BrowserKey, now: Millis)
-        -> Option<Arc<Session>>;
-
-    /// Records a signal or activity and returns the session's state afterwards.
-    fn touch(&self, session: &Session, touch: Touch, now: Millis) -> State;
-
-    /// Ends a session; `true` if this call ended it.
-    fn end(&self, session: &Session, reason: EndReason, now: Millis) -> bool;
-
-    /// Sets one session's idle timeout (0 = never).
-    fn set_timeout(&self, session: &Session, timeout: Millis, now: Millis);
-
-    /// Issues a new token for the session (`X-Session-Rotate`); the old one keeps
-    /// working for [`ROTATION_GRACE`].
-    fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError>;
-
-    /// The `timeout` hook answered `handled` for the idle period that began at
-    /// `idle_since`: keep the session (as `on_timeout = "keep"` would).
-    fn timeout_handled(&self, handle: &Handle, idle_since: Millis, now: Millis);
-
-    /// Handles up to `max` due deadlines; returns how many entries it looked at.
-    fn sweep(&self, now: Millis, max: usize) -> usize;
-
-    /// Periodic housekeeping of side tables (retired tokens).
-    fn maintain(&self, now: Millis);
-
-    /// Live sessions ordered by handle, starting after `after`.
-    fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
-
-    /// Calls `visit` with every session in the table, in no particular order (the
-    /// admin API's filtered, counted listing). `visit` must not call the store.
-    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
-
-    fn len(&self) -> usize;
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A session whose token was rotated: what the current token derives to, the token
-/// itself (for a browser still presenting the old one), and when each older token
-/// stops working.
-#[derive(Debug, Clone, Copy)]
-struct Rotation {
-    current: Handle,
-    token: Token,
-    /// When the session's original token (the one its handle derives from) retires.
-    original_retires_at: Millis,
-}
-
-/// A token that came from a rotation: the session it belongs to, and when it retires
-/// (`Millis::MAX` while it is the current one).
-#[derive(Debug, Clone, Copy)]
-struct Alias {
-    session: Handle,
-    retires_at: Millis,
-}
 
 /// `(stamp, handle)` pairs, smallest stamp on top.
 type EvictionHeap = BinaryHeap<Reverse<(Millis, Handle)>>;
 
-/// The in-memory session store.
+/// Sessions following the lifetime rules, kept in `S`.
 ///
-/// Sessions are filed under the handle their token derives to ([`Deriver`]), so the
-/// store keeps no token and needs no token map; the rare rotated sessions have a
-/// small side table. Per session that leaves the `Arc<Session>`, one map entry and one
-/// deadline-index entry.
-pub struct MemoryStore {
-    sessions: DashMap<Handle, Arc<Session>>,
-    rotations: DashMap<Handle, Rotation>,
-    aliases: DashMap<Handle, Alias>,
-    index: DeadlineIndex,
+/// Sessions are filed under the handle their token derives to ([`Deriver`]), so
+/// storage keeps no token; only rotated sessions have side-table entries.
+pub struct Sessions<S> {
+    storage: S,
     rules: Lifetime,
     binder: Binder,
     deriver: Deriver,
-    live: AtomicUsize,
     max_sessions: usize,
     /// Only under `when_full = "evict"`: every session with the `last_seen` it had
     /// when filed (a stamp never above its current `last_seen`), smallest first.
@@ -152,51 +47,38 @@ pub struct MemoryStore {
     observer: Arc<dyn SessionObserver>,
 }
 
-impl MemoryStore {
-    pub fn new(
+impl<S: Storage> Sessions<S> {
+    pub fn with_storage(
+        storage: S,
         rules: Lifetime,
         max_sessions: usize,
         when_full: WhenFull,
         observer: Arc<dyn SessionObserver>,
     ) -> Self {
-        MemoryStore {
-            sessions: DashMap::new(),
-            rotations: DashMap::new(),
-            aliases: DashMap::new(),
-            index: DeadlineIndex::default(),
+        Sessions {
+            storage,
             rules,
             binder: Binder::new(),
             deriver: Deriver::new(),
-            live: AtomicUsize::new(0),
             max_sessions,
             eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
         }
     }
 
-    /// The deadline index (benchmarks and tests look at its size).
-    pub fn index(&self) -> &DeadlineIndex {
-        &self.index
+    /// The storage underneath.
+    pub fn storage(&self) -> &S {
+        &self.storage
     }
 
     /// Takes a slot under `max_sessions`, evicting if so configured.
     fn reserve_slot(&self, now: Millis) -> Result<(), SessionError> {
-        loop {
-            let live = self.live.load(Ordering::Acquire);
-            if live < self.max_sessions {
-                if self
-                    .live
-                    .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return Ok(());
-                }
-                continue;
-            }
+        while !self.storage.reserve(self.max_sessions) {
             if !self.evict_one(now) {
                 return Err(SessionError::Full(self.max_sessions));
             }
         }
+        Ok(())
     }
 
     /// Ends the least recently seen session, exactly: pop the smallest stamp; a
@@ -214,7 +96,7 @@ impl MemoryStore {
                 let Some(Reverse((stamp, handle))) = heap.pop() else {
                     break None;
                 };
-                let Some(session) = self.sessions.get(&handle).map(|s| Arc::clone(&s)) else {
+                let Some(session) = self.storage.get(&handle) else {
                     continue; // ended meanwhile
                 };
                 let last_seen = session.last_seen();
@@ -226,6 +108,32 @@ impl MemoryStore {
             }
         };
         victim.is_some_and(|session| self.end(&session, EndReason::Evicted, now))
+    }
+
+    /// Stores a new session under the handle a fresh token derives to.
+    fn insert_new(
+        &self,
+        browser: &BrowserKey,
+        parent: Option<Handle>,
+        now: Millis,
+    ) -> Result<Created, SessionError> {
+        let binding = self.binder.bind(browser);
+        loop {
+            let token = Token::generate()?;
+            let handle = self.deriver.handle_of(&token);
+            let session = Arc::new(Session::new(
+                handle,
+                parent,
+                binding,
+                self.rules.timeout,
+                now,
+            ));
+            // A collision of 122-bit handles will not happen, but if it did, the
+            // existing session must not be replaced.
+            if self.storage.insert(Arc::clone(&session)) {
+                return Ok(Created { session, token });
+            }
+        }
     }
 
     /// Applies the verdict at `now`: ends a session that is past a deadline.
@@ -244,17 +152,17 @@ impl MemoryStore {
     /// rotated away.
     fn handle_for(&self, token: &Token, now: Millis) -> Option<(Handle, Option<Token>)> {
         let derived = self.deriver.handle_of(token);
-        if let Some(alias) = self.aliases.get(&derived).map(|a| *a) {
+        if let Some(alias) = self.storage.alias(&derived) {
             if now >= alias.retires_at {
-                self.aliases.remove(&derived);
+                self.storage.remove_alias(&derived);
                 return None;
             }
             let newer = (alias.retires_at != Millis::MAX)
-                .then(|| self.rotations.get(&alias.session).map(|r| r.token))
+                .then(|| self.storage.rotation(&alias.session).map(|r| r.token))
                 .flatten();
             return Some((alias.session, newer));
         }
-        match self.rotations.get(&derived).map(|r| *r) {
+        match self.storage.rotation(&derived) {
             None => Some((derived, None)),
             Some(rotation) if now < rotation.original_retires_at => {
                 Some((derived, Some(rotation.token)))
@@ -263,11 +171,11 @@ impl MemoryStore {
         }
     }
 
-    fn sweep_one(&self, entry: DueEntry, now: Millis) {
-        let Some(session) = self.sessions.get(&entry.handle).map(|s| Arc::clone(&s)) else {
+    fn sweep_one(&self, entry: &DueEntry, now: Millis) {
+        let Some(session) = self.storage.get(&entry.handle) else {
             return;
         };
-        if session.filed_in.load(Ordering::Acquire) != entry.bucket {
+        if !entry.is_current(&session) {
             return; // a leftover entry: the session is filed earlier elsewhere
         }
         match session.verdict(&self.rules, now) {
@@ -291,12 +199,12 @@ impl MemoryStore {
                 }
             }
         }
-        self.index
+        self.storage
             .refile(&session, entry.bucket, session.next_due(&self.rules, now));
     }
 }
 
-impl SessionStore for MemoryStore {
+impl<S: Storage> SessionStore for Sessions<S> {
     fn rules(&self) -> &Lifetime {
         &self.rules
     }
@@ -309,32 +217,16 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Created, SessionError> {
         self.reserve_slot(now)?;
-        let created = loop {
-            let token = match Token::generate() {
-                Ok(token) => token,
-                Err(error) => {
-                    self.live.fetch_sub(1, Ordering::AcqRel);
-                    return Err(error);
-                }
-            };
-            let handle = self.deriver.handle_of(&token);
-            // A collision of 122-bit handles will not happen, but if it did, the
-            // existing session must not be replaced.
-            if let dashmap::Entry::Vacant(slot) = self.sessions.entry(handle) {
-                let session = Arc::new(Session::new(
-                    handle,
-                    parent,
-                    self.binder.bind(browser),
-                    self.rules.timeout,
-                    now,
-                ));
-                slot.insert(Arc::clone(&session));
-                break Created { session, token };
+        let created = match self.insert_new(browser, parent, now) {
+            Ok(created) => created,
+            Err(error) => {
+                self.storage.release();
+                return Err(error);
             }
         };
         let session = &created.session;
         if let Some(due) = session.next_due(&self.rules, now) {
-            self.index.file_earlier(session, due);
+            self.storage.file_earlier(session, due);
         }
         if let Some(heap) = &self.eviction {
             heap.lock()
@@ -356,7 +248,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn get(&self, handle: &Handle, now: Millis) -> Option<Arc<Session>> {
-        let session = self.sessions.get(handle).map(|s| Arc::clone(&s))?;
+        let session = self.storage.get(handle)?;
         self.check(session, now)
     }
 
@@ -366,7 +258,7 @@ impl SessionStore for MemoryStore {
         browser: &BrowserKey,
         now: Millis,
     ) -> Option<Arc<Session>> {
-        let session = self.sessions.get(handle).map(|s| Arc::clone(&s))?;
+        let session = self.storage.get(handle)?;
         if !session.is_bound_to(self.binder.bind(browser)) {
             return None;
         }
@@ -385,7 +277,7 @@ impl SessionStore for MemoryStore {
         session.touch(touch, now);
         if leaves_kept_period {
             if let Some(due) = session.next_due(&self.rules, now) {
-                self.index.file_earlier(session, due);
+                self.storage.file_earlier(session, due);
             }
         }
         if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
@@ -399,11 +291,11 @@ impl SessionStore for MemoryStore {
             return false;
         };
         let handle = session.handle();
-        self.sessions.remove(&handle);
-        if let Some((_, rotation)) = self.rotations.remove(&handle) {
-            self.aliases.remove(&rotation.current);
+        self.storage.remove(&handle);
+        if let Some(rotation) = self.storage.remove_rotation(&handle) {
+            self.storage.remove_alias(&rotation.current);
         }
-        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.storage.release();
         self.observer.observe(&SessionEvent::Ended {
             session,
             reason,
@@ -416,50 +308,43 @@ impl SessionStore for MemoryStore {
     fn set_timeout(&self, session: &Session, timeout: Millis, now: Millis) {
         session.set_timeout(timeout);
         if let Some(due) = session.next_due(&self.rules, now) {
-            self.index.file_earlier(session, due);
+            self.storage.file_earlier(session, due);
         }
     }
 
     fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError> {
         let handle = session.handle();
-        let token = loop {
+        let (token, current) = loop {
             let token = Token::generate()?;
             let derived = self.deriver.handle_of(&token);
-            if derived != handle && !self.sessions.contains_key(&derived) {
-                break token;
+            if derived != handle && !self.storage.contains(&derived) {
+                break (token, derived);
             }
         };
-        let current = self.deriver.handle_of(&token);
         let retires_at = now + ROTATION_GRACE;
-        self.aliases.insert(
+        let alias = Alias {
+            session: handle,
+            retires_at: Millis::MAX,
+        };
+        self.storage.put_alias(current, alias);
+        let rotation = Rotation {
             current,
-            Alias {
-                session: handle,
-                retires_at: Millis::MAX,
-            },
-        );
-        let previous = self.rotations.insert(
-            handle,
-            Rotation {
-                current,
-                token,
-                original_retires_at: retires_at,
-            },
-        );
-        if let Some(previous) = previous {
+            token,
+            original_retires_at: retires_at,
+        };
+        if let Some(previous) = self.storage.put_rotation(handle, rotation) {
             // The token before this one retires now + grace; the original one keeps
             // the retirement it already had.
-            if let Some(mut alias) = self.aliases.get_mut(&previous.current) {
-                alias.retires_at = retires_at;
-            }
-            if let Some(mut rotation) = self.rotations.get_mut(&handle) {
+            self.storage
+                .update_alias(&previous.current, |alias| alias.retires_at = retires_at);
+            self.storage.update_rotation(&handle, |rotation| {
                 rotation.original_retires_at = previous.original_retires_at;
-            }
+            });
         }
         if session.stored_state() == State::Ended {
             // Ended while rotating: forget what was just added.
-            self.rotations.remove(&handle);
-            self.aliases.remove(&current);
+            self.storage.remove_rotation(&handle);
+            self.storage.remove_alias(&current);
         }
         Ok(token)
     }
@@ -477,47 +362,27 @@ impl SessionStore for MemoryStore {
 
     fn sweep(&self, now: Millis, max: usize) -> usize {
         let mut due = Vec::with_capacity(max.min(4096));
-        self.index.pop_due(now, max, &mut due);
+        self.storage.pop_due(now, max, &mut due);
         for entry in &due {
-            self.sweep_one(*entry, now);
+            self.sweep_one(entry, now);
         }
         due.len()
     }
 
     fn maintain(&self, now: Millis) {
-        self.aliases.retain(|_, alias| alias.retires_at > now);
+        self.storage.prune_aliases(now);
     }
 
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>> {
-        // A bounded max-heap of the `limit` smallest handles after the cursor: one pass,
-        // O(n log limit), no copy of the whole table.
-        let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
-        for entry in self.sessions.iter() {
-            let handle = *entry.key();
-            if after.is_some_and(|a| handle <= a) {
-                continue;
-            }
-            if heap.len() < limit {
-                heap.push(handle);
-            } else if heap.peek().is_some_and(|top| handle < *top) {
-                heap.pop();
-                heap.push(handle);
-            }
-        }
-        heap.into_sorted_vec()
-            .into_iter()
-            .filter_map(|handle| self.sessions.get(&handle).map(|s| Arc::clone(&s)))
-            .collect()
+        self.storage.scan(after, limit)
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) {
-        for entry in self.sessions.iter() {
-            visit(entry.value());
-        }
+        self.storage.for_each(visit);
     }
 
     fn len(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+        self.storage.len()
     }
 }
 
@@ -531,6 +396,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Duration as Cfg, OnTimeout, SessionConfig};
+    use crate::session::store::MemoryStore;
     use crate::session::Clock;
 
     /// One recorded event: `(kind, handle, end reason, at)`.
@@ -880,10 +746,14 @@ mod tests {
         assert!(w.store.resolve(&new, &w.key, now).is_none());
         assert!(w.store.resolve(&newest, &w.key, now).is_some());
         w.store.maintain(now);
-        assert_eq!(w.store.aliases.len(), 1, "retired aliases are pruned");
+        assert_eq!(
+            w.store.storage().alias_count(),
+            1,
+            "retired aliases are pruned"
+        );
         w.store.end(&created.session, EndReason::Ended, now);
         assert!(w.store.resolve(&newest, &w.key, now).is_none());
-        assert!(w.store.aliases.is_empty() && w.store.rotations.is_empty());
+        assert!(w.store.storage().alias_count() == 0 && w.store.storage().rotation_count() == 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,199 @@
+//! In-process storage: [`MemoryStorage`], and [`MemoryStore`], the lifetime policy
+//! on top of it that the gateway runs.
+//!
+//! One `DashMap` (handle → session) plus the [`DeadlineIndex`]; tokens are not stored
+//! at all but derive to their session's handle, and the rare rotated sessions sit in
+//! two small side maps. Per session that leaves the `Arc<Session>`, one map entry and
+//! one deadline-index entry.
+//!
+//! DashMap guards are never held across another map operation: values are copied
+//! out first (`Arc`, `Copy`), which keeps the storage deadlock-free.
+
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::policy::Sessions;
+use super::storage::{Alias, Rotation, Storage};
+use crate::config::WhenFull;
+use crate::session::events::SessionObserver;
+use crate::session::expiry::{Bucket, DeadlineIndex, DueEntry};
+use crate::session::{Handle, Lifetime, Millis, Session};
+
+/// The lifetime policy over in-memory storage: the store the gateway runs.
+pub type MemoryStore = Sessions<MemoryStorage>;
+
+impl MemoryStore {
+    pub fn new(
+        rules: Lifetime,
+        max_sessions: usize,
+        when_full: WhenFull,
+        observer: Arc<dyn SessionObserver>,
+    ) -> Self {
+        Sessions::with_storage(
+            MemoryStorage::default(),
+            rules,
+            max_sessions,
+            when_full,
+            observer,
+        )
+    }
+
+    /// The deadline index (benchmarks and tests look at its size).
+    pub fn index(&self) -> &DeadlineIndex {
+        &self.storage().index
+    }
+}
+
+/// Sessions, their deadlines and the rotated-token side tables, in this process.
+#[derive(Default)]
+pub struct MemoryStorage {
+    sessions: DashMap<Handle, Arc<Session>>,
+    rotations: DashMap<Handle, Rotation>,
+    aliases: DashMap<Handle, Alias>,
+    index: DeadlineIndex,
+    /// Slots taken (see [`Storage::reserve`]). Every create and end writes it, so it
+    /// sits on lines of its own, away from what every lookup reads.
+    live: OwnLines<AtomicUsize>,
+}
+
+/// A value on cache lines of its own: 128 B, as CPUs prefetch lines in pairs.
+#[derive(Default)]
+#[repr(align(128))]
+struct OwnLines<T>(T);
+
+#[cfg(test)]
+impl MemoryStorage {
+    /// Entries in the alias side table.
+    pub(crate) fn alias_count(&self) -> usize {
+        self.aliases.len()
+    }
+
+    /// Entries in the rotation side table.
+    pub(crate) fn rotation_count(&self) -> usize {
+        self.rotations.len()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn get(&self, handle: &Handle) -> Option<Arc<Session>> {
+        self.sessions.get(handle).map(|s| Arc::clone(&s))
+    }
+
+    fn contains(&self, handle: &Handle) -> bool {
+        self.sessions.contains_key(handle)
+    }
+
+    fn insert(&self, session: Arc<Session>) -> bool {
+        match self.sessions.entry(session.handle()) {
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(session);
+                true
+            }
+            dashmap::Entry::Occupied(_) => false,
+        }
+    }
+
+    fn remove(&self, handle: &Handle) -> Option<Arc<Session>> {
+        self.sessions.remove(handle).map(|(_, session)| session)
+    }
+
+    fn scan(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>> {
+        // A bounded max-heap of the `limit` smallest handles after the cursor: one pass,
+        // O(n log limit), no copy of the whole table.
+        let mut heap = BinaryHeap::with_capacity(limit + 1);
+        for entry in self.sessions.iter() {
+            let handle = *entry.key();
+            if after.is_some_and(|a| handle <= a) {
+                continue;
+            }
+            if heap.len() < limit {
+                heap.push(handle);
+            } else if heap.peek().is_some_and(|top| handle < *top) {
+                heap.pop();
+                heap.push(handle);
+            }
+        }
+        heap.into_sorted_vec()
+            .into_iter()
+            .filter_map(|handle| self.get(&handle))
+            .collect()
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) {
+        for entry in self.sessions.iter() {
+            visit(entry.value());
+        }
+    }
+
+    fn reserve(&self, max: usize) -> bool {
+        self.live
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live < max).then_some(live + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.live.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn len(&self) -> usize {
+        self.live.0.load(Ordering::Acquire)
+    }
+
+    fn file_earlier(&self, session: &Session, due: Millis) {
+        self.index.file_earlier(session, due);
+    }
+
+    fn refile(&self, session: &Session, popped_from: Bucket, due: Option<Millis>) {
+        self.index.refile(session, popped_from, due);
+    }
+
+    fn pop_due(&self, now: Millis, max: usize, out: &mut Vec<DueEntry>) {
+        self.index.pop_due(now, max, out);
+    }
+
+    fn alias(&self, derived: &Handle) -> Option<Alias> {
+        self.aliases.get(derived).map(|a| *a)
+    }
+
+    fn put_alias(&self, derived: Handle, alias: Alias) {
+        self.aliases.insert(derived, alias);
+    }
+
+    fn update_alias(&self, derived: &Handle, change: impl FnOnce(&mut Alias)) {
+        if let Some(mut alias) = self.aliases.get_mut(derived) {
+            change(&mut alias);
+        }
+    }
+
+    fn remove_alias(&self, derived: &Handle) {
+        self.aliases.remove(derived);
+    }
+
+    fn prune_aliases(&self, now: Millis) {
+        self.aliases.retain(|_, alias| alias.retires_at > now);
+    }
+
+    fn rotation(&self, handle: &Handle) -> Option<Rotation> {
+        self.rotations.get(handle).map(|r| *r)
+    }
+
+    fn put_rotation(&self, handle: Handle, rotation: Rotation) -> Option<Rotation> {
+        self.rotations.insert(handle, rotation)
+    }
+
+    fn update_rotation(&self, handle: &Handle, change: impl FnOnce(&mut Rotation)) {
+        if let Some(mut rotation) = self.rotations.get_mut(handle) {
+            change(&mut rotation);
+        }
+    }
+
+    fn remove_rotation(&self, handle: &Handle) -> Option<Rotation> {
+        self.rotations.remove(handle).map(|(_, rotation)| rotation)
+    }
+}

@@ -1,0 +1,112 @@
+//! Where sessions are kept: the [`SessionStore`] interface the request path, the
+//! sweeper and the admin API use, and the pieces that implement it.
+//!
+//! - [`Storage`] (`storage.rs`): what a backing store provides — sessions by handle,
+//!   slots for `max_sessions`, the deadline index, the side tables of rotated tokens.
+//! - [`MemoryStorage`] (`memory.rs`): that, in this process (a `DashMap` and the
+//!   [`DeadlineIndex`](super::expiry::DeadlineIndex)); [`MemoryStore`] is the policy
+//!   on top of it, the store the gateway runs.
+//! - [`Sessions`] (`policy.rs`): the lifetime policy, written once over any storage:
+//!   transitions and their events, verdicts on lookup, `max_sessions`, rotation
+//!   grace, sweeping.
+//!
+//! The request path only talks to the trait, so a shared store (several gateway
+//! replicas, DESIGN.md §10) is another [`Storage`], without touching it.
+
+mod memory;
+mod policy;
+mod storage;
+
+use std::sync::Arc;
+
+pub use memory::{MemoryStorage, MemoryStore};
+pub use policy::Sessions;
+pub use storage::{Alias, Rotation, Storage};
+
+use super::{
+    BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
+    Token, Touch,
+};
+
+/// How long a token replaced by `X-Session-Rotate` keeps working (requests in flight).
+pub const ROTATION_GRACE: Millis = 10_000;
+
+/// A newly created session and the token only its creator learns.
+#[derive(Debug)]
+pub struct Created {
+    pub session: Arc<Session>,
+    pub token: Token,
+}
+
+/// A session found by its token.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub session: Arc<Session>,
+    /// Set when the token presented has been replaced by a rotation: the new one,
+    /// which the response must hand to the browser.
+    pub newer_token: Option<Token>,
+}
+
+/// The operations the request path, the sweeper and the admin API need.
+pub trait SessionStore: Send + Sync {
+    /// The lifetime rules every session follows.
+    fn rules(&self) -> &Lifetime;
+
+    /// Creates a session bound to `browser`.
+    fn create(
+        &self,
+        browser: &BrowserKey,
+        parent: Option<Handle>,
+        kind: CreatedKind,
+        now: Millis,
+    ) -> Result<Created, SessionError>;
+
+    /// The live session for `token`, if the token is known (or replaced less than
+    /// [`ROTATION_GRACE`] ago), bound to `browser`, and its session is within its
+    /// deadlines at `now` (a session found past a deadline is ended on the spot:
+    /// lookups never depend on the sweeper being on time).
+    fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Resolved>;
+
+    /// The live session with this handle, with the same deadline check.
+    fn get(&self, handle: &Handle, now: Millis) -> Option<Arc<Session>>;
+
+    /// The live session with this handle if it is bound to `browser` (tickets).
+    fn get_bound(&self, handle: &Handle, browser: &BrowserKey, now: Millis)
+        -> Option<Arc<Session>>;
+
+    /// Records a signal or activity and returns the session's state afterwards.
+    fn touch(&self, session: &Session, touch: Touch, now: Millis) -> State;
+
+    /// Ends a session; `true` if this call ended it.
+    fn end(&self, session: &Session, reason: EndReason, now: Millis) -> bool;
+
+    /// Sets one session's idle timeout (0 = never).
+    fn set_timeout(&self, session: &Session, timeout: Millis, now: Millis);
+
+    /// Issues a new token for the session (`X-Session-Rotate`); the old one keeps
+    /// working for [`ROTATION_GRACE`].
+    fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError>;
+
+    /// The `timeout` hook answered `handled` for the idle period that began at
+    /// `idle_since`: keep the session (as `on_timeout = "keep"` would).
+    fn timeout_handled(&self, handle: &Handle, idle_since: Millis, now: Millis);
+
+    /// Handles up to `max` due deadlines; returns how many entries it looked at.
+    fn sweep(&self, now: Millis, max: usize) -> usize;
+
+    /// Periodic housekeeping of side tables (retired tokens).
+    fn maintain(&self, now: Millis);
+
+    /// Live sessions ordered by handle, starting after `after`.
+    fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
+
+    /// Calls `visit` with every session in the table, in no particular order (the
+    /// admin API's filtered, counted listing). `visit` must not call the store.
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
+
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,119 @@
+//! What a backing store provides: the [`Storage`] trait and the records it keeps for
+//! rotated tokens.
+//!
+//! Storage knows where sessions are, not how long they live: it gets, inserts,
+//! removes and scans sessions, counts them against a limit, keeps the deadline index
+//! and the side tables of rotated tokens. Every decision (which deadline applies,
+//! when a token retires, which session to evict, which event to emit) is made once,
+//! above it, by [`Sessions`](super::Sessions).
+//!
+//! Sessions are shared as `Arc<Session>` whose mutable fields are atomics, so the
+//! policy updates a session in place and storage has no session update; `update`
+//! exists for the side-table records, which are plain values.
+
+use std::sync::Arc;
+
+use crate::session::expiry::{Bucket, DueEntry};
+use crate::session::{Handle, Millis, Session, Token};
+
+/// A session whose token was rotated: what the current token derives to, the token
+/// itself (for a browser still presenting the old one), and when each older token
+/// stops working.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    pub current: Handle,
+    pub token: Token,
+    /// When the session's original token (the one its handle derives from) retires.
+    pub original_retires_at: Millis,
+}
+
+/// A token that came from a rotation: the session it belongs to, and when it retires
+/// (`Millis::MAX` while it is the current one).
+#[derive(Debug, Clone, Copy)]
+pub struct Alias {
+    pub session: Handle,
+    pub retires_at: Millis,
+}
+
+/// The operations a backing store provides.
+///
+/// Implementations are called from many threads at once. Reads return copies, so
+/// no lock is held once a call returns; the `update_*` closures may run under the
+/// one record's lock, so they only change that record.
+pub trait Storage: Send + Sync {
+    // Sessions, by handle.
+
+    /// The session stored under `handle`.
+    fn get(&self, handle: &Handle) -> Option<Arc<Session>>;
+
+    /// Whether a session is stored under `handle`.
+    fn contains(&self, handle: &Handle) -> bool;
+
+    /// Stores a new session under its handle; `false`, changing nothing, if that
+    /// handle is taken.
+    fn insert(&self, session: Arc<Session>) -> bool;
+
+    /// Removes the session stored under `handle` (not its slot, see [`release`]).
+    ///
+    /// [`release`]: Storage::release
+    fn remove(&self, handle: &Handle) -> Option<Arc<Session>>;
+
+    /// Up to `limit` sessions ordered by handle, starting after `after`.
+    fn scan(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
+
+    /// Calls `visit` with every stored session, in no particular order.
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
+
+    // Slots: the count `max_sessions` is checked against.
+
+    /// Takes one of `max` slots for a session about to be inserted; `false` if all
+    /// are taken.
+    fn reserve(&self, max: usize) -> bool;
+
+    /// Gives a slot back: its session was removed, or never inserted.
+    fn release(&self);
+
+    /// Slots taken: the sessions stored, and those being inserted.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // The deadline index (see `session::expiry`).
+
+    /// Files `session` for `due` if that is earlier than where it is filed now.
+    fn file_earlier(&self, session: &Session, due: Millis);
+
+    /// Re-files a session popped from `popped_from`, unless it was filed elsewhere
+    /// meanwhile; `None`: it has no deadline any more.
+    fn refile(&self, session: &Session, popped_from: Bucket, due: Option<Millis>);
+
+    /// Pops up to `max` entries filed for before `now` into `out`.
+    fn pop_due(&self, now: Millis, max: usize, out: &mut Vec<DueEntry>);
+
+    // Rotated tokens: aliases (by the handle a newer token derives to) and
+    // rotations (by the session's own handle).
+
+    fn alias(&self, derived: &Handle) -> Option<Alias>;
+
+    fn put_alias(&self, derived: Handle, alias: Alias);
+
+    /// Changes the alias under `derived`, if there is one.
+    fn update_alias(&self, derived: &Handle, change: impl FnOnce(&mut Alias));
+
+    fn remove_alias(&self, derived: &Handle);
+
+    /// Removes every alias whose `retires_at` is at or before `now`.
+    fn prune_aliases(&self, now: Millis);
+
+    fn rotation(&self, handle: &Handle) -> Option<Rotation>;
+
+    /// Stores the session's rotation; returns the one it replaces.
+    fn put_rotation(&self, handle: Handle, rotation: Rotation) -> Option<Rotation>;
+
+    /// Changes the rotation under `handle`, if there is one.
+    fn update_rotation(&self, handle: &Handle, change: impl FnOnce(&mut Rotation));
+
+    fn remove_rotation(&self, handle: &Handle) -> Option<Rotation>;
+}

@@ -12,9 +12,12 @@ use super::request::restore_upgrade;
 use super::Gateway;
 use crate::context::Context;
 use crate::inject::{self, Outcome as InjectOutcome, Skip};
-use crate::session::{EndReason, Session, State};
+use crate::session::{EndReason, Millis, Session, State};
 use crate::web::body::ProxyBody;
 use crate::web::headers::{self, X_SESSION_END, X_SESSION_ROTATE, X_SESSION_TIMEOUT};
+
+/// The longest timeout `X-Session-Timeout` may set: one year (DESIGN.md §5).
+const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 60 * 60;
 
 impl Gateway {
     /// Shapes the upstream's response for the client.
@@ -117,13 +120,8 @@ impl Gateway {
             }
             return State::Ended;
         }
-        if let Some(seconds) = headers
-            .get(X_SESSION_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            self.store
-                .set_timeout(session, seconds.saturating_mul(1000), now);
+        if let Some(timeout) = session_timeout(headers) {
+            self.store.set_timeout(session, timeout, now);
         }
         if headers.contains_key(X_SESSION_ROTATE) {
             if let Err(error) = self.resolver.rotate(session, &mut cx.identity, now) {
@@ -131,5 +129,69 @@ impl Gateway {
             }
         }
         session.state_at(self.store.rules(), now)
+    }
+}
+
+/// The timeout `X-Session-Timeout` asks for, in milliseconds (DESIGN.md §5): one value
+/// of digits only (no sign, no fraction, no spaces), in seconds; `0` is "never", any
+/// other value is clamped to 1 s … 1 year, however many digits it has. Anything else,
+/// several values included, is ignored.
+fn session_timeout(headers: &HeaderMap) -> Option<Millis> {
+    let mut values = headers.get_all(X_SESSION_TIMEOUT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let seconds = digits.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
+    let seconds = if seconds == 0 {
+        0
+    } else {
+        seconds.clamp(1, MAX_TIMEOUT_SECS)
+    };
+    Some(seconds.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(values: &[&'static str]) -> Option<Millis> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(X_SESSION_TIMEOUT, HeaderValue::from_static(value));
+        }
+        session_timeout(&headers)
+    }
+
+    #[test]
+    fn timeouts_are_digits_only() {
+        assert_eq!(timeout_of(&["60"]), Some(60_000));
+        assert_eq!(timeout_of(&["0"]), Some(0));
+        assert_eq!(timeout_of(&["007"]), Some(7_000));
+        for bad in ["", "-1", "+5", "1.5", "1e3", "60s", "0x10", " 6 0"] {
+            assert_eq!(timeout_of(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(timeout_of(&[]), None);
+        assert_eq!(timeout_of(&["60", "60"]), None);
+    }
+
+    #[test]
+    fn timeouts_are_clamped_to_a_year() {
+        let year = MAX_TIMEOUT_SECS * 1000;
+        assert_eq!(timeout_of(&["31536000"]), Some(year));
+        assert_eq!(timeout_of(&["31536001"]), Some(year));
+        assert_eq!(timeout_of(&["9223372036854775807"]), Some(year));
+        assert_eq!(timeout_of(&["18446744073709551616"]), Some(year));
+        assert_eq!(
+            timeout_of(&["99999999999999999999999999999999999999999999"]),
+            Some(year)
+        );
+        assert_eq!(timeout_of(&["1"]), Some(1_000));
     }
 }

@@ -13,6 +13,7 @@ mod identity;
 mod limits;
 mod ops;
 mod reserved;
+mod responses;
 mod tab;
 mod tls;
 mod upgrade;

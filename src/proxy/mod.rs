@@ -44,7 +44,7 @@ use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::ProxyBody;
-use crate::web::headers::X_SESSION_TOKEN;
+use crate::web::headers::{Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
 use crate::web::refusal::{Refusal, Refused};
 
@@ -62,6 +62,8 @@ pub struct Gateway {
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
     session_header: HeaderName,
+    /// Strips the `X-Session*` namespace and every spelling of `session_header`.
+    scrubber: Scrubber,
     trust_forwarded: bool,
     activity: Activity,
     /// `session.require`, lowercased to match normalized paths.
@@ -122,6 +124,7 @@ impl Gateway {
             store,
             clock,
             metrics,
+            scrubber: Scrubber::new(&session_header),
             session_header,
             trust_forwarded: config.upstream.trust_forwarded,
             activity: config.session.activity,
@@ -202,7 +205,8 @@ impl Gateway {
             // The backend hears of a session (start hook) before its first request.
             self.hooks.ready(session.handle()).await;
         }
-        let upstream_request = Request::from_parts(parts, request::scrub_trailers(body));
+        let body = request::scrub_trailers(body, self.scrubber.clone());
+        let upstream_request = Request::from_parts(parts, body);
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
             Err(failure) => return failure,

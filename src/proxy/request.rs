@@ -12,7 +12,7 @@ use super::Gateway;
 use crate::context::Context;
 use crate::session::Handle;
 use crate::web::body::ProxyBody;
-use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_PARENT};
+use crate::web::headers::{self, Scrubber, X_REQUEST_ID, X_SESSION_PARENT};
 use crate::web::query;
 
 /// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
@@ -62,7 +62,7 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::scrub_request(&mut parts.headers);
+        self.scrubber.scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
         headers::set_forwarded(
             &mut parts.headers,
@@ -118,11 +118,11 @@ impl Gateway {
 
 /// Strips identity headers from request trailers too (a chunked body can carry an
 /// `X-Session` trailer after the headers were checked).
-pub(super) fn scrub_trailers(incoming: Incoming) -> ProxyBody {
+pub(super) fn scrub_trailers(incoming: Incoming, scrubber: Scrubber) -> ProxyBody {
     incoming
-        .map_frame(|frame| match frame.into_trailers() {
+        .map_frame(move |frame| match frame.into_trailers() {
             Ok(mut trailers) => {
-                headers::scrub_request(&mut trailers);
+                scrubber.scrub_request(&mut trailers);
                 Frame::trailers(trailers)
             }
             Err(frame) => frame,

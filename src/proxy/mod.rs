@@ -1,9 +1,11 @@
 //! The request path, the top of the gateway: a chain of stages sharing one
 //! per-request [`Context`]:
 //!
-//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT; a request that
-//!    sends both `Content-Length` and `Transfer-Encoding` is framed by the latter alone
-//!    and its connection closed by hyper, so nothing can be smuggled behind it);
+//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT, an HTTP/1.1
+//!    request without exactly one `Host`; a request that sends both `Content-Length`
+//!    and `Transfer-Encoding` is framed by the latter alone and its connection closed
+//!    by hyper, so nothing can be smuggled behind it), and settle the request's host
+//!    (an absolute-form target's authority wins over `Host`);
 //! 2. **reserved**: anything under `browser.prefix` is answered by the gateway
 //!    ([`crate::reserved`]) and never forwarded;
 //! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
@@ -139,10 +141,10 @@ impl Gateway {
 
     async fn route(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         cx: &mut Context,
     ) -> (Route, Response<ProxyBody>) {
-        if let Some(refusal) = refuse(&request) {
+        if let Err(refusal) = refuse(&mut request) {
             return (Route::Proxy, refusal.into_response());
         }
         if let Some(endpoint) = self.reserved.endpoint(request.uri().path()) {
@@ -306,10 +308,13 @@ impl Handler for Gateway {
     }
 }
 
-/// Stage 1: requests answered before anything else looks at them.
-fn refuse(request: &Request<Incoming>) -> Option<Refusal> {
-    (request.method() == Method::TRACE || request.method() == Method::CONNECT)
-        .then_some(Refusal::Method)
+/// Stage 1: requests answered before anything else looks at them, and the host of
+/// the others settled (see [`request::settle_host`]).
+fn refuse(request: &mut Request<Incoming>) -> Result<(), Refusal> {
+    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+        return Err(Refusal::Method);
+    }
+    request::settle_host(request)
 }
 
 /// Whether a request counts as user activity or only as a sign of life (DESIGN.md

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
@@ -14,6 +15,7 @@ use crate::session::Handle;
 use crate::web::body::ProxyBody;
 use crate::web::headers::{self, Scrubber, X_REQUEST_ID, X_SESSION_PARENT};
 use crate::web::query;
+use crate::web::refusal::Refusal;
 
 /// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
 pub(super) struct Upgrade {
@@ -46,6 +48,51 @@ pub(super) fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
+/// Settles which host a request is for, in stage 1 (RFC 9112 §3.2, §3.2.2; RFC 9113
+/// §8.3.1). An HTTP/1.x request with more than one `Host`, or a `Host` that is not
+/// `host[:port]`, and an HTTP/1.1 request without one, are refused. A target that
+/// names an authority — the absolute form (`GET http://host/path`) or HTTP/2's
+/// `:authority` — decides the host, and `Host` is set to it: from here on `Host` is
+/// the one answer every stage uses (origin checks, `X-Forwarded-Host`, upstream).
+pub(super) fn settle_host<B>(request: &mut Request<B>) -> Result<(), Refusal> {
+    let version = request.version();
+    let http1 = matches!(
+        version,
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
+    let authority = request.uri().authority().cloned();
+    if http1 {
+        let mut hosts = request.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err(Refusal::BadHost),
+            (None, _) if version == Version::HTTP_11 => return Err(Refusal::BadHost),
+            // A received Host is ignored when the target has an authority.
+            (Some(host), None) if authority.is_none() && !valid_host(host) => {
+                return Err(Refusal::BadHost)
+            }
+            _ => {}
+        }
+    }
+    if let Some(authority) = authority {
+        let host = HeaderValue::from_str(host_of(&authority)).map_err(|_| Refusal::BadHost)?;
+        request.headers_mut().insert(HOST, host);
+    }
+    Ok(())
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without user info,
+/// or empty.
+fn valid_host(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    bytes.is_empty() || (!bytes.contains(&b'@') && Authority::try_from(bytes).is_ok())
+}
+
+/// An authority without its (deprecated) user info.
+fn host_of(authority: &Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
+}
+
 impl Gateway {
     /// Turns the client's request head into the upstream's: strip everything the
     /// client may not decide, then add the gateway's own headers.
@@ -55,13 +102,9 @@ impl Gateway {
         cx: &Context,
         upgrade: Option<&Upgrade>,
     ) -> Result<(), http::Error> {
-        // Taken before scrubbing: `Connection: host` would remove it.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // Taken before scrubbing: `Connection: host` would remove it. Stage 1 made it
+        // the one host of the request (see `settle_host`).
+        let host = parts.headers.get(HOST).cloned();
         self.scrubber.scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
         headers::set_forwarded(

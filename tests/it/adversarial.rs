@@ -435,3 +435,57 @@ async fn a_configured_session_header_cannot_be_forged_over_http2() {
     }
     assert_eq!(&seen[2].body[..], b"hello");
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request with two or an
+/// invalid one, gets 400 and reaches nothing.
+#[tokio::test]
+async fn http1_requests_need_exactly_one_valid_host() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    for raw in [
+        &b"GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /two-hosts HTTP/1.1\r\nHost: gw\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET /two-hosts HTTP/1.0\r\nHost: gw\r\nHost: evil.example\r\n\r\n",
+        b"GET /userinfo HTTP/1.1\r\nHost: user@evil.example\r\nConnection: close\r\n\r\n",
+        b"GET /junk HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        b"GET /__sessiongate/status HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(fx.gateway.public_addr, raw).await;
+        assert_eq!(
+            status_of(&answer),
+            400,
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert!(
+        fx.upstream.requests().is_empty(),
+        "{:?}",
+        fx.upstream.requests()
+    );
+    // HTTP/1.0 predates Host: without one the upstream's own authority is used.
+    let answer = raw_exchange(fx.gateway.public_addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = fx.upstream.wait_for(1).await;
+    assert_eq!(seen[0].header("host"), Some(fx.upstream.addr.to_string()));
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target the authority in it is the host, and
+/// the `Host` header is ignored — for the upstream and for `X-Forwarded-Host`.
+#[tokio::test]
+async fn an_absolute_form_authority_wins_over_host() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let answer = raw_exchange(
+        fx.gateway.public_addr,
+        b"GET http://app.example:8080/absolute?x=1 HTTP/1.1\r\nHost: evil.example\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = fx.upstream.wait_for(1).await;
+    assert_eq!(seen[0].uri, "/absolute?x=1");
+    assert_eq!(seen[0].header_all("host"), vec!["app.example:8080"]);
+    assert_eq!(
+        seen[0].header_all("x-forwarded-host"),
+        vec!["app.example:8080"]
+    );
+}

@@ -13,8 +13,10 @@
 //!    identity with the bootstrap page;
 //! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
 //!    own, wait for the session's start hook, and stream the request upstream
-//!    ([`request`], [`forward`]);
-//! 5. **respond**: consume the upstream's control headers, put the agent into HTML
+//!    ([`request`], [`forward`]); only a complete WebSocket handshake stays an upgrade;
+//! 5. **respond**: refuse a `101` that completes no WebSocket handshake (502, the
+//!    upstream connection is not reused),
+//!    consume the upstream's control headers, put the agent into HTML
 //!    ([`crate::inject`]), and stream the body back ([`respond`]).
 //!
 //! Every answer, whatever its route, is finished by [`Context::finish`] in
@@ -29,6 +31,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use tracing::Instrument;
 
 use self::forward::Upstream;
@@ -48,7 +51,7 @@ use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::ProxyBody;
 use crate::web::headers::{Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
-use crate::web::refusal::{Refusal, Refused};
+use crate::web::refusal::{Refusal, Refused, UpstreamError};
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -208,14 +211,18 @@ impl Gateway {
             self.hooks.ready(session.handle()).await;
         }
         let body = request::scrub_trailers(body, self.scrubber.clone());
-        let upstream_request = Request::from_parts(parts, body);
+        let mut upstream_request = Request::from_parts(parts, body);
+        let connection = capture_connection(&mut upstream_request);
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
             Err(failure) => return failure,
         };
 
         // Stage 5: respond.
-        let switched = upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, cx));
+        let switched = match self.switch_protocols(upgrade, &mut response, cx) {
+            Ok(switched) => switched,
+            Err(refusal) => return self.refuse_upstream(refusal, &response, &connection),
+        };
         let mut response = self.respond(&method, response, switched, cx);
         if cx.identity.carrier == Some(Carrier::Header) {
             // fetch/XHR can read a rotated token from the response; pages get it in
@@ -227,6 +234,26 @@ impl Gateway {
             }
         }
         response
+    }
+
+    /// Answers 502 instead of an upstream response that must not reach the client,
+    /// and makes sure its connection is never used again: what the upstream sends
+    /// after a bogus `101` is no response to anything.
+    fn refuse_upstream(
+        &self,
+        refusal: Refusal,
+        response: &Response<Incoming>,
+        connection: &CaptureConnection,
+    ) -> Response<ProxyBody> {
+        if let Some(connected) = connection.connection_metadata().as_ref() {
+            connected.poison();
+        }
+        self.metrics.upstream_error(UpstreamError::Protocol);
+        tracing::warn!(
+            status = response.status().as_u16(),
+            "upstream 101 refused: it completes no WebSocket handshake"
+        );
+        refusal.into_response()
     }
 
     fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {

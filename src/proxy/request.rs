@@ -15,36 +15,32 @@ use crate::session::Handle;
 use crate::web::body::ProxyBody;
 use crate::web::headers::{self, Scrubber, X_REQUEST_ID, X_SESSION_PARENT};
 use crate::web::query;
-use crate::web::refusal::Refusal;
+use crate::web::refusal::{Refusal, UpstreamError};
+use crate::web::websocket::Handshake;
 
-/// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
+/// A WebSocket handshake in flight: the only upgrade the gateway tunnels.
 pub(super) struct Upgrade {
-    pub(super) protocol: HeaderValue,
+    handshake: Handshake,
     /// The client side of the connection, handed over once we answer 101.
     client: hyper::upgrade::OnUpgrade,
 }
 
 impl Upgrade {
-    /// Takes the upgrade out of a request that asks for one (`Connection: upgrade`).
+    /// Takes the upgrade out of a request that is a complete WebSocket handshake
+    /// (see [`Handshake::requested`]). Any other `Upgrade` (`h2c` above all) is not
+    /// an upgrade at all: scrubbing removes the header as hop-by-hop and the request
+    /// goes on as a plain one.
     pub(super) fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
-        let protocol = parts.headers.get(UPGRADE)?.clone();
-        let asks = parts.headers.get_all(CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        });
-        if !asks {
-            return None;
-        }
+        let handshake = Handshake::requested(&parts.method, parts.version, &parts.headers)?;
         let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-        Some(Upgrade { protocol, client })
+        Some(Upgrade { handshake, client })
     }
 }
 
-/// Puts back the two hop-by-hop headers of an upgrade that scrubbing removed.
-pub(super) fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
-    headers.insert(UPGRADE, protocol.clone());
+/// Puts back the two hop-by-hop headers of a WebSocket upgrade that scrubbing removed
+/// (only `websocket`, whatever else the client listed).
+pub(super) fn restore_upgrade(headers: &mut HeaderMap) {
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
@@ -115,8 +111,8 @@ impl Gateway {
             self.trust_forwarded,
         );
         parts.headers.insert(X_REQUEST_ID, cx.id.clone());
-        if let Some(upgrade) = upgrade {
-            restore_upgrade(&mut parts.headers, &upgrade.protocol);
+        if upgrade.is_some() {
+            restore_upgrade(&mut parts.headers);
         }
         let host = host.or_else(|| HeaderValue::from_str(self.upstream.authority().as_str()).ok());
         if let Some(host) = host {
@@ -137,17 +133,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// On `101 Switching Protocols`, joins both sides of the upgrade in a tunnel and
-    /// returns the protocol to announce to the client.
-    pub(super) fn start_tunnel(
+    /// What an upstream `101 Switching Protocols` does: `Ok(true)` when it completes
+    /// the client's WebSocket handshake — both sides are then joined in a tunnel —
+    /// `Ok(false)` for any other status. A `101` to a request that asked for no
+    /// WebSocket, or one that does not complete its handshake (another protocol, a
+    /// wrong or missing `Sec-WebSocket-Accept`), is the upstream's protocol error: no
+    /// tunnel, and the caller answers 502.
+    pub(super) fn switch_protocols(
         &self,
-        upgrade: Upgrade,
+        upgrade: Option<Upgrade>,
         response: &mut Response<Incoming>,
         cx: &Context,
-    ) -> Option<HeaderValue> {
+    ) -> Result<bool, Refusal> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return None;
+            return Ok(false);
         }
+        let Some(upgrade) =
+            upgrade.filter(|upgrade| upgrade.handshake.completed_by(response.headers()))
+        else {
+            return Err(Refusal::Upstream(UpstreamError::Protocol));
+        };
         let upstream_side = hyper::upgrade::on(response);
         let session = cx
             .identity
@@ -155,7 +160,7 @@ impl Gateway {
             .clone()
             .map(|s| (s, Arc::clone(&self.store), self.clock));
         self.tunnels.spawn(upgrade.client, upstream_side, session);
-        Some(upgrade.protocol)
+        Ok(true)
     }
 }
 

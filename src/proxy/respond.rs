@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Response};
+use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -25,13 +25,13 @@ impl Gateway {
         &self,
         method: &Method,
         response: Response<Incoming>,
-        switched: Option<HeaderValue>,
+        switched: bool,
         cx: &mut Context,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         headers::scrub_response(&mut parts.headers);
-        if let Some(protocol) = &switched {
-            restore_upgrade(&mut parts.headers, protocol);
+        if switched {
+            restore_upgrade(&mut parts.headers);
         }
         if let Some(session) = cx.identity.session.clone() {
             cx.state = Some(self.apply_control_headers(&parts.headers, &session, cx));
@@ -160,6 +160,7 @@ fn session_timeout(headers: &HeaderMap) -> Option<Millis> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn timeout_of(values: &[&'static str]) -> Option<Millis> {
         let mut headers = HeaderMap::new();

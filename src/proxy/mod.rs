@@ -14,8 +14,8 @@
 //! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
 //!    own, wait for the session's start hook, and stream the request upstream
 //!    ([`request`], [`forward`]); only a complete WebSocket handshake stays an upgrade;
-//! 5. **respond**: refuse a `101` that completes no WebSocket handshake (502, the
-//!    upstream connection is not reused),
+//! 5. **respond**: refuse a response whose framing is ambiguous or a `101` that
+//!    completes no WebSocket handshake (502, the upstream connection is not reused),
 //!    consume the upstream's control headers, put the agent into HTML
 //!    ([`crate::inject`]), and stream the body back ([`respond`]).
 //!
@@ -49,7 +49,7 @@ use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::ProxyBody;
-use crate::web::headers::{Scrubber, X_SESSION_TOKEN};
+use crate::web::headers::{self as header_rules, Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
 use crate::web::refusal::{Refusal, Refused, UpstreamError};
 
@@ -219,7 +219,12 @@ impl Gateway {
         };
 
         // Stage 5: respond.
-        let switched = match self.switch_protocols(upgrade, &mut response, cx) {
+        let switched = if header_rules::ambiguous_framing(response.headers()) {
+            Err(Refusal::Upstream(UpstreamError::Protocol))
+        } else {
+            self.switch_protocols(upgrade, &mut response, cx)
+        };
+        let switched = match switched {
             Ok(switched) => switched,
             Err(refusal) => return self.refuse_upstream(refusal, &response, &connection),
         };
@@ -238,7 +243,7 @@ impl Gateway {
 
     /// Answers 502 instead of an upstream response that must not reach the client,
     /// and makes sure its connection is never used again: what the upstream sends
-    /// after a bogus `101` is no response to anything.
+    /// after a mis-framed message or a bogus `101` is no response to anything.
     fn refuse_upstream(
         &self,
         refusal: Refusal,
@@ -251,7 +256,7 @@ impl Gateway {
         self.metrics.upstream_error(UpstreamError::Protocol);
         tracing::warn!(
             status = response.status().as_u16(),
-            "upstream 101 refused: it completes no WebSocket handshake"
+            "upstream response refused: ambiguous framing, or a 101 that completes no WebSocket handshake"
         );
         refusal.into_response()
     }

@@ -27,8 +27,8 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -216,6 +216,23 @@ impl Scrubber {
 /// [`strip_session_headers`] before adding `X-Session-State`.
 pub fn scrub_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+}
+
+/// Whether an upstream message's framing is ambiguous (RFC 9112 §6.1, §6.3):
+/// `Transfer-Encoding` together with `Content-Length`, or transfer codings other than
+/// one `chunked`. hyper reads such a message by `Transfer-Encoding` alone, but a
+/// sender that meant `Content-Length` (or a coding hyper passes through undecoded)
+/// frames it differently, and whatever lies between the two readings is another
+/// message on a shared upstream connection. Such a response is refused (502, as nginx
+/// does), never forwarded with a `Content-Length` that does not describe the body.
+pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return false;
+    };
+    headers.contains_key(CONTENT_LENGTH)
+        || codings.next().is_some()
+        || !trim_ows(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
 }
 
 /// Every value of cookie `name` across all `Cookie` lines (HTTP/2 sends one line per
@@ -657,6 +674,33 @@ mod tests {
         scrub_response(&mut h);
         assert_eq!(h.len(), 2);
         assert!(h.contains_key(X_SESSION_END));
+    }
+
+    #[test]
+    fn framing_with_both_lengths_or_odd_codings_is_ambiguous() {
+        assert!(!ambiguous_framing(&map(&[("content-length", "5")])));
+        assert!(!ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+        assert!(!ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "Chunked"
+        )])));
+        assert!(!ambiguous_framing(&HeaderMap::new()));
+        for bad in [
+            map(&[("transfer-encoding", "chunked"), ("content-length", "5")]),
+            map(&[("content-length", "5"), ("transfer-encoding", "gzip")]),
+            map(&[("transfer-encoding", "gzip, chunked")]),
+            map(&[("transfer-encoding", "chunked, chunked")]),
+            map(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ]),
+            map(&[("transfer-encoding", "identity")]),
+        ] {
+            assert!(ambiguous_framing(&bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod admin;
 mod adversarial;
 mod cli;
 mod forwarding;
+mod framing;
 mod hooks;
 mod identity;
 mod limits;

@@ -16,8 +16,9 @@
 //!    ([`request`], [`forward`]); only a complete WebSocket handshake stays an upgrade;
 //! 5. **respond**: refuse a response whose framing is ambiguous or a `101` that
 //!    completes no WebSocket handshake (502, the upstream connection is not reused),
-//!    consume the upstream's control headers, put the agent into HTML
-//!    ([`crate::inject`]), and stream the body back ([`respond`]).
+//!    consume the upstream's control headers, drop any `Set-Cookie` for the gateway's
+//!    own cookies, put the agent into HTML ([`crate::inject`]), and stream the body
+//!    back ([`respond`]).
 //!
 //! Every answer, whatever its route, is finished by [`Context::finish`] in
 //! [`Gateway::handle`](crate::net::Handler::handle), which also counts it and logs it.

@@ -11,6 +11,7 @@ use hyper::body::{Frame, Incoming};
 
 use super::Gateway;
 use crate::context::Context;
+use crate::session::identity::CookieNames;
 use crate::session::Handle;
 use crate::web::body::ProxyBody;
 use crate::web::headers::{self, Scrubber, X_REQUEST_ID, X_SESSION_PARENT};
@@ -102,7 +103,7 @@ impl Gateway {
         // the one host of the request (see `settle_host`).
         let host = parts.headers.get(HOST).cloned();
         self.scrubber.scrub_request(&mut parts.headers);
-        headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
+        headers::remove_cookies(&mut parts.headers, &PROXY_COOKIES);
         headers::set_forwarded(
             &mut parts.headers,
             cx.conn.peer.ip(),
@@ -163,6 +164,14 @@ impl Gateway {
         Ok(true)
     }
 }
+
+/// Every name the gateway's cookies go by, with and without `__Host-`: whichever the
+/// listener uses, none of them is the upstream's to read or set.
+pub(super) const PROXY_COOKIES: [&str; 4] = {
+    let plain = CookieNames::PLAIN;
+    let secure = CookieNames::SECURE;
+    [plain[0], plain[1], secure[0], secure[1]]
+};
 
 /// Strips identity headers from request trailers too (a chunked body can carry an
 /// `X-Session` trailer after the headers were checked).

@@ -1,15 +1,17 @@
 //! Stage 5, the response: consume the upstream's control headers (DESIGN.md §5),
-//! put the agent's tag into HTML pages ([`crate::inject`]), and hand the body back
-//! as it streams.
+//! drop the upstream's attempts to set the gateway's cookies, put the agent's tag into
+//! HTML pages ([`crate::inject`]), and hand the body back as it streams.
 
 use std::sync::Arc;
 
+use http::header::COOKIE;
 use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::request::restore_upgrade;
+use super::request::{restore_upgrade, PROXY_COOKIES};
 use super::Gateway;
+use crate::config::SessionMode;
 use crate::context::Context;
 use crate::inject::{self, Outcome as InjectOutcome, Skip};
 use crate::session::{EndReason, Millis, Session, State};
@@ -32,6 +34,18 @@ impl Gateway {
         headers::scrub_response(&mut parts.headers);
         if switched {
             restore_upgrade(&mut parts.headers);
+        }
+        let forged = headers::remove_set_cookies(&mut parts.headers, &PROXY_COOKIES);
+        if forged > 0 {
+            tracing::warn!(
+                count = forged,
+                "upstream tried to set the gateway's own cookies; dropped"
+            );
+        }
+        if self.resolver.mode() == SessionMode::Browser {
+            // The session (and so the answer) follows the cookie: a shared cache must
+            // not hand one browser's page to another.
+            headers::vary_on(&mut parts.headers, COOKIE);
         }
         if let Some(session) = cx.identity.session.clone() {
             cx.state = Some(self.apply_control_headers(&parts.headers, &session, cx));

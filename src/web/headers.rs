@@ -27,8 +27,8 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -233,6 +233,54 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     headers.contains_key(CONTENT_LENGTH)
         || codings.next().is_some()
         || !trim_ows(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
+}
+
+/// Removes every `Set-Cookie` that sets one of the named cookies (names compared
+/// ASCII case-insensitively: browsers match the `__Host-` prefix that way, and a
+/// case variant of the gateway's cookie is no cookie an upstream needs). Returns how
+/// many were removed; the others keep their order.
+pub fn remove_set_cookies(headers: &mut HeaderMap, names: &[&str]) -> usize {
+    let doomed = |value: &HeaderValue| {
+        set_cookie_name(value.as_bytes()).is_some_and(|name| {
+            names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        })
+    };
+    if !headers.get_all(SET_COOKIE).iter().any(doomed) {
+        return 0;
+    }
+    let all: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    headers.remove(SET_COOKIE);
+    let mut removed = 0;
+    for value in all {
+        if doomed(&value) {
+            removed += 1;
+        } else {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+    removed
+}
+
+/// The cookie name of a `Set-Cookie` value: before the first `=` of the part before
+/// the first `;`, trimmed (RFC 6265 §5.2). None without `=` (a nameless cookie).
+fn set_cookie_name(value: &[u8]) -> Option<&[u8]> {
+    let pair = value.split(|&b| b == b';').next()?;
+    split_pair(pair).map(|(name, _)| name)
+}
+
+/// Adds `name` to `Vary` unless it is listed already (or `Vary: *`).
+pub fn vary_on(headers: &mut HeaderMap, name: HeaderName) {
+    let listed = headers.get_all(VARY).iter().any(|line| {
+        line.as_bytes().split(|&b| b == b',').any(|token| {
+            let token = trim_ows(token);
+            token == b"*" || token.eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+    });
+    if !listed {
+        headers.append(VARY, HeaderValue::from(name));
+    }
 }
 
 /// Every value of cookie `name` across all `Cookie` lines (HTTP/2 sends one line per
@@ -701,6 +749,48 @@ mod tests {
         ] {
             assert!(ambiguous_framing(&bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn proxy_set_cookies_are_removed_in_any_case() {
+        let mut h = map(&[
+            ("set-cookie", "a=1; Path=/"),
+            ("set-cookie", "sg_session=evil; Path=/"),
+            ("set-cookie", " __host-SG_BROWSER = evil ;Secure"),
+            ("set-cookie", "__Host-sg_session=evil"),
+            ("set-cookie", "sg_sessionx=keep"),
+            ("set-cookie", "nameless"),
+            ("set-cookie", "b=2"),
+        ]);
+        let names = [
+            "sg_browser",
+            "sg_session",
+            "__Host-sg_browser",
+            "__Host-sg_session",
+        ];
+        assert_eq!(remove_set_cookies(&mut h, &names), 3);
+        assert_eq!(
+            values(&h, "set-cookie"),
+            ["a=1; Path=/", "sg_sessionx=keep", "nameless", "b=2"]
+        );
+        assert_eq!(remove_set_cookies(&mut h, &names), 0);
+    }
+
+    #[test]
+    fn vary_is_added_once() {
+        let mut h = HeaderMap::new();
+        vary_on(&mut h, COOKIE);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["cookie"]);
+        let mut h = map(&[("vary", "Accept-Encoding, Cookie")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["Accept-Encoding, Cookie"]);
+        let mut h = map(&[("vary", "*")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["*"]);
+        let mut h = map(&[("vary", "accept-encoding")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["accept-encoding", "cookie"]);
     }
 
     #[test]

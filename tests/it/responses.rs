@@ -1,10 +1,21 @@
-//! What reaches the browser: the upstream's control headers are read strictly.
+//! What reaches the browser: the upstream cannot set the gateway's cookies, answers
+//! that carry a session are never cached, and the upstream's control headers are
+//! read strictly.
 
 use std::time::Duration;
 
+use reqwest::header::HeaderMap;
 use sessiongate::config::SessionMode;
 
 use crate::common::{session_cookies, Fixture};
+
+fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -12,6 +23,98 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// An upstream `Set-Cookie` for any of the gateway's cookie names, with or without
+/// `__Host-`, whatever the listener's scheme, is dropped; the app's own cookies pass.
+#[tokio::test]
+async fn the_upstream_cannot_set_the_gateway_cookies() {
+    let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let path = "/respond?header=Set-Cookie:sg_session=evil;+Path=/\
+                &header=Set-Cookie:sg_browser=evil\
+                &header=Set-Cookie:__Host-sg_session=evil;+Secure;+Path=/\
+                &header=Set-Cookie:__Host-sg_browser=evil;+Secure;+Path=/\
+                &header=Set-Cookie:__host-SG_SESSION=evil\
+                &header=Set-Cookie:app=1;+Path=/";
+    for round in 0..2 {
+        let mut request = client().get(fx.url(path));
+        if round == 1 {
+            request = request.header("cookie", "sg_session=unknown");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let cookies = all(response.headers(), "set-cookie");
+        assert!(
+            cookies.iter().all(|c| !c.contains("evil")),
+            "round {round}: {cookies:?}"
+        );
+        assert!(cookies.contains(&"app=1; Path=/"), "{cookies:?}");
+        // The gateway's own cookie is still set (a new session each round).
+        assert!(
+            cookies.iter().any(|c| c.starts_with("sg_session=")),
+            "{cookies:?}"
+        );
+    }
+}
+
+/// Every answer that sets a gateway cookie or carries `X-Session-Token` is
+/// `Cache-Control: private, no-store`, replacing whatever the upstream allowed; in
+/// `browser` mode every proxied answer varies on `Cookie`.
+#[tokio::test]
+async fn answers_that_carry_a_session_are_never_cached() {
+    let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let cacheable =
+        "/respond?header=Cache-Control:public,+max-age=3600&header=Vary:Accept-Encoding";
+
+    // First contact: the answer sets the session cookie.
+    let first = client().get(fx.url(cacheable)).send().await.unwrap();
+    assert!(first.headers().get("set-cookie").is_some());
+    assert_eq!(all(first.headers(), "cache-control"), ["private, no-store"]);
+    let vary = all(first.headers(), "vary").join(", ").to_ascii_lowercase();
+    assert!(vary.contains("cookie"), "{vary}");
+    let pairs: Vec<String> = all(first.headers(), "set-cookie")
+        .iter()
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .collect();
+    let cookie_of = |name: &str| {
+        pairs
+            .iter()
+            .find(|pair| pair.starts_with(&format!("{name}=")))
+            .unwrap()
+            .clone()
+    };
+    let (browser, session) = (cookie_of("sg_browser"), cookie_of("sg_session"));
+    let token = session.trim_start_matches("sg_session=").to_string();
+
+    // The same session later: nothing set, the upstream's caching stands (it is the
+    // app's page), but shared caches must key it on the cookie.
+    let later = client()
+        .get(fx.url(cacheable))
+        .header("cookie", format!("{browser}; {session}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(later.headers().get("set-cookie").is_none());
+    assert_eq!(
+        all(later.headers(), "cache-control"),
+        ["public, max-age=3600"]
+    );
+    let vary = all(later.headers(), "vary").join(", ").to_ascii_lowercase();
+    assert!(vary.contains("cookie"), "{vary}");
+
+    // A rotation answered to fetch/XHR carries the new token in a header.
+    let rotated = client()
+        .get(fx.url(&format!("{cacheable}&header=X-Session-Rotate:1")))
+        .header("cookie", browser.as_str())
+        .header("x-session-token", token.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert!(rotated.headers().get("x-session-token").is_some());
+    assert_eq!(
+        all(rotated.headers(), "cache-control"),
+        ["private, no-store"]
+    );
 }
 
 /// `X-Session-Timeout: 9223372036854775807` used to overflow the deadline arithmetic

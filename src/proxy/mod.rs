@@ -49,7 +49,7 @@ use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
-use crate::web::body::ProxyBody;
+use crate::web::body::{self, ProxyBody};
 use crate::web::headers::{self as header_rules, Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
 use crate::web::refusal::{Refusal, Refused, UpstreamError};
@@ -324,7 +324,10 @@ impl Handler for Gateway {
             path = request.uri().path(),
         );
         let (route, response) = self.route(request, &mut cx).instrument(span.clone()).await;
-        let response = cx.finish(response);
+        let mut response = cx.finish(response);
+        if route != Route::Proxy || response.extensions().get::<Refused>().is_some() {
+            body::mark_own(response.headers_mut());
+        }
         if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
             self.metrics.refused(reason);
         }

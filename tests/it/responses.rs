@@ -1,13 +1,13 @@
 //! What reaches the browser: the upstream cannot set the gateway's cookies, answers
-//! that carry a session are never cached, and the upstream's control headers are
-//! read strictly.
+//! that carry a session are never cached, the upstream's control headers are read
+//! strictly, and the gateway's own answers carry its security headers.
 
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use sessiongate::config::SessionMode;
 
-use crate::common::{session_cookies, Fixture};
+use crate::common::{header_of, raw_exchange, session_cookies, status_of, Fixture};
 
 fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
@@ -169,4 +169,84 @@ async fn an_absurd_session_timeout_is_clamped_not_fatal() {
             .await,
         0.0
     );
+}
+
+fn assert_own(answer: &str, what: &str) {
+    assert_eq!(
+        header_of(answer, "x-content-type-options"),
+        Some("nosniff"),
+        "{what}: {answer}"
+    );
+    assert_eq!(
+        header_of(answer, "referrer-policy"),
+        Some("no-referrer"),
+        "{what}: {answer}"
+    );
+    assert!(header_of(answer, "server").is_none(), "{what}: {answer}");
+}
+
+/// The gateway's own answers (refusals, reserved replies, the bootstrap page) say
+/// `nosniff` and `no-referrer` and name no server; the app's answers are left alone.
+#[tokio::test]
+async fn the_gateway_own_answers_carry_security_headers() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let addr = fx.gateway.public_addr;
+    let refused = raw_exchange(
+        addr,
+        b"TRACE / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&refused), 405);
+    assert_own(&refused, "refusal");
+    let no_host = raw_exchange(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&no_host), 400);
+    assert_own(&no_host, "bad host");
+    let status = raw_exchange(
+        addr,
+        b"GET /__sessiongate/status HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&status), 200);
+    assert_own(&status, "reserved reply");
+    let script = raw_exchange(
+        addr,
+        b"GET /__sessiongate/agent.js HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&script), 200);
+    assert_own(&script, "agent script");
+
+    // First contact sets the browser key; the next page load without a ticket gets
+    // the bootstrap page.
+    let navigate = "Accept: text/html\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n";
+    let first = raw_exchange(
+        addr,
+        format!("GET /page HTTP/1.1\r\nHost: gw\r\n{navigate}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let key = header_of(&first, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let bootstrap = raw_exchange(
+        addr,
+        format!("GET /page HTTP/1.1\r\nHost: gw\r\n{navigate}Cookie: {key}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(bootstrap.contains("sessiongate-challenge"), "{bootstrap}");
+    assert_own(&bootstrap, "bootstrap page");
+
+    // The app's answers are the app's.
+    let proxied = raw_exchange(
+        addr,
+        b"GET /app HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&proxied), 200);
+    assert!(
+        header_of(&proxied, "x-content-type-options").is_none(),
+        "{proxied}"
+    );
+    assert!(header_of(&proxied, "server").is_none(), "{proxied}");
 }

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use http::header::SET_COOKIE;
+use http::header::{CACHE_CONTROL, SET_COOKIE};
 use http::{HeaderValue, Request, Response};
 
 use crate::net::ConnInfo;
@@ -17,7 +17,7 @@ use crate::session::identity::Identity;
 use crate::session::{SessionError, State};
 use crate::web::body::ProxyBody;
 use crate::web::fetch::Fetch;
-use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_STATE};
+use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_STATE, X_SESSION_TOKEN};
 use crate::web::refusal::Refusal;
 
 /// What the gateway knows about one request as it moves through the stages.
@@ -51,13 +51,18 @@ impl Context {
     }
 
     /// Adds the gateway's response headers to any answer, proxied or its own: the
-    /// session state, the gateway's cookies, the request id.
+    /// session state, the gateway's cookies, the request id. An answer that sets a
+    /// cookie of the gateway's or carries a token is `Cache-Control: private,
+    /// no-store`, whatever the upstream said: no cache may keep a session for others.
     pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers_mut();
         let state = self.state.map_or("none", State::as_str);
         headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
         for cookie in &self.identity.set_cookies {
             headers.append(SET_COOKIE, cookie.clone());
+        }
+        if !self.identity.set_cookies.is_empty() || headers.contains_key(X_SESSION_TOKEN) {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
         }
         headers.insert(X_REQUEST_ID, self.id.clone());
         response

@@ -1,9 +1,11 @@
 //! The request path, the top of the gateway: a chain of stages sharing one
 //! per-request [`Context`]:
 //!
-//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT; a request that
-//!    sends both `Content-Length` and `Transfer-Encoding` is framed by the latter alone
-//!    and its connection closed by hyper, so nothing can be smuggled behind it);
+//! 1. **refuse** what no legacy backend should see (TRACE, CONNECT, an HTTP/1.1
+//!    request without exactly one `Host`; a request that sends both `Content-Length`
+//!    and `Transfer-Encoding` is framed by the latter alone and its connection closed
+//!    by hyper, so nothing can be smuggled behind it), and settle the request's host
+//!    (an absolute-form target's authority wins over `Host`);
 //! 2. **reserved**: anything under `browser.prefix` is answered by the gateway
 //!    ([`crate::reserved`]) and never forwarded;
 //! 3. **identify**: find or mint the request's session ([`crate::session::identity`])
@@ -11,9 +13,12 @@
 //!    identity with the bootstrap page;
 //! 4. **forward**: scrub the client's headers (strip-then-inject), add the gateway's
 //!    own, wait for the session's start hook, and stream the request upstream
-//!    ([`request`], [`forward`]);
-//! 5. **respond**: consume the upstream's control headers, put the agent into HTML
-//!    ([`crate::inject`]), and stream the body back ([`respond`]).
+//!    ([`request`], [`forward`]); only a complete WebSocket handshake stays an upgrade;
+//! 5. **respond**: refuse a response whose framing is ambiguous or a `101` that
+//!    completes no WebSocket handshake (502, the upstream connection is not reused),
+//!    consume the upstream's control headers, drop any `Set-Cookie` for the gateway's
+//!    own cookies, put the agent into HTML ([`crate::inject`]), and stream the body
+//!    back ([`respond`]).
 //!
 //! Every answer, whatever its route, is finished by [`Context::finish`] in
 //! [`Gateway::handle`](crate::net::Handler::handle), which also counts it and logs it.
@@ -27,6 +32,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use tracing::Instrument;
 
 use self::forward::Upstream;
@@ -43,10 +49,10 @@ use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
-use crate::web::body::ProxyBody;
-use crate::web::headers::X_SESSION_TOKEN;
+use crate::web::body::{self, ProxyBody};
+use crate::web::headers::{self as header_rules, Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
-use crate::web::refusal::{Refusal, Refused};
+use crate::web::refusal::{Refusal, Refused, UpstreamError};
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -62,6 +68,8 @@ pub struct Gateway {
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
     session_header: HeaderName,
+    /// Strips the `X-Session*` namespace and every spelling of `session_header`.
+    scrubber: Scrubber,
     trust_forwarded: bool,
     activity: Activity,
     /// `session.require`, lowercased to match normalized paths.
@@ -122,6 +130,7 @@ impl Gateway {
             store,
             clock,
             metrics,
+            scrubber: Scrubber::new(&session_header),
             session_header,
             trust_forwarded: config.upstream.trust_forwarded,
             activity: config.session.activity,
@@ -136,10 +145,10 @@ impl Gateway {
 
     async fn route(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         cx: &mut Context,
     ) -> (Route, Response<ProxyBody>) {
-        if let Some(refusal) = refuse(&request) {
+        if let Err(refusal) = refuse(&mut request) {
             return (Route::Proxy, refusal.into_response());
         }
         if let Some(endpoint) = self.reserved.endpoint(request.uri().path()) {
@@ -202,14 +211,24 @@ impl Gateway {
             // The backend hears of a session (start hook) before its first request.
             self.hooks.ready(session.handle()).await;
         }
-        let upstream_request = Request::from_parts(parts, request::scrub_trailers(body));
+        let body = request::scrub_trailers(body, self.scrubber.clone());
+        let mut upstream_request = Request::from_parts(parts, body);
+        let connection = capture_connection(&mut upstream_request);
         let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
             Ok(response) => response,
             Err(failure) => return failure,
         };
 
         // Stage 5: respond.
-        let switched = upgrade.and_then(|upgrade| self.start_tunnel(upgrade, &mut response, cx));
+        let switched = if header_rules::ambiguous_framing(response.headers()) {
+            Err(Refusal::Upstream(UpstreamError::Protocol))
+        } else {
+            self.switch_protocols(upgrade, &mut response, cx)
+        };
+        let switched = match switched {
+            Ok(switched) => switched,
+            Err(refusal) => return self.refuse_upstream(refusal, &response, &connection),
+        };
         let mut response = self.respond(&method, response, switched, cx);
         if cx.identity.carrier == Some(Carrier::Header) {
             // fetch/XHR can read a rotated token from the response; pages get it in
@@ -221,6 +240,26 @@ impl Gateway {
             }
         }
         response
+    }
+
+    /// Answers 502 instead of an upstream response that must not reach the client,
+    /// and makes sure its connection is never used again: what the upstream sends
+    /// after a mis-framed message or a bogus `101` is no response to anything.
+    fn refuse_upstream(
+        &self,
+        refusal: Refusal,
+        response: &Response<Incoming>,
+        connection: &CaptureConnection,
+    ) -> Response<ProxyBody> {
+        if let Some(connected) = connection.connection_metadata().as_ref() {
+            connected.poison();
+        }
+        self.metrics.upstream_error(UpstreamError::Protocol);
+        tracing::warn!(
+            status = response.status().as_u16(),
+            "upstream response refused: ambiguous framing, or a 101 that completes no WebSocket handshake"
+        );
+        refusal.into_response()
     }
 
     fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
@@ -285,7 +324,10 @@ impl Handler for Gateway {
             path = request.uri().path(),
         );
         let (route, response) = self.route(request, &mut cx).instrument(span.clone()).await;
-        let response = cx.finish(response);
+        let mut response = cx.finish(response);
+        if route != Route::Proxy || response.extensions().get::<Refused>().is_some() {
+            body::mark_own(response.headers_mut());
+        }
         if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
             self.metrics.refused(reason);
         }
@@ -303,10 +345,13 @@ impl Handler for Gateway {
     }
 }
 
-/// Stage 1: requests answered before anything else looks at them.
-fn refuse(request: &Request<Incoming>) -> Option<Refusal> {
-    (request.method() == Method::TRACE || request.method() == Method::CONNECT)
-        .then_some(Refusal::Method)
+/// Stage 1: requests answered before anything else looks at them, and the host of
+/// the others settled (see [`request::settle_host`]).
+fn refuse(request: &mut Request<Incoming>) -> Result<(), Refusal> {
+    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+        return Err(Refusal::Method);
+    }
+    request::settle_host(request)
 }
 
 /// Whether a request counts as user activity or only as a sign of life (DESIGN.md

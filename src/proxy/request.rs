@@ -4,46 +4,90 @@
 use std::sync::Arc;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
 use super::Gateway;
 use crate::context::Context;
+use crate::session::identity::CookieNames;
 use crate::session::Handle;
 use crate::web::body::ProxyBody;
-use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_PARENT};
+use crate::web::headers::{self, Scrubber, X_REQUEST_ID, X_SESSION_PARENT};
 use crate::web::query;
+use crate::web::refusal::{Refusal, UpstreamError};
+use crate::web::websocket::Handshake;
 
-/// An HTTP/1.1 `Upgrade` request (WebSocket and friends) in flight.
+/// A WebSocket handshake in flight: the only upgrade the gateway tunnels.
 pub(super) struct Upgrade {
-    pub(super) protocol: HeaderValue,
+    handshake: Handshake,
     /// The client side of the connection, handed over once we answer 101.
     client: hyper::upgrade::OnUpgrade,
 }
 
 impl Upgrade {
-    /// Takes the upgrade out of a request that asks for one (`Connection: upgrade`).
+    /// Takes the upgrade out of a request that is a complete WebSocket handshake
+    /// (see [`Handshake::requested`]). Any other `Upgrade` (`h2c` above all) is not
+    /// an upgrade at all: scrubbing removes the header as hop-by-hop and the request
+    /// goes on as a plain one.
     pub(super) fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
-        let protocol = parts.headers.get(UPGRADE)?.clone();
-        let asks = parts.headers.get_all(CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        });
-        if !asks {
-            return None;
-        }
+        let handshake = Handshake::requested(&parts.method, parts.version, &parts.headers)?;
         let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-        Some(Upgrade { protocol, client })
+        Some(Upgrade { handshake, client })
     }
 }
 
-/// Puts back the two hop-by-hop headers of an upgrade that scrubbing removed.
-pub(super) fn restore_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
-    headers.insert(UPGRADE, protocol.clone());
+/// Puts back the two hop-by-hop headers of a WebSocket upgrade that scrubbing removed
+/// (only `websocket`, whatever else the client listed).
+pub(super) fn restore_upgrade(headers: &mut HeaderMap) {
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// Settles which host a request is for, in stage 1 (RFC 9112 §3.2, §3.2.2; RFC 9113
+/// §8.3.1). An HTTP/1.x request with more than one `Host`, or a `Host` that is not
+/// `host[:port]`, and an HTTP/1.1 request without one, are refused. A target that
+/// names an authority — the absolute form (`GET http://host/path`) or HTTP/2's
+/// `:authority` — decides the host, and `Host` is set to it: from here on `Host` is
+/// the one answer every stage uses (origin checks, `X-Forwarded-Host`, upstream).
+pub(super) fn settle_host<B>(request: &mut Request<B>) -> Result<(), Refusal> {
+    let version = request.version();
+    let http1 = matches!(
+        version,
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
+    let authority = request.uri().authority().cloned();
+    if http1 {
+        let mut hosts = request.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err(Refusal::BadHost),
+            (None, _) if version == Version::HTTP_11 => return Err(Refusal::BadHost),
+            // A received Host is ignored when the target has an authority.
+            (Some(host), None) if authority.is_none() && !valid_host(host) => {
+                return Err(Refusal::BadHost)
+            }
+            _ => {}
+        }
+    }
+    if let Some(authority) = authority {
+        let host = HeaderValue::from_str(host_of(&authority)).map_err(|_| Refusal::BadHost)?;
+        request.headers_mut().insert(HOST, host);
+    }
+    Ok(())
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without user info,
+/// or empty.
+fn valid_host(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    bytes.is_empty() || (!bytes.contains(&b'@') && Authority::try_from(bytes).is_ok())
+}
+
+/// An authority without its (deprecated) user info.
+fn host_of(authority: &Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
 }
 
 impl Gateway {
@@ -55,15 +99,11 @@ impl Gateway {
         cx: &Context,
         upgrade: Option<&Upgrade>,
     ) -> Result<(), http::Error> {
-        // Taken before scrubbing: `Connection: host` would remove it.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::scrub_request(&mut parts.headers);
-        headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
+        // Taken before scrubbing: `Connection: host` would remove it. Stage 1 made it
+        // the one host of the request (see `settle_host`).
+        let host = parts.headers.get(HOST).cloned();
+        self.scrubber.scrub_request(&mut parts.headers);
+        headers::remove_cookies(&mut parts.headers, &PROXY_COOKIES);
         headers::set_forwarded(
             &mut parts.headers,
             cx.conn.peer.ip(),
@@ -72,8 +112,8 @@ impl Gateway {
             self.trust_forwarded,
         );
         parts.headers.insert(X_REQUEST_ID, cx.id.clone());
-        if let Some(upgrade) = upgrade {
-            restore_upgrade(&mut parts.headers, &upgrade.protocol);
+        if upgrade.is_some() {
+            restore_upgrade(&mut parts.headers);
         }
         let host = host.or_else(|| HeaderValue::from_str(self.upstream.authority().as_str()).ok());
         if let Some(host) = host {
@@ -94,17 +134,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// On `101 Switching Protocols`, joins both sides of the upgrade in a tunnel and
-    /// returns the protocol to announce to the client.
-    pub(super) fn start_tunnel(
+    /// What an upstream `101 Switching Protocols` does: `Ok(true)` when it completes
+    /// the client's WebSocket handshake — both sides are then joined in a tunnel —
+    /// `Ok(false)` for any other status. A `101` to a request that asked for no
+    /// WebSocket, or one that does not complete its handshake (another protocol, a
+    /// wrong or missing `Sec-WebSocket-Accept`), is the upstream's protocol error: no
+    /// tunnel, and the caller answers 502.
+    pub(super) fn switch_protocols(
         &self,
-        upgrade: Upgrade,
+        upgrade: Option<Upgrade>,
         response: &mut Response<Incoming>,
         cx: &Context,
-    ) -> Option<HeaderValue> {
+    ) -> Result<bool, Refusal> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return None;
+            return Ok(false);
         }
+        let Some(upgrade) =
+            upgrade.filter(|upgrade| upgrade.handshake.completed_by(response.headers()))
+        else {
+            return Err(Refusal::Upstream(UpstreamError::Protocol));
+        };
         let upstream_side = hyper::upgrade::on(response);
         let session = cx
             .identity
@@ -112,17 +161,25 @@ impl Gateway {
             .clone()
             .map(|s| (s, Arc::clone(&self.store), self.clock));
         self.tunnels.spawn(upgrade.client, upstream_side, session);
-        Some(upgrade.protocol)
+        Ok(true)
     }
 }
 
+/// Every name the gateway's cookies go by, with and without `__Host-`: whichever the
+/// listener uses, none of them is the upstream's to read or set.
+pub(super) const PROXY_COOKIES: [&str; 4] = {
+    let plain = CookieNames::PLAIN;
+    let secure = CookieNames::SECURE;
+    [plain[0], plain[1], secure[0], secure[1]]
+};
+
 /// Strips identity headers from request trailers too (a chunked body can carry an
 /// `X-Session` trailer after the headers were checked).
-pub(super) fn scrub_trailers(incoming: Incoming) -> ProxyBody {
+pub(super) fn scrub_trailers(incoming: Incoming, scrubber: Scrubber) -> ProxyBody {
     incoming
-        .map_frame(|frame| match frame.into_trailers() {
+        .map_frame(move |frame| match frame.into_trailers() {
             Ok(mut trailers) => {
-                headers::scrub_request(&mut trailers);
+                scrubber.scrub_request(&mut trailers);
                 Frame::trailers(trailers)
             }
             Err(frame) => frame,

@@ -1,20 +1,25 @@
 //! Stage 5, the response: consume the upstream's control headers (DESIGN.md §5),
-//! put the agent's tag into HTML pages ([`crate::inject`]), and hand the body back
-//! as it streams.
+//! drop the upstream's attempts to set the gateway's cookies, put the agent's tag into
+//! HTML pages ([`crate::inject`]), and hand the body back as it streams.
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Response};
+use http::header::COOKIE;
+use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::request::restore_upgrade;
+use super::request::{restore_upgrade, PROXY_COOKIES};
 use super::Gateway;
+use crate::config::SessionMode;
 use crate::context::Context;
 use crate::inject::{self, Outcome as InjectOutcome, Skip};
-use crate::session::{EndReason, Session, State};
+use crate::session::{EndReason, Millis, Session, State};
 use crate::web::body::ProxyBody;
 use crate::web::headers::{self, X_SESSION_END, X_SESSION_ROTATE, X_SESSION_TIMEOUT};
+
+/// The longest timeout `X-Session-Timeout` may set: one year (DESIGN.md §5).
+const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 60 * 60;
 
 impl Gateway {
     /// Shapes the upstream's response for the client.
@@ -22,13 +27,25 @@ impl Gateway {
         &self,
         method: &Method,
         response: Response<Incoming>,
-        switched: Option<HeaderValue>,
+        switched: bool,
         cx: &mut Context,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         headers::scrub_response(&mut parts.headers);
-        if let Some(protocol) = &switched {
-            restore_upgrade(&mut parts.headers, protocol);
+        if switched {
+            restore_upgrade(&mut parts.headers);
+        }
+        let forged = headers::remove_set_cookies(&mut parts.headers, &PROXY_COOKIES);
+        if forged > 0 {
+            tracing::warn!(
+                count = forged,
+                "upstream tried to set the gateway's own cookies; dropped"
+            );
+        }
+        if self.resolver.mode() == SessionMode::Browser {
+            // The session (and so the answer) follows the cookie: a shared cache must
+            // not hand one browser's page to another.
+            headers::vary_on(&mut parts.headers, COOKIE);
         }
         if let Some(session) = cx.identity.session.clone() {
             cx.state = Some(self.apply_control_headers(&parts.headers, &session, cx));
@@ -117,13 +134,8 @@ impl Gateway {
             }
             return State::Ended;
         }
-        if let Some(seconds) = headers
-            .get(X_SESSION_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            self.store
-                .set_timeout(session, seconds.saturating_mul(1000), now);
+        if let Some(timeout) = session_timeout(headers) {
+            self.store.set_timeout(session, timeout, now);
         }
         if headers.contains_key(X_SESSION_ROTATE) {
             if let Err(error) = self.resolver.rotate(session, &mut cx.identity, now) {
@@ -131,5 +143,70 @@ impl Gateway {
             }
         }
         session.state_at(self.store.rules(), now)
+    }
+}
+
+/// The timeout `X-Session-Timeout` asks for, in milliseconds (DESIGN.md §5): one value
+/// of digits only (no sign, no fraction, no spaces), in seconds; `0` is "never", any
+/// other value is clamped to 1 s … 1 year, however many digits it has. Anything else,
+/// several values included, is ignored.
+fn session_timeout(headers: &HeaderMap) -> Option<Millis> {
+    let mut values = headers.get_all(X_SESSION_TIMEOUT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let seconds = digits.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
+    let seconds = if seconds == 0 {
+        0
+    } else {
+        seconds.clamp(1, MAX_TIMEOUT_SECS)
+    };
+    Some(seconds.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn timeout_of(values: &[&'static str]) -> Option<Millis> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(X_SESSION_TIMEOUT, HeaderValue::from_static(value));
+        }
+        session_timeout(&headers)
+    }
+
+    #[test]
+    fn timeouts_are_digits_only() {
+        assert_eq!(timeout_of(&["60"]), Some(60_000));
+        assert_eq!(timeout_of(&["0"]), Some(0));
+        assert_eq!(timeout_of(&["007"]), Some(7_000));
+        for bad in ["", "-1", "+5", "1.5", "1e3", "60s", "0x10", " 6 0"] {
+            assert_eq!(timeout_of(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(timeout_of(&[]), None);
+        assert_eq!(timeout_of(&["60", "60"]), None);
+    }
+
+    #[test]
+    fn timeouts_are_clamped_to_a_year() {
+        let year = MAX_TIMEOUT_SECS * 1000;
+        assert_eq!(timeout_of(&["31536000"]), Some(year));
+        assert_eq!(timeout_of(&["31536001"]), Some(year));
+        assert_eq!(timeout_of(&["9223372036854775807"]), Some(year));
+        assert_eq!(timeout_of(&["18446744073709551616"]), Some(year));
+        assert_eq!(
+            timeout_of(&["99999999999999999999999999999999999999999999"]),
+            Some(year)
+        );
+        assert_eq!(timeout_of(&["1"]), Some(1_000));
     }
 }

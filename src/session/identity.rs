@@ -47,19 +47,17 @@ pub struct CookieNames {
 }
 
 impl CookieNames {
+    /// `[browser, session]` over plain HTTP.
+    pub const PLAIN: [&'static str; 2] = ["sg_browser", "sg_session"];
+    /// `[browser, session]` under https.
+    pub const SECURE: [&'static str; 2] = ["__Host-sg_browser", "__Host-sg_session"];
+
     pub fn new(secure: bool) -> Self {
-        if secure {
-            CookieNames {
-                browser: "__Host-sg_browser",
-                session: "__Host-sg_session",
-                secure,
-            }
-        } else {
-            CookieNames {
-                browser: "sg_browser",
-                session: "sg_session",
-                secure,
-            }
+        let [browser, session] = if secure { Self::SECURE } else { Self::PLAIN };
+        CookieNames {
+            browser,
+            session,
+            secure,
         }
     }
 

@@ -341,10 +341,17 @@ impl Session {
         }
     }
 
-    /// The session's deadlines under `rules`.
+    /// The instant `max_lifetime` ends the session, if it is limited.
+    fn lifetime_at(&self, rules: &Lifetime) -> Option<Millis> {
+        (rules.max_lifetime > 0).then(|| self.created.saturating_add(rules.max_lifetime))
+    }
+
+    /// The session's deadlines under `rules`. All sums saturate: a timestamp or
+    /// timeout near `Millis::MAX` puts a deadline at the end of time, never (by
+    /// wrapping) in the past.
     pub fn deadlines(&self, rules: &Lifetime) -> Deadlines {
         let timeout = self.timeout();
-        let lifetime_at = (rules.max_lifetime > 0).then(|| self.created + rules.max_lifetime);
+        let lifetime_at = self.lifetime_at(rules);
         if timeout == 0 {
             return Deadlines {
                 warn_at: None,
@@ -352,14 +359,14 @@ impl Session {
                 abandon_at: None,
             };
         }
-        let idle_at = self.last_activity() + timeout;
+        let idle_at = self.last_activity().saturating_add(timeout);
         let on_timeout = self.on_timeout(rules);
         let timeout_end = match on_timeout {
-            OnTimeout::Countdown => Some(idle_at + rules.countdown_for(timeout)),
+            OnTimeout::Countdown => Some(idle_at.saturating_add(rules.countdown_for(timeout))),
             OnTimeout::End => Some(idle_at),
             OnTimeout::Keep => None,
         };
-        let abandon_at = self.last_seen() + rules.abandon_for(timeout);
+        let abandon_at = self.last_seen().saturating_add(rules.abandon_for(timeout));
         Deadlines {
             warn_at: (on_timeout != OnTimeout::End).then_some(idle_at),
             end_at: min_opt(timeout_end, lifetime_at),
@@ -367,25 +374,26 @@ impl Session {
         }
     }
 
-    /// What the rules say about this session at `now`.
+    /// What the rules say about this session at `now` (sums saturate, as in
+    /// [`Session::deadlines`]).
     pub fn verdict(&self, rules: &Lifetime, now: Millis) -> Verdict {
         if self.stored_state() == State::Ended {
             return Verdict::Live(State::Ended);
         }
-        if rules.max_lifetime > 0 && now >= self.created + rules.max_lifetime {
+        if self.lifetime_at(rules).is_some_and(|at| now >= at) {
             return Verdict::Due(EndReason::Lifetime);
         }
         let timeout = self.timeout();
         if timeout == 0 {
             return Verdict::Live(State::Active);
         }
-        if now >= self.last_seen() + rules.abandon_for(timeout) {
+        if now >= self.last_seen().saturating_add(rules.abandon_for(timeout)) {
             return Verdict::Due(EndReason::Abandoned);
         }
-        let idle_at = self.last_activity() + timeout;
+        let idle_at = self.last_activity().saturating_add(timeout);
         match self.on_timeout(rules) {
             OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
-            OnTimeout::Countdown if now >= idle_at + rules.countdown_for(timeout) => {
+            OnTimeout::Countdown if now >= idle_at.saturating_add(rules.countdown_for(timeout)) => {
                 Verdict::Due(EndReason::Timeout)
             }
             OnTimeout::Countdown if now >= idle_at => Verdict::Live(State::Warning),
@@ -416,5 +424,139 @@ fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifetime::Activity;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// Milliseconds biased towards the edges where sums wrap.
+    fn extreme() -> impl Strategy<Value = Millis> {
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(Millis::MAX),
+            Just(Millis::MAX - 1),
+            Just(Millis::MAX / 2),
+            Just(Millis::MAX / 4),
+            0..10_000_000u64,
+            any::<Millis>(),
+        ]
+    }
+
+    fn on_timeout() -> impl Strategy<Value = OnTimeout> {
+        prop_oneof![
+            Just(OnTimeout::Countdown),
+            Just(OnTimeout::End),
+            Just(OnTimeout::Keep)
+        ]
+    }
+
+    /// The verdict computed in 128 bits, where nothing wraps.
+    fn exact_verdict(session: &Session, rules: &Lifetime, now: Millis) -> Verdict {
+        let sum = |a: Millis, b: Millis| u128::from(a) + u128::from(b);
+        let now = u128::from(now);
+        if rules.max_lifetime > 0 && now >= sum(session.created(), rules.max_lifetime) {
+            return Verdict::Due(EndReason::Lifetime);
+        }
+        let timeout = session.timeout();
+        if timeout == 0 {
+            return Verdict::Live(State::Active);
+        }
+        if now >= sum(session.last_seen(), rules.abandon_for(timeout)) {
+            return Verdict::Due(EndReason::Abandoned);
+        }
+        let idle_at = sum(session.last_activity(), timeout);
+        let countdown_end = idle_at + u128::from(rules.countdown_for(timeout));
+        match session.on_timeout(rules) {
+            OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
+            OnTimeout::Countdown if now >= countdown_end => Verdict::Due(EndReason::Timeout),
+            OnTimeout::Countdown if now >= idle_at => Verdict::Live(State::Warning),
+            _ => Verdict::Live(State::Active),
+        }
+    }
+
+    #[test]
+    fn an_upstream_sized_timeout_does_not_end_the_session() {
+        // X-Session-Timeout: 9223372036854775807 used to wrap `last_seen + abandon`
+        // into the past: the session was abandoned on the spot.
+        let rules = Lifetime::new(
+            Duration::from_secs(120),
+            OnTimeout::Countdown,
+            None,
+            None,
+            Duration::ZERO,
+            Activity::Interaction,
+        );
+        let session = Session::new(Handle::nil(), None, 0, 120_000, 1_000);
+        session.set_timeout(u64::MAX);
+        assert_eq!(session.verdict(&rules, 2_000), Verdict::Live(State::Active));
+        assert_eq!(session.deadlines(&rules).abandon_at, Some(Millis::MAX));
+        assert_eq!(session.next_due(&rules, 2_000), Some(Millis::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn prop_extreme_values_neither_panic_nor_wrap(
+            created in extreme(),
+            activity_after in extreme(),
+            seen_after in extreme(),
+            timeout in extreme(),
+            on_timeout in on_timeout(),
+            countdown in proptest::option::of(extreme()),
+            abandon in proptest::option::of(extreme()),
+            max_lifetime in extreme(),
+            now in extreme(),
+        ) {
+            let rules = Lifetime::new(
+                Duration::from_millis(timeout),
+                on_timeout,
+                countdown.map(Duration::from_millis),
+                abandon.map(Duration::from_millis),
+                Duration::from_millis(max_lifetime),
+                Activity::Interaction,
+            );
+            let session = Session::new(Handle::nil(), None, 0, timeout, created);
+            session.set_timeout(timeout);
+            session.touch(Touch::Activity, created.saturating_add(activity_after));
+            session.touch(Touch::Signal, created.saturating_add(seen_after));
+
+            let deadlines = session.deadlines(&rules);
+            let next = session.next_due(&rules, now);
+            let verdict = session.verdict(&rules, now);
+            if now < Millis::MAX {
+                // Saturation only ever moves a deadline to the end of time.
+                prop_assert_eq!(verdict, exact_verdict(&session, &rules, now));
+            }
+            // No deadline lies before the instants it is counted from.
+            for at in [deadlines.warn_at, deadlines.end_at, deadlines.abandon_at]
+                .into_iter()
+                .flatten()
+            {
+                prop_assert!(at >= session.created());
+            }
+            if let Some(abandon_at) = deadlines.abandon_at {
+                prop_assert!(abandon_at >= session.last_seen());
+            }
+            if let Some(next) = next {
+                prop_assert!(next >= session.created().min(now));
+            }
+            // Before the earliest deadline, nothing is due.
+            let earliest = [deadlines.end_at, deadlines.abandon_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let early = earliest.map_or(now, |at| at.saturating_sub(1).min(now));
+            if early >= session.last_seen() {
+                prop_assert!(
+                    !matches!(session.verdict(&rules, early), Verdict::Due(_)),
+                    "due at {early} before its deadline {earliest:?}"
+                );
+            }
+        }
     }
 }

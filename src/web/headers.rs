@@ -3,10 +3,12 @@
 //! The proxy's identity model (DESIGN.md §3) only holds if the upstream can trust
 //! every `X-Session*` header it receives, so the request path always runs in two
 //! steps: **strip, then inject**. First every client-sent header the proxy owns is
-//! removed ([`scrub_request`]), then the proxy adds its own ([`set_forwarded`],
-//! [`request_id`], `X-Session`). Doing it in the other order, or only overwriting
-//! with `insert`, would let a second spelling (`X_Session`, a trailer, a header
-//! the proxy does not set on this request) reach the backend and be believed.
+//! removed ([`Scrubber::scrub_request`]: the `X-Session*` namespace and the header
+//! the handle travels in, `upstream.header`, whatever its name), then the proxy adds
+//! its own ([`set_forwarded`], [`request_id`], the handle). Doing it in the other
+//! order, or only overwriting with `insert`, would let a second spelling
+//! (`X_Session`, a trailer, a header the proxy does not set on this request) reach
+//! the backend and be believed.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message,
 //! so they never cross the proxy in either direction. That includes every header
@@ -25,8 +27,8 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -146,12 +148,65 @@ pub fn strip_session_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Everything a client may not send upstream: hop-by-hop headers (including
-/// `Connection`-named ones), then the whole `X-Session*` namespace. Use it for both
-/// the request headers and the request trailers, before adding the proxy's own.
-pub fn scrub_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    strip_session_headers(headers);
+/// Strip-then-inject for one deployment: what a client may not send upstream.
+///
+/// That is the whole `X-Session*` namespace ([`is_session_header`]) and the header
+/// the gateway sends the handle in (`upstream.header`), which an operator may have
+/// named outside that namespace (`X-App-Session`). Both are matched in every case and
+/// `_`/`-` spelling, for the same reason as the namespace: a CGI-style backend folds
+/// `X_App_Session` into the same variable as `X-App-Session`. The name is passed in
+/// (this layer knows nothing of the configuration); cloning a `Scrubber` only bumps a
+/// reference count, so each request's trailer filter can own one.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    /// The configured header name with `_` folded to `-`, when it lies outside the
+    /// namespace (inside it, [`is_session_header`] already covers every spelling).
+    extra: Option<Bytes>,
+}
+
+impl Scrubber {
+    /// A scrubber for the namespace plus `session_header`.
+    pub fn new(session_header: &HeaderName) -> Scrubber {
+        let extra = (!is_session_header(session_header)).then(|| {
+            let folded: Vec<u8> = session_header
+                .as_str()
+                .bytes()
+                .map(fold_underscore)
+                .collect();
+            Bytes::from(folded)
+        });
+        Scrubber { extra }
+    }
+
+    /// True for every spelling of a header the proxy owns on the way upstream.
+    /// [`HeaderName`] is always lowercase, so only `_` needs folding.
+    pub fn owns(&self, name: &HeaderName) -> bool {
+        is_session_header(name)
+            || self.extra.as_ref().is_some_and(|extra| {
+                let name = name.as_str().as_bytes();
+                name.len() == extra.len()
+                    && name
+                        .iter()
+                        .zip(extra.iter())
+                        .all(|(&have, &want)| fold_underscore(have) == want)
+            })
+    }
+
+    /// Removes every header the proxy owns (see [`Scrubber::owns`]).
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        // As in `strip_session_headers`: zero or one hit is the common case.
+        while let Some(name) = headers.keys().find(|n| self.owns(n)).cloned() {
+            headers.remove(&name);
+        }
+    }
+
+    /// Everything a client may not send upstream: hop-by-hop headers (including
+    /// `Connection`-named ones), then every header the proxy owns. Use it for both
+    /// the request headers and the request trailers, before adding the proxy's own.
+    pub fn scrub_request(&self, headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers);
+        self.strip(headers);
+    }
 }
 
 /// Hop-by-hop removal for upstream responses (same list as for requests).
@@ -161,6 +216,71 @@ pub fn scrub_request(headers: &mut HeaderMap) {
 /// [`strip_session_headers`] before adding `X-Session-State`.
 pub fn scrub_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+}
+
+/// Whether an upstream message's framing is ambiguous (RFC 9112 §6.1, §6.3):
+/// `Transfer-Encoding` together with `Content-Length`, or transfer codings other than
+/// one `chunked`. hyper reads such a message by `Transfer-Encoding` alone, but a
+/// sender that meant `Content-Length` (or a coding hyper passes through undecoded)
+/// frames it differently, and whatever lies between the two readings is another
+/// message on a shared upstream connection. Such a response is refused (502, as nginx
+/// does), never forwarded with a `Content-Length` that does not describe the body.
+pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return false;
+    };
+    headers.contains_key(CONTENT_LENGTH)
+        || codings.next().is_some()
+        || !trim_ows(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
+}
+
+/// Removes every `Set-Cookie` that sets one of the named cookies (names compared
+/// ASCII case-insensitively: browsers match the `__Host-` prefix that way, and a
+/// case variant of the gateway's cookie is no cookie an upstream needs). Returns how
+/// many were removed; the others keep their order.
+pub fn remove_set_cookies(headers: &mut HeaderMap, names: &[&str]) -> usize {
+    let doomed = |value: &HeaderValue| {
+        set_cookie_name(value.as_bytes()).is_some_and(|name| {
+            names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        })
+    };
+    if !headers.get_all(SET_COOKIE).iter().any(doomed) {
+        return 0;
+    }
+    let all: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    headers.remove(SET_COOKIE);
+    let mut removed = 0;
+    for value in all {
+        if doomed(&value) {
+            removed += 1;
+        } else {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+    removed
+}
+
+/// The cookie name of a `Set-Cookie` value: before the first `=` of the part before
+/// the first `;`, trimmed (RFC 6265 §5.2). None without `=` (a nameless cookie).
+fn set_cookie_name(value: &[u8]) -> Option<&[u8]> {
+    let pair = value.split(|&b| b == b';').next()?;
+    split_pair(pair).map(|(name, _)| name)
+}
+
+/// Adds `name` to `Vary` unless it is listed already (or `Vary: *`).
+pub fn vary_on(headers: &mut HeaderMap, name: HeaderName) {
+    let listed = headers.get_all(VARY).iter().any(|line| {
+        line.as_bytes().split(|&b| b == b',').any(|token| {
+            let token = trim_ows(token);
+            token == b"*" || token.eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+    });
+    if !listed {
+        headers.append(VARY, HeaderValue::from(name));
+    }
 }
 
 /// Every value of cookie `name` across all `Cookie` lines (HTTP/2 sends one line per
@@ -278,7 +398,7 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trust_forwarded: bool) 
 ///
 /// `host` is the request's host as the client addressed it: the `Host` header for
 /// HTTP/1.1, the `:authority` for HTTP/2 (which may carry no `Host` header at all).
-/// The caller captures it before [`scrub_request`], which may remove `Host` if a
+/// The caller captures it before [`Scrubber::scrub_request`], which may remove `Host` if a
 /// `Connection` line names it.
 ///
 /// - `trust_client == false` (the default): whatever the client claimed is replaced:
@@ -531,7 +651,7 @@ mod tests {
     #[test]
     fn scrub_request_handles_trailer_maps() {
         let mut trailers = map(&[("x_session", "forged"), ("x-checksum", "abc")]);
-        scrub_request(&mut trailers);
+        Scrubber::default().scrub_request(&mut trailers);
         assert_eq!(trailers.len(), 1);
         assert!(trailers.contains_key("x-checksum"));
     }
@@ -545,13 +665,50 @@ mod tests {
             ("X_Session", "forged2"),
             ("host", "example.com"),
         ]);
-        scrub_request(&mut h);
+        Scrubber::default().scrub_request(&mut h);
         h.insert(X_SESSION, HeaderValue::from_static("real"));
         assert_eq!(values(&h, "x-session"), ["real"]);
         assert!(!h.contains_key("x_session"));
         assert!(!h.contains_key("x-trace"));
         assert!(!h.contains_key(CONNECTION));
         assert_eq!(values(&h, "host"), ["example.com"]);
+    }
+
+    #[test]
+    fn scrubber_strips_the_configured_header_in_every_spelling() {
+        let scrubber = Scrubber::new(&name("x-app-session"));
+        let mut h = map(&[
+            ("x-app-session", "a"),
+            ("X_App_Session", "b"),
+            ("X-APP_SESSION", "c"),
+            ("x_app-session", "d"),
+            ("x-session", "e"),
+            ("x-app-sessions", "keep"),
+            ("x-app", "keep"),
+            ("accept", "*/*"),
+        ]);
+        scrubber.scrub_request(&mut h);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-app", "x-app-sessions"]);
+    }
+
+    #[test]
+    fn scrubber_with_an_underscored_configured_name() {
+        let scrubber = Scrubber::new(&name("my_handle"));
+        assert!(scrubber.owns(&name("my-handle")));
+        assert!(scrubber.owns(&name("MY_HANDLE")));
+        assert!(!scrubber.owns(&name("my-handles")));
+        assert!(!scrubber.owns(&name("myhandle")));
+    }
+
+    #[test]
+    fn default_scrubber_is_the_namespace() {
+        let scrubber = Scrubber::default();
+        assert!(scrubber.owns(&name("x_session_token")));
+        assert!(!scrubber.owns(&name("x-app-session")));
+        // A configured name inside the namespace adds nothing.
+        assert!(Scrubber::new(&X_SESSION).extra.is_none());
     }
 
     #[test]
@@ -565,6 +722,75 @@ mod tests {
         scrub_response(&mut h);
         assert_eq!(h.len(), 2);
         assert!(h.contains_key(X_SESSION_END));
+    }
+
+    #[test]
+    fn framing_with_both_lengths_or_odd_codings_is_ambiguous() {
+        assert!(!ambiguous_framing(&map(&[("content-length", "5")])));
+        assert!(!ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+        assert!(!ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "Chunked"
+        )])));
+        assert!(!ambiguous_framing(&HeaderMap::new()));
+        for bad in [
+            map(&[("transfer-encoding", "chunked"), ("content-length", "5")]),
+            map(&[("content-length", "5"), ("transfer-encoding", "gzip")]),
+            map(&[("transfer-encoding", "gzip, chunked")]),
+            map(&[("transfer-encoding", "chunked, chunked")]),
+            map(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ]),
+            map(&[("transfer-encoding", "identity")]),
+        ] {
+            assert!(ambiguous_framing(&bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_set_cookies_are_removed_in_any_case() {
+        let mut h = map(&[
+            ("set-cookie", "a=1; Path=/"),
+            ("set-cookie", "sg_session=evil; Path=/"),
+            ("set-cookie", " __host-SG_BROWSER = evil ;Secure"),
+            ("set-cookie", "__Host-sg_session=evil"),
+            ("set-cookie", "sg_sessionx=keep"),
+            ("set-cookie", "nameless"),
+            ("set-cookie", "b=2"),
+        ]);
+        let names = [
+            "sg_browser",
+            "sg_session",
+            "__Host-sg_browser",
+            "__Host-sg_session",
+        ];
+        assert_eq!(remove_set_cookies(&mut h, &names), 3);
+        assert_eq!(
+            values(&h, "set-cookie"),
+            ["a=1; Path=/", "sg_sessionx=keep", "nameless", "b=2"]
+        );
+        assert_eq!(remove_set_cookies(&mut h, &names), 0);
+    }
+
+    #[test]
+    fn vary_is_added_once() {
+        let mut h = HeaderMap::new();
+        vary_on(&mut h, COOKIE);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["cookie"]);
+        let mut h = map(&[("vary", "Accept-Encoding, Cookie")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["Accept-Encoding, Cookie"]);
+        let mut h = map(&[("vary", "*")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["*"]);
+        let mut h = map(&[("vary", "accept-encoding")]);
+        vary_on(&mut h, COOKIE);
+        assert_eq!(values(&h, "vary"), ["accept-encoding", "cookie"]);
     }
 
     #[test]
@@ -817,6 +1043,26 @@ mod tests {
         }
 
         #[test]
+        fn prop_configured_header_spellings_owned(
+            base in "[a-z][a-z0-9]{0,5}(-[a-z0-9]{1,5}){0,3}",
+            flags in proptest::collection::vec((any::<bool>(), any::<bool>()), 24),
+        ) {
+            let scrubber = Scrubber::new(&name(&base));
+            let spelled: String = base
+                .chars()
+                .zip(flags.iter().cycle())
+                .map(|(c, &(upper, underscore))| match c {
+                    '-' if underscore => '_',
+                    c if upper => c.to_ascii_uppercase(),
+                    c => c,
+                })
+                .collect();
+            prop_assert!(scrubber.owns(&name(&spelled)));
+            let longer = format!("{spelled}x");
+            prop_assert_eq!(scrubber.owns(&name(&longer)), is_session_header(&name(&longer)));
+        }
+
+        #[test]
         fn prop_is_session_header_matches_model(s in "[a-zA-Z_-][a-zA-Z0-9_-]{0,15}") {
             let model = s.to_ascii_lowercase().replace('_', "-").starts_with("x-session");
             prop_assert_eq!(is_session_header(&name(&s)), model);
@@ -837,7 +1083,7 @@ mod tests {
                 h.append(CONNECTION, HeaderValue::from_str(&line).unwrap());
             }
             h.append(TE, HeaderValue::from_static("trailers"));
-            scrub_request(&mut h);
+            Scrubber::default().scrub_request(&mut h);
             for k in h.keys() {
                 prop_assert!(!is_session_header(k));
                 prop_assert!(!HOP_BY_HOP.contains(k));

@@ -1,8 +1,9 @@
 //! The HTTP vocabulary every layer may use: response bodies and canned answers,
 //! header names and scrubbing, cookies, forwarded headers, the query string, Fetch
 //! Metadata, origins, the path normalisation that keeps the reserved prefix from
-//! being reached under another spelling, the pooled client, and the one type for
-//! everything the gateway refuses or fails on.
+//! being reached under another spelling, the pooled client, the WebSocket handshake
+//! checks that guard tunnels, and the one type for everything the gateway refuses or
+//! fails on.
 //!
 //! Nothing here knows about sessions, the request path or the server: this module
 //! sits just above [`crate::config`] and below everything else (see ARCHITECTURE.md).
@@ -15,3 +16,4 @@ pub mod origin;
 pub mod path;
 pub mod query;
 pub mod refusal;
+pub mod websocket;

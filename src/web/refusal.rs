@@ -68,6 +68,8 @@ pub enum Refusal {
     NeedsSession,
     /// A request target that cannot be sent upstream.
     BadTarget,
+    /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 §3.2).
+    BadHost,
     /// A path under the reserved prefix that is no endpoint.
     NotFound,
     /// A reserved call without a valid session.
@@ -132,7 +134,9 @@ impl Refusal {
             Refusal::Method | Refusal::ReservedMethod(_) => "method",
             Refusal::CrossOriginUpgrade | Refusal::CrossOrigin => "origin",
             Refusal::NeedsSession => "needs_session",
-            Refusal::BadTarget | Refusal::Unreadable | Refusal::BadJson => "bad_request",
+            Refusal::BadTarget | Refusal::BadHost | Refusal::Unreadable | Refusal::BadJson => {
+                "bad_request"
+            }
             Refusal::NotFound => "not_found",
             Refusal::NoSession => "no_session",
             Refusal::NoBrowserKey => "no_browser_key",
@@ -187,6 +191,11 @@ impl Refusal {
                 StatusCode::BAD_REQUEST,
                 Text,
                 "400 Bad Request: unusable request target",
+            ),
+            Refusal::BadHost => (
+                StatusCode::BAD_REQUEST,
+                Text,
+                "400 Bad Request: a request needs exactly one valid Host header",
             ),
             Refusal::NotFound => (StatusCode::NOT_FOUND, Json, "no such endpoint"),
             Refusal::NoSession => (StatusCode::UNAUTHORIZED, Json, "no valid session"),
@@ -288,6 +297,7 @@ mod tests {
             Refusal::CrossOrigin,
             Refusal::NeedsSession,
             Refusal::BadTarget,
+            Refusal::BadHost,
             Refusal::NotFound,
             Refusal::NoSession,
             Refusal::NoBrowserKey,

@@ -2,6 +2,7 @@
 //! loopback ports, and raw-socket helpers for adversarial input.
 #![allow(dead_code)]
 
+pub mod scripted;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -62,6 +63,27 @@ impl Fixture {
             .await
             .expect("metrics body");
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+}
+
+/// A gateway in front of any upstream URL (a [`scripted::Scripted`] one, say).
+pub async fn gateway_for(
+    upstream_url: &str,
+    mode: SessionMode,
+    tweak: impl FnOnce(&mut Config),
+) -> Running {
+    let mut config = test_config(upstream_url);
+    config.session.mode = mode;
+    tweak(&mut config);
+    server::start(config).await.expect("gateway starts")
+}
+
+/// Reads from `stream` until the peer closes it (or 5 s pass: `None`).
+pub async fn read_to_close(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(answer),
+        Err(_) => None,
     }
 }
 

@@ -12,7 +12,7 @@
 //! | `/status?code=N` | status N |
 //! | `/respond?header=Name:Value&…&body=…&type=…` | 200 with those headers and body |
 //! | `/stream?chunks=N&ms=M` | N chunks `chunk i\n`, M ms apart |
-//! | `/upgrade` with `Upgrade:` | 101, then echoes raw bytes both ways |
+//! | `/upgrade` with `Upgrade:` | 101 naming the requested protocol (with the matching `Sec-WebSocket-Accept` when there is a `Sec-WebSocket-Key`), then echoes raw bytes |
 //! | anything else | 200 `text/plain` `ok` |
 //!
 //! Query values are percent-decoded (`+` is a space). Dropping the [`Upstream`]
@@ -194,8 +194,14 @@ async fn accept_loop(
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn handle(mut req: Request<Incoming>, log: &Mutex<Vec<Recorded>>) -> Response<TestBody> {
-    // `/upgrade` accepts any `Upgrade` protocol and then echoes raw bytes back.
-    let upgrade = (req.uri().path() == "/upgrade" && req.headers().contains_key("upgrade"))
+    // `/upgrade` accepts any `Upgrade` protocol and then echoes raw bytes back: a
+    // naive backend, which only a careful gateway keeps from being tunnelled to.
+    let protocol = req.headers().get("upgrade").cloned();
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|key| ws_accept(key.as_bytes()));
+    let upgrade = (req.uri().path() == "/upgrade" && protocol.is_some())
         .then(|| hyper::upgrade::on(&mut req));
     let recorded = record(req).await;
     log.lock().unwrap().push(recorded.clone());
@@ -206,12 +212,14 @@ async fn handle(mut req: Request<Incoming>, log: &Mutex<Vec<Recorded>>) -> Respo
                 let _ = tokio::io::copy(&mut reader, &mut writer).await;
             }
         });
-        return Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("upgrade", "echo")
-            .header("connection", "upgrade")
-            .body(full(Bytes::new()))
-            .unwrap();
+            .header("upgrade", protocol.unwrap())
+            .header("connection", "upgrade");
+        if let Some(accept) = accept {
+            response = response.header("sec-websocket-accept", accept);
+        }
+        return response.body(full(Bytes::new())).unwrap();
     }
 
     let path = recorded.uri.split('?').next().unwrap_or("");
@@ -367,6 +375,12 @@ impl Body for ChannelBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// The `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2), computed by tungstenite
+/// rather than by the gateway's own code.
+pub fn ws_accept(key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }
 
 /// Splits a query string into percent-decoded pairs (`+` is a space).

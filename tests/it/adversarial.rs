@@ -301,3 +301,191 @@ async fn random_input_gets_an_answer_or_a_close_never_a_crash() {
         200
     );
 }
+
+/// The header names of a recorded request (headers and trailers) that a backend
+/// folding `_` to `-` would read as `name`, with their values.
+fn spellings_of(request: &crate::common::upstream::Recorded, name: &str) -> Vec<(String, String)> {
+    request
+        .headers
+        .iter()
+        .chain(&request.trailers)
+        .filter(|(n, _)| n.replace('_', "-") == name)
+        .cloned()
+        .collect()
+}
+
+/// `upstream.header` may lie outside the `X-Session*` namespace; every spelling of it
+/// is stripped before the real one is added, so a backend that folds `_` to `-` never
+/// reads a forged handle next to (or instead of) the gateway's.
+#[tokio::test]
+async fn a_configured_session_header_cannot_be_forged_over_http1() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.upstream.header = "X-App-Session".to_string();
+    })
+    .await;
+    let cookies = session_cookies(&fx).await;
+    let genuine = fx.upstream.wait_for(1).await[0]
+        .header("x-app-session")
+        .expect("the handle travels in the configured header");
+
+    let forgeries = [
+        "X_App_Session: victim-1\r\n",
+        "x-app-session: victim-2\r\n",
+        "X-APP_SESSION: victim-3\r\n",
+        "x_app-session: victim-4\r\nX_APP_SESSION: victim-5\r\n",
+    ];
+    for forged in forgeries {
+        for cookie in [Some(cookies.as_str()), None] {
+            let cookie_line = cookie
+                .map(|c| format!("Cookie: {c}\r\n"))
+                .unwrap_or_default();
+            let raw = format!(
+                "GET /forged HTTP/1.1\r\nHost: gw\r\n{cookie_line}{forged}Connection: close\r\n\r\n"
+            );
+            let answer = raw_exchange(fx.gateway.public_addr, raw.as_bytes()).await;
+            assert_eq!(status_of(&answer), 200, "{forged}: {answer}");
+        }
+    }
+    // And as trailers of a chunked body.
+    let raw = format!(
+        "POST /forged HTTP/1.1\r\nHost: gw\r\nCookie: {cookies}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X_App_Session\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+         X_App_Session: victim-6\r\nx-app-session: victim-7\r\n\r\n"
+    );
+    let answer = raw_exchange(fx.gateway.public_addr, raw.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let seen = fx.upstream.wait_for(2 * forgeries.len() + 2).await;
+    for request in &seen[1..] {
+        let spellings = spellings_of(request, "x-app-session");
+        assert_eq!(spellings.len(), 1, "{}: {spellings:?}", request.uri);
+        let (name, value) = &spellings[0];
+        assert_eq!(name, "x-app-session");
+        assert!(
+            !value.starts_with("victim"),
+            "forged handle forwarded: {value}"
+        );
+        if request.header("cookie").is_some() || request.method == "POST" {
+            assert_eq!(value, &genuine);
+        }
+    }
+    assert_eq!(&seen.last().unwrap().body[..], b"hello");
+}
+
+/// The same over HTTP/2, where a header name may be sent in any spelling hyper
+/// accepts and trailers travel as a frame of their own.
+#[tokio::test]
+async fn a_configured_session_header_cannot_be_forged_over_http2() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.upstream.header = "X-App-Session".to_string();
+    })
+    .await;
+    let cookies = session_cookies(&fx).await;
+    let genuine = fx.upstream.wait_for(1).await[0]
+        .header("x-app-session")
+        .unwrap();
+
+    let stream = TcpStream::connect(fx.gateway.public_addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    let get = http::Request::get(fx.url("/forged-h2"))
+        .header("cookie", cookies.as_str())
+        .header("x_app_session", "victim-1")
+        .header("x-app-session", "victim-2")
+        .body(Empty::<Bytes>::new().boxed())
+        .unwrap();
+    let response = sender.send_request(get).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x_app_session", "victim-3".parse().unwrap());
+    trailers.insert("x-app-session", "victim-4".parse().unwrap());
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let post = http::Request::post(fx.url("/forged-h2"))
+        .header("cookie", cookies.as_str())
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap();
+    let response = sender.send_request(post).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+
+    let seen = fx.upstream.wait_for(3).await;
+    for request in &seen[1..] {
+        let spellings = spellings_of(request, "x-app-session");
+        assert_eq!(
+            spellings,
+            vec![("x-app-session".to_string(), genuine.clone())],
+            "{} {}",
+            request.method,
+            request.uri
+        );
+    }
+    assert_eq!(&seen[2].body[..], b"hello");
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request with two or an
+/// invalid one, gets 400 and reaches nothing.
+#[tokio::test]
+async fn http1_requests_need_exactly_one_valid_host() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    for raw in [
+        &b"GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /two-hosts HTTP/1.1\r\nHost: gw\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET /two-hosts HTTP/1.0\r\nHost: gw\r\nHost: evil.example\r\n\r\n",
+        b"GET /userinfo HTTP/1.1\r\nHost: user@evil.example\r\nConnection: close\r\n\r\n",
+        b"GET /junk HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        b"GET /__sessiongate/status HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(fx.gateway.public_addr, raw).await;
+        assert_eq!(
+            status_of(&answer),
+            400,
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert!(
+        fx.upstream.requests().is_empty(),
+        "{:?}",
+        fx.upstream.requests()
+    );
+    // HTTP/1.0 predates Host: without one the upstream's own authority is used.
+    let answer = raw_exchange(fx.gateway.public_addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = fx.upstream.wait_for(1).await;
+    assert_eq!(seen[0].header("host"), Some(fx.upstream.addr.to_string()));
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target the authority in it is the host, and
+/// the `Host` header is ignored — for the upstream and for `X-Forwarded-Host`.
+#[tokio::test]
+async fn an_absolute_form_authority_wins_over_host() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let answer = raw_exchange(
+        fx.gateway.public_addr,
+        b"GET http://app.example:8080/absolute?x=1 HTTP/1.1\r\nHost: evil.example\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = fx.upstream.wait_for(1).await;
+    assert_eq!(seen[0].uri, "/absolute?x=1");
+    assert_eq!(seen[0].header_all("host"), vec!["app.example:8080"]);
+    assert_eq!(
+        seen[0].header_all("x-forwarded-host"),
+        vec!["app.example:8080"]
+    );
+}

@@ -44,6 +44,7 @@ use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::ProxyBody;
+use crate::web::forwarded::Trust;
 use crate::web::headers::X_SESSION_TOKEN;
 use crate::web::origin::OriginPolicy;
 use crate::web::refusal::{Refusal, Refused};
@@ -62,7 +63,8 @@ pub struct Gateway {
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
     session_header: HeaderName,
-    trust_forwarded: bool,
+    /// Whose forwarded headers are believed, and the public scheme.
+    trust: Trust,
     activity: Activity,
     /// `session.require`, lowercased to match normalized paths.
     require: Vec<String>,
@@ -77,6 +79,8 @@ pub enum GatewayError {
     SessionHeader(String),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("listen.trusted_proxies: {0}")]
+    TrustedProxies(#[from] crate::config::CidrError),
 }
 
 /// Client addresses tracked by the session-creation limit at once.
@@ -90,7 +94,6 @@ impl Gateway {
         metrics: Arc<Metrics>,
         hooks: Arc<Hooks>,
     ) -> Result<Self, GatewayError> {
-        let secure = config.listen.tls.is_some();
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
         // Remembered redeemed tickets: a few per live session is far more than tabs
@@ -101,7 +104,6 @@ impl Gateway {
         let resolver = Arc::new(Resolver::new(
             Arc::clone(&store),
             config.session.mode,
-            secure,
             tickets,
             CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
         ));
@@ -123,7 +125,7 @@ impl Gateway {
             clock,
             metrics,
             session_header,
-            trust_forwarded: config.upstream.trust_forwarded,
+            trust: Trust::from_config(config)?,
             activity: config.session.activity,
             require: config
                 .session
@@ -156,7 +158,7 @@ impl Gateway {
     ) -> (Route, Response<ProxyBody>) {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
-        if upgrade.is_some() && !self.origin_allowed(&parts, cx.conn) {
+        if upgrade.is_some() && !self.origin_allowed(&parts, cx) {
             return (Route::Proxy, Refusal::CrossOriginUpgrade.into_response());
         }
 
@@ -223,9 +225,10 @@ impl Gateway {
         response
     }
 
-    fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
+    fn origin_allowed(&self, parts: &http::request::Parts, cx: &Context) -> bool {
         let authority = parts.uri.authority().map(|a| a.as_str());
-        self.origins.allows(&parts.headers, conn.scheme, authority)
+        self.origins
+            .allows(&parts.headers, cx.scheme.as_str(), authority)
     }
 
     /// Stage 3: which session the request belongs to (DESIGN.md §3).
@@ -239,6 +242,7 @@ impl Gateway {
                 headers: &parts.headers,
                 query: parts.uri.query(),
                 speculative: cx.fetch.speculative,
+                scheme: cx.scheme,
             },
             navigation: cx.fetch.page_load,
             client: cx.client,
@@ -277,7 +281,7 @@ impl Handler for Gateway {
         let started = tokio::time::Instant::now();
         // Made first, so the log line of every answer carries the request id. The
         // path is logged without its query, which may hold a ticket.
-        let mut cx = Context::new(&request, conn, self.trust_forwarded);
+        let mut cx = Context::new(&request, conn, &self.trust);
         let span = tracing::info_span!(
             "request",
             id = cx.id.to_str().unwrap_or(""),

@@ -64,13 +64,8 @@ impl Gateway {
         });
         headers::scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &self.resolver.cookies.both());
-        headers::set_forwarded(
-            &mut parts.headers,
-            cx.conn.peer.ip(),
-            cx.conn.scheme,
-            host.as_ref(),
-            self.trust_forwarded,
-        );
+        cx.forwarded
+            .apply(&mut parts.headers, cx.scheme, host.as_ref());
         parts.headers.insert(X_REQUEST_ID, cx.id.clone());
         if let Some(upgrade) = upgrade {
             restore_upgrade(&mut parts.headers, &upgrade.protocol);

@@ -127,8 +127,8 @@ impl Reserved {
         let now = self.clock.now();
         let session = self
             .resolver
-            .browser_key(request.headers())
-            .and_then(|key| self.identify(request, &key, false, now))
+            .browser_key(request.headers(), cx.scheme)
+            .and_then(|key| self.identify(cx, request, &key, false, now))
             .and_then(|caller| caller.session);
         let reply = match session {
             None => StateReply::gone("none"),
@@ -155,7 +155,7 @@ impl Reserved {
         }
         let browser = self
             .resolver
-            .browser_key(request.headers())
+            .browser_key(request.headers(), cx.scheme)
             .ok_or(Refusal::NoBrowserKey)?;
         let presented = self.resolver.header_token(request.headers());
         let body = read_body(request).await?;
@@ -261,7 +261,7 @@ impl Reserved {
     fn same_origin(&self, cx: &Context, request: &Request<Incoming>) -> bool {
         let authority = request.uri().authority().map(|a| a.as_str());
         self.origins
-            .allows(request.headers(), cx.conn.scheme, authority)
+            .allows(request.headers(), cx.scheme.as_str(), authority)
     }
 
     /// The session a reserved request carries: its token header, a ticket (only
@@ -269,6 +269,7 @@ impl Reserved {
     /// cookie.
     fn identify(
         &self,
+        cx: &Context,
         request: &Request<Incoming>,
         browser: &BrowserKey,
         tickets: bool,
@@ -278,6 +279,7 @@ impl Reserved {
             headers: request.headers(),
             query: if tickets { request.uri().query() } else { None },
             speculative: false,
+            scheme: cx.scheme,
         };
         let identity = self.resolver.existing(&carried, browser, now)?;
         Some(Found {
@@ -301,11 +303,11 @@ impl Reserved {
         }
         let browser = self
             .resolver
-            .browser_key(request.headers())
+            .browser_key(request.headers(), cx.scheme)
             .ok_or(Refusal::NoSession)?;
         let now = self.clock.now();
         let found = self
-            .identify(request, &browser, tickets, now)
+            .identify(cx, request, &browser, tickets, now)
             .ok_or(Refusal::NoSession)?;
         let session = found.session.ok_or(Refusal::NoSession)?;
         if found.carrier == Some(Carrier::Cookie)

@@ -15,4 +15,5 @@ mod ops;
 mod reserved;
 mod tab;
 mod tls;
+mod trust;
 mod upgrade;

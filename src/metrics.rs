@@ -49,6 +49,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub upstream_duration: Histogram,
     pub upstream_errors: IntCounterVec,
+    /// Requests waiting for an upstream slot (`upstream.max_in_flight`).
+    pub upstream_waiting: IntGauge,
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
     pub refusals: IntCounterVec,
@@ -128,6 +130,14 @@ impl Metrics {
             requests,
             upstream_errors,
             hot,
+            upstream_waiting: {
+                let g = IntGauge::new(
+                    "sessiongate_upstream_waiting",
+                    "Requests waiting for a free upstream slot (upstream.max_in_flight).",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             sessions_created: counter(
                 "sessiongate_sessions_created_total",
                 "Sessions created, by kind.",
@@ -366,6 +376,7 @@ mod tests {
             "sessiongate_requests_total{code=\"4xx\",route=\"proxy\"} 0",
             "sessiongate_upstream_errors_total{kind=\"reset\"} 1",
             "sessiongate_upstream_errors_total{kind=\"connect\"} 0",
+            "sessiongate_upstream_waiting 0",
         ] {
             assert!(
                 page.lines().any(|line| line == sample),

@@ -120,7 +120,7 @@ impl Gateway {
             hooks,
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
-            upstream: Upstream::new(&config.upstream)?,
+            upstream: Upstream::new(config)?,
             store,
             clock,
             metrics,
@@ -205,8 +205,8 @@ impl Gateway {
             self.hooks.ready(session.handle()).await;
         }
         let upstream_request = Request::from_parts(parts, request::scrub_trailers(body));
-        let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
-            Ok(response) => response,
+        let (mut response, slot) = match self.upstream.send(upstream_request, &self.metrics).await {
+            Ok(sent) => sent,
             Err(failure) => return failure,
         };
 
@@ -222,7 +222,8 @@ impl Gateway {
                 }
             }
         }
-        response
+        // The upstream slot is given back when the body is done.
+        slot.hold_response(response)
     }
 
     fn origin_allowed(&self, parts: &http::request::Parts, cx: &Context) -> bool {

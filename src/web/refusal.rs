@@ -84,6 +84,9 @@ pub enum Refusal {
     Unreadable,
     /// A reserved body that is not the JSON expected.
     BadJson,
+    /// `upstream.max_in_flight` requests were in flight for all of
+    /// `upstream.connect_timeout`.
+    UpstreamBusy,
     /// `max_sessions` reached under `when_full = "reject"`.
     SessionsFull,
     /// Too many new sessions from this client address; retry after so many ms.
@@ -106,7 +109,7 @@ enum Style {
 
 impl Refusal {
     /// Every label [`Refusal::label`] can return, to initialise the metric at zero.
-    pub const LABELS: [&'static str; 17] = [
+    pub const LABELS: [&'static str; 18] = [
         "method",
         "origin",
         "needs_session",
@@ -117,6 +120,7 @@ impl Refusal {
         "bad_challenge",
         "agent_header",
         "too_large",
+        "upstream_busy",
         "sessions_full",
         "rate_limited",
         "internal",
@@ -139,6 +143,7 @@ impl Refusal {
             Refusal::BadChallenge => "bad_challenge",
             Refusal::MissingAgentHeader => "agent_header",
             Refusal::TooLarge => "too_large",
+            Refusal::UpstreamBusy => "upstream_busy",
             Refusal::SessionsFull => "sessions_full",
             Refusal::Limited { .. } => "rate_limited",
             Refusal::Internal => "internal",
@@ -152,7 +157,7 @@ impl Refusal {
     pub fn source(self) -> Source {
         match self {
             Refusal::Upstream(_) => Source::Upstream,
-            Refusal::SessionsFull | Refusal::Internal => Source::Internal,
+            Refusal::SessionsFull | Refusal::UpstreamBusy | Refusal::Internal => Source::Internal,
             _ => Source::Downstream,
         }
     }
@@ -212,6 +217,11 @@ impl Refusal {
             ),
             Refusal::Unreadable => (StatusCode::BAD_REQUEST, Json, "could not read the body"),
             Refusal::BadJson => (StatusCode::BAD_REQUEST, Json, "body is not valid JSON"),
+            Refusal::UpstreamBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Text,
+                "503 Service Unavailable: the application is busy; try again shortly",
+            ),
             Refusal::SessionsFull => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Text,
@@ -268,6 +278,9 @@ impl Refusal {
                 let seconds = retry_ms.div_ceil(1000).max(1);
                 headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
+            Refusal::UpstreamBusy => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response.extensions_mut().insert(Refused(self.label()));
@@ -296,6 +309,7 @@ mod tests {
             Refusal::TooLarge,
             Refusal::Unreadable,
             Refusal::BadJson,
+            Refusal::UpstreamBusy,
             Refusal::SessionsFull,
             Refusal::Limited { retry_ms: 1 },
             Refusal::Internal,
@@ -323,6 +337,9 @@ mod tests {
         let response = Refusal::Limited { retry_ms: 1_001 }.into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         let response = Refusal::Limited { retry_ms: 0 }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = Refusal::UpstreamBusy.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
     }
 }

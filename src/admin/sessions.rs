@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::config::SessionMode;
 use crate::session::store::SessionStore;
 use crate::session::{Clock, EndReason, Handle, Session};
-use crate::web::body::{self, ProxyBody, ReadError};
+use crate::web::body::{self, Progress, ProxyBody, ReadError};
 use crate::web::query;
 
 /// Sessions per page when `limit` is not given, and the most a page may hold.
@@ -25,6 +25,9 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Largest `PATCH` body read.
 const MAX_BODY: usize = 16 * 1024;
+/// Longest wait for the next bytes of a `PATCH` body (the admin listener is for
+/// operators and tools, which send their small bodies at once).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest timeout the API accepts: a year, in seconds.
 const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
@@ -110,7 +113,14 @@ impl SessionApi {
                 )
             }
             Method::PATCH => {
-                let patch = match body::read_limited(request, MAX_BODY).await {
+                let patch = match body::read_limited(
+                    request,
+                    MAX_BODY,
+                    BODY_TIMEOUT,
+                    Progress::new(),
+                )
+                .await
+                {
                     Ok(bytes) => serde_json::from_slice::<Patch>(&bytes),
                     Err(ReadError::TooLarge) => {
                         return body::json_error(
@@ -120,6 +130,12 @@ impl SessionApi {
                     }
                     Err(ReadError::Unreadable) => {
                         return body::json_error(StatusCode::BAD_REQUEST, "could not read the body")
+                    }
+                    Err(ReadError::TimedOut) => {
+                        return body::json_error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request body stopped arriving",
+                        )
                     }
                 };
                 let seconds = match patch {

@@ -11,6 +11,12 @@
 //! until its response body is done (or it fails); over the cap it waits up to
 //! `upstream.connect_timeout` for one (counted in `sessiongate_upstream_waiting`),
 //! then gets 503 with `Retry-After`.
+//!
+//! The request body is sent under `listen.body_timeout` ([`Deadline`]), and the
+//! response timeout counts from the moment the body has been sent, not while the
+//! client is still uploading. A body the client stalls or breaks off is the client's
+//! failure (`sessiongate_client_errors_total`): 408 (or 400) and the connection
+//! closed, never an upstream error.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -30,8 +36,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, UpstreamError};
-use crate::web::body::{BoxError, ProxyBody};
+use crate::metrics::{ClientFailure, Metrics, UpstreamError};
+use crate::web::body::{BoxError, Deadline, Progress, ProxyBody};
 use crate::web::client::{self, error_chain};
 use crate::web::refusal::Refusal;
 
@@ -54,6 +60,8 @@ pub struct Upstream {
     /// Path prefix of `upstream.url` without a trailing slash ("" for none).
     base_path: String,
     response_timeout: Duration,
+    /// `listen.body_timeout`: the longest wait for the client's next body bytes.
+    body_timeout: Duration,
     /// `upstream.max_in_flight` slots.
     slots: Arc<Semaphore>,
     /// How long a request waits for a slot (`upstream.connect_timeout`).
@@ -61,8 +69,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The upstream of `config` (`[upstream]`).
+    /// The upstream of `config`: `[upstream]`, and `listen.body_timeout` for the
+    /// request bodies sent to it.
     pub fn new(config: &Config) -> Result<Self, BadUpstreamUrl> {
+        let body_timeout = config.listen.body_timeout.get();
         let config = &config.upstream;
         let bad = |reason: &str| BadUpstreamUrl {
             url: config.url.clone(),
@@ -83,6 +93,7 @@ impl Upstream {
             authority,
             base_path,
             response_timeout: config.response_timeout.get(),
+            body_timeout,
             slots: Arc::new(Semaphore::new(
                 config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
             )),
@@ -112,30 +123,43 @@ impl Upstream {
     }
 
     /// Sends `request` once a slot is free and waits for the response head within
-    /// `upstream.response_timeout`. The returned [`Slot`] must be held until the
-    /// response body is done ([`Slot::hold`]). Failures come back as the gateway's
-    /// own error response.
+    /// `upstream.response_timeout` of the request body having been sent. The
+    /// returned [`Slot`] must be held until the response body is done
+    /// ([`Slot::hold`]). Failures come back as the gateway's own error response.
     pub async fn send(
         &self,
         request: Request<ProxyBody>,
         metrics: &Arc<Metrics>,
     ) -> Result<(Response<Incoming>, Slot), Response<ProxyBody>> {
         let permit = self.slot(metrics).await?;
-        let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        // Counted where the body fails: the upstream connection's task reads it, and
+        // this request's task is gone if the client closed its connection.
+        let counted = Arc::clone(metrics);
+        let progress = Progress::observed(move |failure| counted.client_error(failure));
+        let timeout = self.body_timeout;
+        let watched = Arc::clone(&progress);
+        let request = request.map(|body| Deadline::new(body, timeout, watched).boxed_unsync());
+        let outcome = tokio::select! {
+            sent = self.client.request(request) => Some(sent),
+            () = progress.quiet_for(self.response_timeout) => None,
+        };
         match outcome {
-            Ok(Ok(response)) => {
-                metrics.upstream_latency(started.elapsed());
+            Some(Ok(response)) => {
+                metrics.upstream_latency(
+                    Instant::now().saturating_duration_since(progress.last_moved()),
+                );
                 Ok((response, Slot(Some(permit))))
             }
-            Ok(Err(error)) => {
+            Some(Err(error)) => {
+                if let Some(failure) = progress.failure() {
+                    return Err(client_failed(failure));
+                }
                 let kind = classify(&error);
                 metrics.upstream_error(kind);
                 tracing::warn!(error = %error_chain(&error), kind = kind.as_str(), "upstream request failed");
                 Err(Refusal::Upstream(kind).into_response())
             }
-            Err(_elapsed) => {
+            None => {
                 metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(timeout = ?self.response_timeout, "upstream response timed out");
                 Err(Refusal::Upstream(UpstreamError::Timeout).into_response())
@@ -157,6 +181,19 @@ impl Upstream {
                 Err(Refusal::UpstreamBusy.into_response())
             }
         }
+    }
+}
+
+/// The answer to a request body the client failed (already counted as the
+/// client's error, never the upstream's).
+fn client_failed(failure: ClientFailure) -> Response<ProxyBody> {
+    tracing::info!(
+        kind = failure.as_str(),
+        "the client failed its request body"
+    );
+    match failure {
+        ClientFailure::TimedOut => Refusal::BodyTimeout.into_response(),
+        ClientFailure::Aborted => Refusal::BodyAborted.into_response(),
     }
 }
 

@@ -84,6 +84,11 @@ pub enum Refusal {
     Unreadable,
     /// A reserved body that is not the JSON expected.
     BadJson,
+    /// A request body that sent nothing for `listen.body_timeout` (the connection
+    /// is closed after the answer).
+    BodyTimeout,
+    /// A forwarded request whose client broke off its body.
+    BodyAborted,
     /// `upstream.max_in_flight` requests were in flight for all of
     /// `upstream.connect_timeout`.
     UpstreamBusy,
@@ -109,7 +114,7 @@ enum Style {
 
 impl Refusal {
     /// Every label [`Refusal::label`] can return, to initialise the metric at zero.
-    pub const LABELS: [&'static str; 18] = [
+    pub const LABELS: [&'static str; 20] = [
         "method",
         "origin",
         "needs_session",
@@ -120,6 +125,8 @@ impl Refusal {
         "bad_challenge",
         "agent_header",
         "too_large",
+        "body_timeout",
+        "body_aborted",
         "upstream_busy",
         "sessions_full",
         "rate_limited",
@@ -143,6 +150,8 @@ impl Refusal {
             Refusal::BadChallenge => "bad_challenge",
             Refusal::MissingAgentHeader => "agent_header",
             Refusal::TooLarge => "too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::BodyAborted => "body_aborted",
             Refusal::UpstreamBusy => "upstream_busy",
             Refusal::SessionsFull => "sessions_full",
             Refusal::Limited { .. } => "rate_limited",
@@ -217,6 +226,16 @@ impl Refusal {
             ),
             Refusal::Unreadable => (StatusCode::BAD_REQUEST, Json, "could not read the body"),
             Refusal::BadJson => (StatusCode::BAD_REQUEST, Json, "body is not valid JSON"),
+            Refusal::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                Text,
+                "408 Request Timeout: the request body stopped arriving",
+            ),
+            Refusal::BodyAborted => (
+                StatusCode::BAD_REQUEST,
+                Text,
+                "400 Bad Request: the request body was cut off",
+            ),
             Refusal::UpstreamBusy => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Text,
@@ -309,6 +328,8 @@ mod tests {
             Refusal::TooLarge,
             Refusal::Unreadable,
             Refusal::BadJson,
+            Refusal::BodyTimeout,
+            Refusal::BodyAborted,
             Refusal::UpstreamBusy,
             Refusal::SessionsFull,
             Refusal::Limited { retry_ms: 1 },

@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod adversarial;
+mod bodies;
 mod cli;
 mod forwarding;
 mod hooks;

@@ -2,23 +2,31 @@
 //! once when the request arrives and carried through every stage (Pingora's `CTX`).
 //!
 //! It holds the request id, the connection, the request's [`Fetch`] metadata, the
-//! client address (computed once), and — as the stages find them — the session
-//! identity and state. Every route (proxied, reserved, bootstrap, refusal) ends in
-//! [`Context::finish`], so `X-Session-State`, the gateway's cookies and
+//! client address and the public scheme (computed once, from the peer and what a
+//! trusted proxy says: [`crate::web::forwarded`]), and — as the stages find them —
+//! the session identity and state. Every route (proxied, reserved, bootstrap,
+//! refusal) ends in [`Context::finish`], so `X-Session-State`, the gateway's cookies
+//! (spelled for the public scheme), `Strict-Transport-Security` under https and
 //! `X-Request-Id` are set the same way on every answer.
 
 use std::net::IpAddr;
 
-use http::header::{CACHE_CONTROL, SET_COOKIE};
+use http::header::{CACHE_CONTROL, SET_COOKIE, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderValue, Request, Response};
 
 use crate::net::ConnInfo;
-use crate::session::identity::Identity;
+use crate::session::identity::{CookieNames, Identity};
 use crate::session::{SessionError, State};
 use crate::web::body::ProxyBody;
 use crate::web::fetch::Fetch;
+use crate::web::forwarded::{Forwarded, Scheme, Trust};
 use crate::web::headers::{self, X_REQUEST_ID, X_SESSION_STATE, X_SESSION_TOKEN};
 use crate::web::refusal::Refusal;
+
+/// HSTS for answers whose public scheme is https: a year, this host only (the
+/// gateway cannot know whether every subdomain speaks https). An upstream's own
+/// header is kept.
+const HSTS: &str = "max-age=31536000";
 
 /// What the gateway knows about one request as it moves through the stages.
 #[derive(Debug)]
@@ -28,8 +36,13 @@ pub struct Context {
     pub conn: ConnInfo,
     pub fetch: Fetch,
     /// The client address per-client limits apply to (see
-    /// [`headers::client_address`]).
+    /// [`crate::web::forwarded`]).
     pub client: IpAddr,
+    /// The scheme the browser used: decides the cookies' spelling, HSTS and the
+    /// gateway's own `Origin`.
+    pub scheme: Scheme,
+    /// What the upstream's `X-Forwarded-*` headers are made from.
+    pub forwarded: Forwarded,
     /// The request's session, once identified, and cookies to set.
     pub identity: Identity,
     /// The session's state after this request (`None`: no session).
@@ -38,28 +51,36 @@ pub struct Context {
 
 impl Context {
     /// The context of a request that has just arrived.
-    pub fn new<B>(request: &Request<B>, conn: ConnInfo, trust_forwarded: bool) -> Context {
+    pub fn new<B>(request: &Request<B>, conn: ConnInfo, trust: &Trust) -> Context {
         let headers = request.headers();
+        let arrival = trust.arrival(headers, conn.peer.ip(), conn.scheme == "https");
         Context {
             id: headers::request_id(headers),
             conn,
             fetch: Fetch::of(request.method(), headers),
-            client: headers::client_address(headers, conn.peer.ip(), trust_forwarded),
+            client: arrival.client,
+            scheme: arrival.scheme,
+            forwarded: arrival.forwarded,
             identity: Identity::default(),
             state: None,
         }
     }
 
     /// Adds the gateway's response headers to any answer, proxied or its own: the
-    /// session state, the gateway's cookies, the request id. An answer that sets a
-    /// cookie of the gateway's or carries a token is `Cache-Control: private,
-    /// no-store`, whatever the upstream said: no cache may keep a session for others.
+    /// session state, the gateway's cookies, HSTS under https, the request id. An
+    /// answer that sets a cookie of the gateway's or carries a token is
+    /// `Cache-Control: private, no-store`, whatever the upstream said: no cache may
+    /// keep a session for others.
     pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers_mut();
         let state = self.state.map_or("none", State::as_str);
         headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
+        let spelling = CookieNames.spelled(self.scheme);
         for cookie in &self.identity.set_cookies {
-            headers.append(SET_COOKIE, cookie.clone());
+            headers.append(SET_COOKIE, cookie.render(spelling));
+        }
+        if self.scheme.is_secure() && !headers.contains_key(STRICT_TRANSPORT_SECURITY) {
+            headers.insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
         }
         if !self.identity.set_cookies.is_empty() || headers.contains_key(X_SESSION_TOKEN) {
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));

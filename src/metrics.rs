@@ -33,6 +33,7 @@ impl Route {
     }
 }
 
+pub use crate::web::body::ClientFailure;
 use crate::web::refusal::Refusal;
 pub use crate::web::refusal::UpstreamError;
 
@@ -49,6 +50,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub upstream_duration: Histogram,
     pub upstream_errors: IntCounterVec,
+    /// Requests waiting for an upstream slot (`upstream.max_in_flight`).
+    pub upstream_waiting: IntGauge,
+    pub client_errors: IntCounterVec,
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
     pub refusals: IntCounterVec,
@@ -61,6 +65,7 @@ pub struct Metrics {
 struct Hot {
     requests: [[IntCounter; 5]; 3],
     upstream_errors: [IntCounter; 4],
+    client_errors: [IntCounter; 2],
     active: IntGauge,
     warning: IntGauge,
     injected: IntCounter,
@@ -105,6 +110,11 @@ impl Metrics {
             "Failed upstream exchanges by kind.",
             &["kind"],
         )?;
+        let client_errors = counter(
+            "sessiongate_client_errors_total",
+            "Request bodies the client failed, by kind (body_timeout, body_aborted).",
+            &["kind"],
+        )?;
         let injections = counter(
             "sessiongate_injections_total",
             "HTML responses by agent injection outcome.",
@@ -117,6 +127,8 @@ impl Metrics {
             }),
             upstream_errors: UpstreamError::ALL
                 .map(|kind| upstream_errors.with_label_values(&[kind.as_str()])),
+            client_errors: ClientFailure::ALL
+                .map(|kind| client_errors.with_label_values(&[kind.as_str()])),
             active: sessions_active.with_label_values(&["active"]),
             warning: sessions_active.with_label_values(&["warning"]),
             injected: injections.with_label_values(&["injected"]),
@@ -127,7 +139,16 @@ impl Metrics {
             sessions_active,
             requests,
             upstream_errors,
+            client_errors,
             hot,
+            upstream_waiting: {
+                let g = IntGauge::new(
+                    "sessiongate_upstream_waiting",
+                    "Requests waiting for a free upstream slot (upstream.max_in_flight).",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             sessions_created: counter(
                 "sessiongate_sessions_created_total",
                 "Sessions created, by kind.",
@@ -222,6 +243,9 @@ impl Metrics {
         for kind in UpstreamError::ALL {
             self.upstream_errors.with_label_values(&[kind.as_str()]);
         }
+        for kind in ClientFailure::ALL {
+            self.client_errors.with_label_values(&[kind.as_str()]);
+        }
         for outcome in ["injected", "skipped"] {
             self.injections.with_label_values(&[outcome]);
         }
@@ -260,6 +284,11 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.hot.upstream_errors[kind as usize].inc();
+    }
+
+    /// Counts a request body the client failed (timed out or broke off).
+    pub fn client_error(&self, kind: ClientFailure) {
+        self.hot.client_errors[kind as usize].inc();
     }
 
     pub fn upstream_latency(&self, elapsed: Duration) {
@@ -359,6 +388,7 @@ mod tests {
         metrics.request(Route::Reserved, http::StatusCode::NOT_FOUND);
         metrics.request(Route::Proxy, http::StatusCode::SWITCHING_PROTOCOLS);
         metrics.upstream_error(UpstreamError::Reset);
+        metrics.client_error(ClientFailure::Aborted);
         let page = metrics.render();
         for sample in [
             "sessiongate_requests_total{code=\"4xx\",route=\"reserved\"} 1",
@@ -366,6 +396,9 @@ mod tests {
             "sessiongate_requests_total{code=\"4xx\",route=\"proxy\"} 0",
             "sessiongate_upstream_errors_total{kind=\"reset\"} 1",
             "sessiongate_upstream_errors_total{kind=\"connect\"} 0",
+            "sessiongate_client_errors_total{kind=\"body_aborted\"} 1",
+            "sessiongate_client_errors_total{kind=\"body_timeout\"} 0",
+            "sessiongate_upstream_waiting 0",
         ] {
             assert!(
                 page.lines().any(|line| line == sample),

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::config::SessionMode;
 use crate::session::store::SessionStore;
 use crate::session::{Clock, EndReason, Handle, Millis, Session, State};
-use crate::web::body::{self, ProxyBody, ReadError};
+use crate::web::body::{self, Progress, ProxyBody, ReadError};
 use crate::web::query;
 
 /// Sessions per page when `limit` is not given, and the most a page may hold.
@@ -35,6 +35,9 @@ const MAX_LIMIT: usize = 1000;
 const MAX_BODY: usize = 16 * 1024;
 /// The longest timeout the API accepts: a year, in milliseconds.
 const MAX_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Longest wait for the next bytes of a `PATCH` body (the admin listener is for
+/// operators and tools, which send their small bodies at once).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the session API needs from the gateway.
 pub struct SessionApi {
@@ -178,7 +181,14 @@ impl SessionApi {
                 )
             }
             Method::PATCH => {
-                let bytes = match body::read_limited(request, MAX_BODY).await {
+                let bytes = match body::read_limited(
+                    request,
+                    MAX_BODY,
+                    BODY_TIMEOUT,
+                    Progress::new(),
+                )
+                .await
+                {
                     Ok(bytes) => bytes,
                     Err(ReadError::TooLarge) => {
                         return body::json_error(
@@ -188,6 +198,12 @@ impl SessionApi {
                     }
                     Err(ReadError::Unreadable) => {
                         return body::json_error(StatusCode::BAD_REQUEST, "could not read the body")
+                    }
+                    Err(ReadError::TimedOut) => {
+                        return body::json_error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request body stopped arriving",
+                        )
                     }
                 };
                 let timeout = match parse_patch(&bytes) {

@@ -617,6 +617,46 @@ mod tests {
     }
 
     #[test]
+    fn trust_keys_from_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gate.toml",
+                "[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\npublic_scheme = \"https\"\n\
+                 body_timeout = \"5s\"\nmax_streams = 50\n[upstream]\nmax_in_flight = 64\n",
+            )?;
+            let config = load(Some(Path::new("gate.toml"))).expect("loads");
+            assert_eq!(config.listen.trusted_proxies, ["10.0.0.0/8", "::1"]);
+            assert_eq!(
+                config.listen.public_scheme,
+                super::super::PublicScheme::Https
+            );
+            assert_eq!(config.listen.body_timeout, Duration::from_secs(5));
+            assert_eq!(config.listen.max_streams, 50);
+            assert_eq!(config.upstream.max_in_flight, 64);
+
+            jail.set_env("SESSIONGATE_LISTEN__TRUSTED_PROXIES", "[\"10.0.0.1/8\"]");
+            jail.set_env("SESSIONGATE_LISTEN__PUBLIC_SCHEME", "ftp");
+            let errors = errors_of(Some(Path::new("gate.toml")));
+            let text = ConfigErrors(errors.clone()).to_string();
+            assert_eq!(errors.len(), 2, "{text}");
+            assert!(
+                text.contains(
+                    "environment SESSIONGATE_LISTEN__TRUSTED_PROXIES: listen.trusted_proxies: \
+                     \"10.0.0.1/8\" has bits set past the /8 prefix; did you mean \"10.0.0.0/8\"?"
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "environment SESSIONGATE_LISTEN__PUBLIC_SCHEME: listen.public_scheme:"
+                ),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_accept_seconds_and_units() {
         Jail::expect_with(|jail| {
             jail.create_file(
@@ -691,7 +731,8 @@ mod tests {
             assert_eq!(
                 adress.to_string(),
                 "gate.toml: listen.adress: unknown key (expected one of: address, tls, header_timeout, \
-                 idle_timeout, drain_timeout, max_connections, max_header_bytes, origins)"
+                 idle_timeout, drain_timeout, max_connections, max_header_bytes, origins, body_timeout, \
+                 max_streams, public_scheme, trusted_proxies)"
             );
             assert_eq!(
                 find(&errors, "extra").source,

@@ -5,6 +5,7 @@
 //! `SESSIONGATE_*` environment variables (`__` between levels). Loading lives in
 //! [`load`](mod@load), semantic checks in [`validate`], and the duration syntax in [`duration`].
 
+pub mod cidr;
 pub mod duration;
 pub mod effective;
 pub mod errors;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::lifetime::{millis, Beat, Lifetime};
 pub use crate::lifetime::{Activity, OnTimeout};
 
+pub use cidr::{Cidr, CidrError};
 pub use duration::Duration;
 pub use load::{load, load_sourced, load_with_defaults, ConfigError, ConfigErrors, Loaded, Source};
 
@@ -53,6 +55,29 @@ pub struct ListenConfig {
     pub max_header_bytes: usize,
     /// Allowed `Origin`s for WebSockets and reserved POSTs; empty = the request's own Host.
     pub origins: Vec<String>,
+    /// Longest a request body may send nothing (between frames, from the first wait
+    /// on): past it, the request is answered 408 (or, once answered, aborted) and
+    /// its connection closed.
+    pub body_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_streams: u32,
+    /// The scheme browsers use to reach the gateway: decides `Secure`/`__Host-`
+    /// cookies, HSTS and the gateway's own `Origin`.
+    pub public_scheme: PublicScheme,
+    /// CIDR ranges of proxies whose `X-Forwarded-For`/`-Proto` are believed (see
+    /// [`cidr`]); empty with `upstream.trust_forwarded = true` means every peer.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `listen.public_scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicScheme {
+    /// https when the listener has TLS, or a trusted proxy said
+    /// `X-Forwarded-Proto: https`; else http.
+    Auto,
+    Http,
+    Https,
 }
 
 /// `listen.tls`: PEM files for the public listener.
@@ -73,6 +98,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub trust_forwarded: bool,
+    /// Most upstream requests in flight at once; over it, requests wait up to
+    /// `connect_timeout` for a slot, then get 503.
+    pub max_in_flight: usize,
 }
 
 /// `[session]`: identity and lifetime rules.
@@ -233,6 +261,10 @@ impl Default for ListenConfig {
             max_connections: 10_000,
             max_header_bytes: 65_536,
             origins: Vec::new(),
+            body_timeout: Duration::from_secs(30),
+            max_streams: 100,
+            public_scheme: PublicScheme::Auto,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -245,6 +277,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             trust_forwarded: false,
+            max_in_flight: 1024,
         }
     }
 }

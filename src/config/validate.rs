@@ -11,7 +11,7 @@ use std::path::Path;
 
 use http::uri::{Authority, Uri};
 
-use super::{Config, Duration, Heartbeat};
+use super::{Cidr, Config, Duration, Heartbeat};
 use crate::lifetime::millis;
 use std::time::Duration as StdDuration;
 
@@ -19,6 +19,10 @@ use std::time::Duration as StdDuration;
 const MIN_HEADER_BYTES: usize = 8192;
 /// Far beyond any sane request head; a bigger limit is almost certainly a typo.
 const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+/// RFC 9113 §6.5.2: `SETTINGS_MAX_CONCURRENT_STREAMS` is a 31-bit stream count.
+const MAX_STREAMS: u32 = (1 << 31) - 1;
+/// tokio's semaphore cannot hold more permits than this.
+const MAX_IN_FLIGHT: usize = tokio::sync::Semaphore::MAX_PERMITS;
 /// A bearer token shorter than this is guessable by brute force over the network.
 const MIN_TOKEN_CHARS: usize = 16;
 
@@ -67,6 +71,21 @@ fn check_listen(config: &Config, p: &mut Problems) {
     }
     p.positive("listen.header_timeout", listen.header_timeout);
     p.positive("listen.idle_timeout", listen.idle_timeout);
+    p.positive("listen.body_timeout", listen.body_timeout);
+    if !(1..=MAX_STREAMS).contains(&listen.max_streams) {
+        p.add(
+            "listen.max_streams",
+            format!(
+                "{} is out of range: must be between 1 and {MAX_STREAMS}",
+                listen.max_streams
+            ),
+        );
+    }
+    for proxy in &listen.trusted_proxies {
+        if let Err(reason) = proxy.parse::<Cidr>() {
+            p.add("listen.trusted_proxies", reason.to_string());
+        }
+    }
     for origin in &listen.origins {
         if let Err(reason) = check_origin(origin) {
             p.add("listen.origins", format!("{origin:?}: {reason}"));
@@ -161,6 +180,15 @@ fn check_upstream(config: &Config, p: &mut Problems) {
     }
     p.positive("upstream.connect_timeout", upstream.connect_timeout);
     p.positive("upstream.response_timeout", upstream.response_timeout);
+    if !(1..=MAX_IN_FLIGHT).contains(&upstream.max_in_flight) {
+        p.add(
+            "upstream.max_in_flight",
+            format!(
+                "{} is out of range: must be between 1 and {MAX_IN_FLIGHT}",
+                upstream.max_in_flight
+            ),
+        );
+    }
 }
 
 fn check_upstream_url(url: &str) -> Result<(), String> {
@@ -455,6 +483,62 @@ mod tests {
         c.listen.max_header_bytes = 16 * 1024 * 1024 + 1;
         assert_eq!(keys(&c), ["listen.max_header_bytes"]);
         c.listen.max_header_bytes = 8192;
+        assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn body_timeout_and_streams() {
+        let mut c = Config::default();
+        c.listen.body_timeout = Duration::ZERO;
+        c.listen.max_streams = 0;
+        assert_eq!(keys(&c), ["listen.body_timeout", "listen.max_streams"]);
+        c = Config::default();
+        c.listen.max_streams = u32::MAX;
+        let reasons = reasons_for(&c, "listen.max_streams");
+        assert_eq!(reasons.len(), 1);
+        assert!(
+            reasons[0].contains("between 1 and 2147483647"),
+            "{reasons:?}"
+        );
+        c.listen.max_streams = 1;
+        c.listen.body_timeout = Duration::from_millis(100);
+        assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let mut c = Config::default();
+        c.listen.trusted_proxies = vec![
+            "10.0.0.0/8".into(),
+            "192.0.2.7".into(),
+            "2001:db8::/32".into(),
+            "::1".into(),
+        ];
+        assert!(keys(&c).is_empty());
+        c.listen.trusted_proxies = vec![
+            "10.0.0.0/8".into(),
+            "10.0.0.1/8".into(),
+            "lb.internal".into(),
+            "::/200".into(),
+        ];
+        let reasons = reasons_for(&c, "listen.trusted_proxies");
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[0].contains("did you mean \"10.0.0.0/8\""),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("\"lb.internal\""), "{reasons:?}");
+        assert!(reasons[2].contains("0 to 128"), "{reasons:?}");
+    }
+
+    #[test]
+    fn max_in_flight() {
+        let mut c = Config::default();
+        c.upstream.max_in_flight = 0;
+        assert_eq!(keys(&c), ["upstream.max_in_flight"]);
+        c.upstream.max_in_flight = usize::MAX;
+        assert_eq!(keys(&c), ["upstream.max_in_flight"]);
+        c.upstream.max_in_flight = 1;
         assert!(keys(&c).is_empty());
     }
 

@@ -232,6 +232,8 @@ async fn drive<H, I>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // hyper's default is 200 streams, each of which may become an upstream request.
+        .max_concurrent_streams(limits.max_streams.max(1))
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.header_timeout);
 

@@ -3,7 +3,8 @@
 //! One accept loop per listener ([`serve`]) hands each connection to its own task
 //! ([`conn`]), optionally after a TLS handshake ([`tls`]). Connections are bounded by
 //! a semaphore (`listen.max_connections`); the loop survives accept errors such as
-//! `EMFILE` by backing off instead of exiting. Shutdown stops accepting, asks every
+//! `EMFILE` by backing off instead of exiting. An HTTP/2 connection announces at most
+//! `listen.max_streams` concurrent streams. Shutdown stops accepting, asks every
 //! connection to finish its in-flight requests, and closes what is left after
 //! `listen.drain_timeout`.
 
@@ -51,6 +52,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
+    /// HTTP/2 concurrent streams per connection, announced in SETTINGS.
+    pub max_streams: u32,
 }
 
 impl Limits {
@@ -61,6 +64,7 @@ impl Limits {
             drain_timeout: listen.drain_timeout.get(),
             max_connections: listen.max_connections,
             max_header_bytes: listen.max_header_bytes,
+            max_streams: listen.max_streams,
         }
     }
 }

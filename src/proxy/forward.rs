@@ -1,22 +1,43 @@
-//! The upstream side: a pooled HTTP/1.1 client with every timeout set, and the
-//! mapping of its failures to gateway responses.
+//! The upstream side: a pooled HTTP/1.1 client with every timeout set, a cap on the
+//! requests in flight, and the mapping of failures to gateway responses.
 //!
 //! hyper-util's client has no connect or response timeout by default; a proxy without
 //! them hangs with its upstream. Connect failures become 502, timeouts 504, each with a
 //! short body and a metric; the session is never touched by an upstream failure.
+//!
+//! At most `upstream.max_in_flight` requests are in flight: one HTTP/2 connection
+//! can carry many streams, and many connections many more, but the backend behind
+//! is usually an old app with a small worker pool. A request holds its [`Slot`]
+//! until its response body is done (or it fails); over the cap it waits up to
+//! `upstream.connect_timeout` for one (counted in `sessiongate_upstream_waiting`),
+//! then gets 503 with `Retry-After`.
+//!
+//! The request body is sent under `listen.body_timeout` ([`Deadline`]), and the
+//! response timeout counts from the moment the body has been sent, not while the
+//! client is still uploading. A body the client stalls or breaks off is the client's
+//! failure (`sessiongate_client_errors_total`): 408 (or 400) and the connection
+//! closed, never an upstream error.
 
 use std::error::Error as StdError;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::config::UpstreamConfig;
-use crate::metrics::{Metrics, UpstreamError};
-use crate::web::body::ProxyBody;
+use crate::config::Config;
+use crate::metrics::{ClientFailure, Metrics, UpstreamError};
+use crate::web::body::{BoxError, Deadline, Progress, ProxyBody};
 use crate::web::client::{self, error_chain};
 use crate::web::refusal::Refusal;
 
@@ -39,10 +60,20 @@ pub struct Upstream {
     /// Path prefix of `upstream.url` without a trailing slash ("" for none).
     base_path: String,
     response_timeout: Duration,
+    /// `listen.body_timeout`: the longest wait for the client's next body bytes.
+    body_timeout: Duration,
+    /// `upstream.max_in_flight` slots.
+    slots: Arc<Semaphore>,
+    /// How long a request waits for a slot (`upstream.connect_timeout`).
+    slot_wait: Duration,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, BadUpstreamUrl> {
+    /// The upstream of `config`: `[upstream]`, and `listen.body_timeout` for the
+    /// request bodies sent to it.
+    pub fn new(config: &Config) -> Result<Self, BadUpstreamUrl> {
+        let body_timeout = config.listen.body_timeout.get();
+        let config = &config.upstream;
         let bad = |reason: &str| BadUpstreamUrl {
             url: config.url.clone(),
             reason: reason.to_string(),
@@ -62,6 +93,11 @@ impl Upstream {
             authority,
             base_path,
             response_timeout: config.response_timeout.get(),
+            body_timeout,
+            slots: Arc::new(Semaphore::new(
+                config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            slot_wait: config.connect_timeout.get(),
         })
     }
 
@@ -86,28 +122,44 @@ impl Upstream {
             .build()
     }
 
-    /// Sends `request` and waits for the response head within `upstream.response_timeout`.
-    /// Failures come back as the gateway's own error response.
+    /// Sends `request` once a slot is free and waits for the response head within
+    /// `upstream.response_timeout` of the request body having been sent. The
+    /// returned [`Slot`] must be held until the response body is done
+    /// ([`Slot::hold`]). Failures come back as the gateway's own error response.
     pub async fn send(
         &self,
         request: Request<ProxyBody>,
-        metrics: &Metrics,
-    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
-        let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Response<Incoming>, Slot), Response<ProxyBody>> {
+        let permit = self.slot(metrics).await?;
+        // Counted where the body fails: the upstream connection's task reads it, and
+        // this request's task is gone if the client closed its connection.
+        let counted = Arc::clone(metrics);
+        let progress = Progress::observed(move |failure| counted.client_error(failure));
+        let timeout = self.body_timeout;
+        let watched = Arc::clone(&progress);
+        let request = request.map(|body| Deadline::new(body, timeout, watched).boxed_unsync());
+        let outcome = tokio::select! {
+            sent = self.client.request(request) => Some(sent),
+            () = progress.quiet_for(self.response_timeout) => None,
+        };
         match outcome {
-            Ok(Ok(response)) => {
-                metrics.upstream_latency(started.elapsed());
-                Ok(response)
+            Some(Ok(response)) => {
+                metrics.upstream_latency(
+                    Instant::now().saturating_duration_since(progress.last_moved()),
+                );
+                Ok((response, Slot(Some(permit))))
             }
-            Ok(Err(error)) => {
+            Some(Err(error)) => {
+                if let Some(failure) = progress.failure() {
+                    return Err(client_failed(failure));
+                }
                 let kind = classify(&error);
                 metrics.upstream_error(kind);
                 tracing::warn!(error = %error_chain(&error), kind = %kind.as_str(), "upstream request failed");
                 Err(Refusal::Upstream(kind).into_response())
             }
-            Err(_elapsed) => {
+            None => {
                 metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(
                     timeout_ms = self.response_timeout.as_millis() as u64,
@@ -116,6 +168,102 @@ impl Upstream {
                 Err(Refusal::Upstream(UpstreamError::Timeout).into_response())
             }
         }
+    }
+
+    /// One of the `upstream.max_in_flight` slots, waiting up to `connect_timeout`.
+    async fn slot(&self, metrics: &Metrics) -> Result<OwnedSemaphorePermit, Response<ProxyBody>> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = Waiting::start(metrics);
+        match tokio::time::timeout(self.slot_wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a full one.
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(wait = ?self.slot_wait, "no upstream slot free (upstream.max_in_flight)");
+                Err(Refusal::UpstreamBusy.into_response())
+            }
+        }
+    }
+}
+
+/// The answer to a request body the client failed (already counted as the
+/// client's error, never the upstream's).
+fn client_failed(failure: ClientFailure) -> Response<ProxyBody> {
+    tracing::info!(
+        kind = failure.as_str(),
+        "the client failed its request body"
+    );
+    match failure {
+        ClientFailure::TimedOut => Refusal::BodyTimeout.into_response(),
+        ClientFailure::Aborted => Refusal::BodyAborted.into_response(),
+    }
+}
+
+/// Counts a request in `sessiongate_upstream_waiting` while it waits for a slot.
+struct Waiting<'a>(&'a Metrics);
+
+impl<'a> Waiting<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.upstream_waiting.inc();
+        Waiting(metrics)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.upstream_waiting.dec();
+    }
+}
+
+/// A request's place among the `upstream.max_in_flight`: given back when the
+/// response body it is [held](Slot::hold) by ends, fails or is dropped.
+#[derive(Debug)]
+pub struct Slot(Option<OwnedSemaphorePermit>);
+
+impl Slot {
+    /// The response body, holding this slot until it is done.
+    pub fn hold(self, body: ProxyBody) -> ProxyBody {
+        Holding {
+            inner: body,
+            slot: self,
+        }
+        .boxed_unsync()
+    }
+
+    /// Holds the slot for `response`'s body.
+    pub fn hold_response(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        response.map(|body| self.hold(body))
+    }
+}
+
+/// A body that gives its [`Slot`] back as soon as it is done.
+struct Holding {
+    inner: ProxyBody,
+    slot: Slot,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.slot.0 = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

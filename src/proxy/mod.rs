@@ -50,6 +50,7 @@ use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
 use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::{self, ProxyBody};
+use crate::web::forwarded::Trust;
 use crate::web::headers::{self as header_rules, Scrubber, X_SESSION_TOKEN};
 use crate::web::origin::OriginPolicy;
 use crate::web::refusal::{Refusal, Refused, UpstreamError};
@@ -70,7 +71,8 @@ pub struct Gateway {
     session_header: HeaderName,
     /// Strips the `X-Session*` namespace and every spelling of `session_header`.
     scrubber: Scrubber,
-    trust_forwarded: bool,
+    /// Whose forwarded headers are believed, and the public scheme.
+    trust: Trust,
     activity: Activity,
     /// `session.require`, lowercased to match normalized paths.
     require: Vec<String>,
@@ -85,6 +87,8 @@ pub enum GatewayError {
     SessionHeader(String),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("listen.trusted_proxies: {0}")]
+    TrustedProxies(#[from] crate::config::CidrError),
 }
 
 /// Client addresses tracked by the session-creation limit at once.
@@ -98,7 +102,6 @@ impl Gateway {
         metrics: Arc<Metrics>,
         hooks: Arc<Hooks>,
     ) -> Result<Self, GatewayError> {
-        let secure = config.listen.tls.is_some();
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
         // Remembered redeemed tickets: a few per live session is far more than tabs
@@ -109,7 +112,6 @@ impl Gateway {
         let resolver = Arc::new(Resolver::new(
             Arc::clone(&store),
             config.session.mode,
-            secure,
             tickets,
             CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
         ));
@@ -126,13 +128,13 @@ impl Gateway {
             hooks,
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
-            upstream: Upstream::new(&config.upstream)?,
+            upstream: Upstream::new(config)?,
             store,
             clock,
             metrics,
             scrubber: Scrubber::new(&session_header),
             session_header,
-            trust_forwarded: config.upstream.trust_forwarded,
+            trust: Trust::from_config(config)?,
             activity: config.session.activity,
             require: config
                 .session
@@ -165,7 +167,7 @@ impl Gateway {
     ) -> (Route, Response<ProxyBody>) {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::requested(&mut parts);
-        if upgrade.is_some() && !self.origin_allowed(&parts, cx.conn) {
+        if upgrade.is_some() && !self.origin_allowed(&parts, cx) {
             return (Route::Proxy, Refusal::CrossOriginUpgrade.into_response());
         }
 
@@ -214,8 +216,8 @@ impl Gateway {
         let body = request::scrub_trailers(body, self.scrubber.clone());
         let mut upstream_request = Request::from_parts(parts, body);
         let connection = capture_connection(&mut upstream_request);
-        let mut response = match self.upstream.send(upstream_request, &self.metrics).await {
-            Ok(response) => response,
+        let (mut response, slot) = match self.upstream.send(upstream_request, &self.metrics).await {
+            Ok(sent) => sent,
             Err(failure) => return failure,
         };
 
@@ -239,7 +241,8 @@ impl Gateway {
                 }
             }
         }
-        response
+        // The upstream slot is given back when the body is done.
+        slot.hold_response(response)
     }
 
     /// Answers 502 instead of an upstream response that must not reach the client,
@@ -262,9 +265,10 @@ impl Gateway {
         refusal.into_response()
     }
 
-    fn origin_allowed(&self, parts: &http::request::Parts, conn: ConnInfo) -> bool {
+    fn origin_allowed(&self, parts: &http::request::Parts, cx: &Context) -> bool {
         let authority = parts.uri.authority().map(|a| a.as_str());
-        self.origins.allows(&parts.headers, conn.scheme, authority)
+        self.origins
+            .allows(&parts.headers, cx.scheme.as_str(), authority)
     }
 
     /// Stage 3: which session the request belongs to (DESIGN.md §3).
@@ -278,6 +282,7 @@ impl Gateway {
                 headers: &parts.headers,
                 query: parts.uri.query(),
                 speculative: cx.fetch.speculative,
+                scheme: cx.scheme,
             },
             navigation: cx.fetch.page_load,
             client: cx.client,
@@ -316,7 +321,7 @@ impl Handler for Gateway {
         let started = tokio::time::Instant::now();
         // Made first, so the log line of every answer carries the request id. The
         // path is logged without its query, which may hold a ticket.
-        let mut cx = Context::new(&request, conn, self.trust_forwarded);
+        let mut cx = Context::new(&request, conn, &self.trust);
         let span = tracing::info_span!(
             "request",
             id = cx.id.to_str().unwrap_or(""),

@@ -104,13 +104,8 @@ impl Gateway {
         let host = parts.headers.get(HOST).cloned();
         self.scrubber.scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &PROXY_COOKIES);
-        headers::set_forwarded(
-            &mut parts.headers,
-            cx.conn.peer.ip(),
-            cx.conn.scheme,
-            host.as_ref(),
-            self.trust_forwarded,
-        );
+        cx.forwarded
+            .apply(&mut parts.headers, cx.scheme, host.as_ref());
         parts.headers.insert(X_REQUEST_ID, cx.id.clone());
         if upgrade.is_some() {
             restore_upgrade(&mut parts.headers);
@@ -167,11 +162,7 @@ impl Gateway {
 
 /// Every name the gateway's cookies go by, with and without `__Host-`: whichever the
 /// listener uses, none of them is the upstream's to read or set.
-pub(super) const PROXY_COOKIES: [&str; 4] = {
-    let plain = CookieNames::PLAIN;
-    let secure = CookieNames::SECURE;
-    [plain[0], plain[1], secure[0], secure[1]]
-};
+pub(super) const PROXY_COOKIES: [&str; 4] = CookieNames.both();
 
 /// Strips identity headers from request trailers too (a chunked body can carry an
 /// `X-Session` trailer after the headers were checked).

@@ -30,7 +30,7 @@ use crate::session::identity::{Carried, Carrier, Resolver};
 use crate::session::store::SessionStore;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Clock, EndReason, Session, State, Token, Touch};
-use crate::web::body::{self, ProxyBody};
+use crate::web::body::{self, Progress, ProxyBody};
 use crate::web::headers::X_SESSIONGATE_AGENT;
 use crate::web::origin::OriginPolicy;
 use crate::web::query;
@@ -55,6 +55,8 @@ pub struct Reserved {
     clock: Clock,
     metrics: Arc<Metrics>,
     origins: OriginPolicy,
+    /// `listen.body_timeout`.
+    body_timeout: std::time::Duration,
 }
 
 impl Reserved {
@@ -75,6 +77,7 @@ impl Reserved {
             clock,
             metrics,
             origins: OriginPolicy::new(config.listen.origins.clone()),
+            body_timeout: config.listen.body_timeout.get(),
         }
     }
 
@@ -127,8 +130,8 @@ impl Reserved {
         let now = self.clock.now();
         let session = self
             .resolver
-            .browser_key(request.headers())
-            .and_then(|key| self.identify(request, &key, false, now))
+            .browser_key(request.headers(), cx.scheme)
+            .and_then(|key| self.identify(cx, request, &key, false, now))
             .and_then(|caller| caller.session);
         let reply = match session {
             None => StateReply::gone("none"),
@@ -155,10 +158,10 @@ impl Reserved {
         }
         let browser = self
             .resolver
-            .browser_key(request.headers())
+            .browser_key(request.headers(), cx.scheme)
             .ok_or(Refusal::NoBrowserKey)?;
         let presented = self.resolver.header_token(request.headers());
-        let body = read_body(request).await?;
+        let body = self.read_body(request).await?;
         let asked: SessionBody = serde_json::from_slice(&body).map_err(|_| Refusal::BadJson)?;
         let now = self.clock.now();
         self.resolver
@@ -219,7 +222,7 @@ impl Reserved {
             return Err(Refusal::ReservedMethod("POST"));
         }
         let caller = self.authorize(cx, &request, endpoint == "bye")?;
-        let body = read_body(request).await?;
+        let body = self.read_body(request).await?;
         let now = self.clock.now();
         let session = &caller.session;
         match endpoint {
@@ -261,7 +264,21 @@ impl Reserved {
     fn same_origin(&self, cx: &Context, request: &Request<Incoming>) -> bool {
         let authority = request.uri().authority().map(|a| a.as_str());
         self.origins
-            .allows(request.headers(), cx.conn.scheme, authority)
+            .allows(request.headers(), cx.scheme.as_str(), authority)
+    }
+
+    /// Reads at most [`MAX_BODY`] bytes of a reserved request's body, each wait for
+    /// the client bounded by `listen.body_timeout` (408 past it).
+    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Refusal> {
+        let metrics = Arc::clone(&self.metrics);
+        let progress = Progress::observed(move |failure| metrics.client_error(failure));
+        body::read_limited(request, MAX_BODY, self.body_timeout, progress)
+            .await
+            .map_err(|error| match error {
+                body::ReadError::TooLarge => Refusal::TooLarge,
+                body::ReadError::Unreadable => Refusal::Unreadable,
+                body::ReadError::TimedOut => Refusal::BodyTimeout,
+            })
     }
 
     /// The session a reserved request carries: its token header, a ticket (only
@@ -269,6 +286,7 @@ impl Reserved {
     /// cookie.
     fn identify(
         &self,
+        cx: &Context,
         request: &Request<Incoming>,
         browser: &BrowserKey,
         tickets: bool,
@@ -278,6 +296,7 @@ impl Reserved {
             headers: request.headers(),
             query: if tickets { request.uri().query() } else { None },
             speculative: false,
+            scheme: cx.scheme,
         };
         let identity = self.resolver.existing(&carried, browser, now)?;
         Some(Found {
@@ -301,11 +320,11 @@ impl Reserved {
         }
         let browser = self
             .resolver
-            .browser_key(request.headers())
+            .browser_key(request.headers(), cx.scheme)
             .ok_or(Refusal::NoSession)?;
         let now = self.clock.now();
         let found = self
-            .identify(request, &browser, tickets, now)
+            .identify(cx, request, &browser, tickets, now)
             .ok_or(Refusal::NoSession)?;
         let session = found.session.ok_or(Refusal::NoSession)?;
         if found.carrier == Some(Carrier::Cookie)
@@ -441,14 +460,4 @@ fn agent_script(request: &Request<Incoming>) -> Response<ProxyBody> {
         HeaderValue::from_static("nosniff"),
     );
     response
-}
-
-/// Reads at most [`MAX_BODY`] bytes of a reserved request's body.
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Refusal> {
-    body::read_limited(request, MAX_BODY)
-        .await
-        .map_err(|error| match error {
-            body::ReadError::TooLarge => Refusal::TooLarge,
-            body::ReadError::Unreadable => Refusal::Unreadable,
-        })
 }

@@ -28,6 +28,7 @@ use super::store::{Created, Resolved, SessionStore};
 use super::ticket::{Kind, Tickets};
 use super::{BrowserKey, CreatedKind, Handle, Millis, Session, SessionError, Token, Touch};
 use crate::config::{DuplicateTab, SessionMode};
+use crate::web::forwarded::Scheme;
 use crate::web::headers::{cookie_values, X_SESSION_TOKEN};
 use crate::web::query;
 
@@ -38,33 +39,59 @@ pub const HOP_PARAM: &str = "__sg_b";
 /// Bootstrap hops after which a navigation gets an error page instead.
 pub const MAX_HOPS: u32 = 2;
 
-/// Names of the proxy's cookies; `__Host-` prefixed (and `Secure`) under https.
-#[derive(Debug, Clone)]
-pub struct CookieNames {
+/// The proxy's cookies, `sg_browser` and `sg_session`, in both spellings: plain
+/// under http, `__Host-` prefixed (and `Secure`) under https. Which one a request
+/// reads and gets set depends on its public scheme, which is decided per request
+/// (see [`crate::web::forwarded`]); both are removed from what goes upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CookieNames;
+
+/// The plain spelling (public scheme http).
+const PLAIN: Spelling = Spelling {
+    browser: "sg_browser",
+    session: "sg_session",
+    secure: false,
+};
+
+/// The `__Host-` spelling (public scheme https): the browser accepts it only with
+/// `Secure`, `Path=/` and no `Domain`, so a sibling subdomain cannot plant it.
+const HOST_PREFIXED: Spelling = Spelling {
+    browser: "__Host-sg_browser",
+    session: "__Host-sg_session",
+    secure: true,
+};
+
+impl CookieNames {
+    /// Every name the proxy's cookies can have, in either spelling: what is removed
+    /// from the `Cookie` header sent upstream.
+    pub const fn both(&self) -> [&'static str; 4] {
+        [
+            PLAIN.browser,
+            PLAIN.session,
+            HOST_PREFIXED.browser,
+            HOST_PREFIXED.session,
+        ]
+    }
+
+    /// The spelling in force for a request whose public scheme is `scheme`.
+    pub fn spelled(&self, scheme: Scheme) -> Spelling {
+        if scheme.is_secure() {
+            HOST_PREFIXED
+        } else {
+            PLAIN
+        }
+    }
+}
+
+/// The names of the proxy's cookies for one public scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spelling {
     pub browser: &'static str,
     pub session: &'static str,
     secure: bool,
 }
 
-impl CookieNames {
-    /// `[browser, session]` over plain HTTP.
-    pub const PLAIN: [&'static str; 2] = ["sg_browser", "sg_session"];
-    /// `[browser, session]` under https.
-    pub const SECURE: [&'static str; 2] = ["__Host-sg_browser", "__Host-sg_session"];
-
-    pub fn new(secure: bool) -> Self {
-        let [browser, session] = if secure { Self::SECURE } else { Self::PLAIN };
-        CookieNames {
-            browser,
-            session,
-            secure,
-        }
-    }
-
-    pub fn both(&self) -> [&'static str; 2] {
-        [self.browser, self.session]
-    }
-
+impl Spelling {
     /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure under https.
     /// `None` as the value expires the cookie.
     pub fn set(&self, name: &'static str, value: Option<String>) -> HeaderValue {
@@ -80,6 +107,38 @@ impl CookieNames {
         // Names are constants and values base64url, so this never fails; an empty
         // header would only mean no cookie.
         HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+
+    fn name(&self, which: Which) -> &'static str {
+        match which {
+            Which::Browser => self.browser,
+            Which::Session => self.session,
+        }
+    }
+}
+
+/// One of the proxy's two cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// `sg_browser`: the browser key.
+    Browser,
+    /// `sg_session`: the session token (`browser` mode).
+    Session,
+}
+
+/// A cookie the answer must set (or, with no value, expire). It is written out
+/// when the answer is finished, in the spelling of the request's public scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetCookie {
+    pub which: Which,
+    /// `None`: expire the cookie.
+    pub value: Option<String>,
+}
+
+impl SetCookie {
+    /// The `Set-Cookie` header value in `spelling`.
+    pub fn render(&self, spelling: Spelling) -> HeaderValue {
+        spelling.set(spelling.name(self.which), self.value.clone())
     }
 }
 
@@ -102,8 +161,9 @@ pub struct Identity {
     /// into the page (`data-token`), the `X-Session-Token` response header, or the
     /// reserved endpoint's reply.
     pub new_token: Option<Token>,
-    /// `Set-Cookie` values the response must carry.
-    pub set_cookies: Vec<HeaderValue>,
+    /// Cookies the response must set (written in the request's spelling when the
+    /// answer is finished).
+    pub set_cookies: Vec<SetCookie>,
 }
 
 impl Identity {
@@ -125,6 +185,8 @@ pub struct Carried<'a> {
     pub query: Option<&'a str>,
     /// A prefetch or prerender: never mints or spends anything.
     pub speculative: bool,
+    /// The request's public scheme: which spelling of the cookies it carries.
+    pub scheme: Scheme,
 }
 
 /// What a request to be forwarded needs to know about itself to be identified.
@@ -195,14 +257,13 @@ impl Resolver {
     pub fn new(
         store: Arc<dyn SessionStore>,
         mode: SessionMode,
-        secure: bool,
         tickets: Arc<Tickets>,
         limiter: CreationLimiter,
     ) -> Self {
         Resolver {
             store,
             mode,
-            cookies: CookieNames::new(secure),
+            cookies: CookieNames,
             tickets,
             limiter,
         }
@@ -212,14 +273,17 @@ impl Resolver {
         self.mode
     }
 
-    /// The request's browser key, if it carries a well-formed one.
-    pub fn browser_key(&self, headers: &HeaderMap) -> Option<BrowserKey> {
-        cookie_values(headers, self.cookies.browser).find_map(BrowserKey::parse)
+    /// The request's browser key, if it carries a well-formed one in the spelling of
+    /// its public scheme (an https request never reads the plain cookie, which a
+    /// sibling subdomain could have planted).
+    pub fn browser_key(&self, headers: &HeaderMap, scheme: Scheme) -> Option<BrowserKey> {
+        let name = self.cookies.spelled(scheme).browser;
+        cookie_values(headers, name).find_map(BrowserKey::parse)
     }
 
     /// Identifies a request that is to be forwarded (DESIGN.md §3, rules 1–6).
     pub fn identify(&self, ask: &Ask<'_>, now: Millis) -> Result<Outcome, SessionError> {
-        let key = self.browser_key(ask.carried.headers);
+        let key = self.browser_key(ask.carried.headers, ask.carried.scheme);
         if let Some(identity) = key
             .as_ref()
             .and_then(|key| self.existing(&ask.carried, key, now))
@@ -271,12 +335,13 @@ impl Resolver {
             });
         }
         if self.mode == SessionMode::Browser {
-            if let Some(resolved) = self.by_cookie(carried.headers, key, now) {
+            if let Some(resolved) = self.by_cookie(carried, key, now) {
                 let mut identity = Identity::found(resolved, Carrier::Cookie);
                 if let Some(token) = &identity.new_token {
-                    identity
-                        .set_cookies
-                        .push(self.cookies.set(self.cookies.session, Some(token.encode())));
+                    identity.set_cookies.push(SetCookie {
+                        which: Which::Session,
+                        value: Some(token.encode()),
+                    });
                 }
                 return Some(identity);
             }
@@ -322,10 +387,11 @@ impl Resolver {
         self.store.get_bound(&handle, key, now)
     }
 
-    fn by_cookie(&self, headers: &HeaderMap, key: &BrowserKey, now: Millis) -> Option<Resolved> {
+    fn by_cookie(&self, carried: &Carried<'_>, key: &BrowserKey, now: Millis) -> Option<Resolved> {
         // Several cookies of the same name can arrive (cookie tossing from a sibling
         // subdomain); the first one that is valid for this browser wins.
-        cookie_values(headers, self.cookies.session)
+        let name = self.cookies.spelled(carried.scheme).session;
+        cookie_values(carried.headers, name)
             .filter_map(Token::parse)
             .find_map(|token| self.store.resolve(&token, key, now))
     }
@@ -391,16 +457,19 @@ impl Resolver {
             Some(key) => key,
             None => {
                 let key = BrowserKey::generate()?;
-                set_cookies.push(self.cookies.set(self.cookies.browser, Some(key.encode())));
+                set_cookies.push(SetCookie {
+                    which: Which::Browser,
+                    value: Some(key.encode()),
+                });
                 key
             }
         };
         let created = self.create(key, parent, kind, client, now)?;
         if self.mode == SessionMode::Browser {
-            set_cookies.push(
-                self.cookies
-                    .set(self.cookies.session, Some(created.token.encode())),
-            );
+            set_cookies.push(SetCookie {
+                which: Which::Session,
+                value: Some(created.token.encode()),
+            });
         }
         Ok(Identity {
             session: Some(created.session),
@@ -435,9 +504,10 @@ impl Resolver {
     ) -> Result<(), SessionError> {
         let token = self.store.rotate(session, now)?;
         if self.mode == SessionMode::Browser {
-            identity
-                .set_cookies
-                .push(self.cookies.set(self.cookies.session, Some(token.encode())));
+            identity.set_cookies.push(SetCookie {
+                which: Which::Session,
+                value: Some(token.encode()),
+            });
         }
         identity.new_token = Some(token);
         Ok(())
@@ -450,7 +520,10 @@ impl Resolver {
     }
 
     /// The cookie that forgets an ended `browser`-mode session.
-    pub fn expire_session_cookie(&self) -> Option<HeaderValue> {
-        (self.mode == SessionMode::Browser).then(|| self.cookies.set(self.cookies.session, None))
+    pub fn expire_session_cookie(&self) -> Option<SetCookie> {
+        (self.mode == SessionMode::Browser).then_some(SetCookie {
+            which: Which::Session,
+            value: None,
+        })
     }
 }

@@ -5,10 +5,10 @@
 //! steps: **strip, then inject**. First every client-sent header the proxy owns is
 //! removed ([`Scrubber::scrub_request`]: the `X-Session*` namespace and the header
 //! the handle travels in, `upstream.header`, whatever its name), then the proxy adds
-//! its own ([`set_forwarded`], [`request_id`], the handle). Doing it in the other
-//! order, or only overwriting with `insert`, would let a second spelling
-//! (`X_Session`, a trailer, a header the proxy does not set on this request) reach
-//! the backend and be believed.
+//! its own (`X-Forwarded-*` from [`super::forwarded`], [`request_id`], the handle).
+//! Doing it in the other order, or only overwriting with `insert`, would let a second
+//! spelling (`X_Session`, a trailer, a header the proxy does not set on this request)
+//! reach the backend and be believed.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message,
 //! so they never cross the proxy in either direction. That includes every header
@@ -23,12 +23,10 @@
 //! scrubbers only allocate when there is something unusual to remove, and the
 //! cookie helpers only rebuild the `Cookie` header when it has to change.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    CONNECTION, CONTENT_LENGTH, COOKIE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -377,111 +375,6 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// The client address per-client limits apply to: the peer, or — behind a trusted
-/// proxy (`upstream.trust_forwarded`) — the last `X-Forwarded-For` hop, which that
-/// proxy appended and the client cannot forge.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr, trust_forwarded: bool) -> IpAddr {
-    if !trust_forwarded {
-        return peer;
-    }
-    headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
-        .unwrap_or(peer)
-}
-
-/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream (DESIGN.md §5).
-///
-/// `host` is the request's host as the client addressed it: the `Host` header for
-/// HTTP/1.1, the `:authority` for HTTP/2 (which may carry no `Host` header at all).
-/// The caller captures it before [`Scrubber::scrub_request`], which may remove `Host` if a
-/// `Connection` line names it.
-///
-/// - `trust_client == false` (the default): whatever the client claimed is replaced:
-///   `X-Forwarded-For: <peer>`, `X-Forwarded-Proto: <scheme>`,
-///   `X-Forwarded-Host: <host>` (removed when there is no host), and any RFC 7239
-///   `Forwarded` header is removed, since a backend might believe it instead.
-/// - `trust_client == true` (behind a trusted load balancer): the peer is appended
-///   to the client's `X-Forwarded-For` chain (all lines, joined by `", "`), the
-///   client's `-Proto`/`-Host` are kept when present (else set as above), and
-///   `Forwarded` is kept.
-///
-/// An IPv4-mapped IPv6 peer (`::ffff:192.0.2.1`, what a dual-stack socket reports)
-/// is written as plain IPv4, which is what backends parsing the chain expect.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    scheme: &'static str,
-    host: Option<&HeaderValue>,
-    trust_client: bool,
-) {
-    let peer = peer.to_canonical();
-    if trust_client {
-        let mut chain = Vec::new();
-        for line in headers.get_all(X_FORWARDED_FOR) {
-            let line = trim_ows(line.as_bytes());
-            if !line.is_empty() {
-                chain.extend_from_slice(line);
-                chain.extend_from_slice(b", ");
-            }
-        }
-        chain.extend_from_slice(peer.to_string().as_bytes());
-        set_or_remove(headers, X_FORWARDED_FOR, Bytes::from(chain));
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            set_scheme(headers, scheme);
-        }
-        if !headers.contains_key(X_FORWARDED_HOST) {
-            if let Some(host) = host {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
-        }
-    } else {
-        set_or_remove(headers, X_FORWARDED_FOR, Bytes::from(peer.to_string()));
-        set_scheme(headers, scheme);
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
-            None => {
-                headers.remove(X_FORWARDED_HOST);
-            }
-        }
-        headers.remove(FORWARDED);
-    }
-}
-
-/// `insert` (replacing every client line), or `remove` if the bytes are somehow not
-/// a valid value: a client-controlled value must never survive by accident.
-fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Bytes) {
-    match HeaderValue::from_maybe_shared(value) {
-        Ok(value) => {
-            headers.insert(name, value);
-        }
-        Err(_) => {
-            headers.remove(name);
-        }
-    }
-}
-
-fn set_scheme(headers: &mut HeaderMap, scheme: &'static str) {
-    // `from_static` avoids a copy but panics on bytes that are not a valid header
-    // value; a URI scheme is ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), so checking
-    // that grammar first makes the panic unreachable.
-    let valid = !scheme.is_empty()
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if valid {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-    } else {
-        headers.remove(X_FORWARDED_PROTO);
-    }
-}
-
 /// The request id to send upstream and log: the client's first `X-Request-Id` when
 /// it is 1–128 characters of `[A-Za-z0-9._-]`, else a fresh hyphenated UUID v4.
 ///
@@ -509,9 +402,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HOST;
     use proptest::prelude::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -871,108 +762,6 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_untrusted_replaces_everything() {
-        let mut h = map(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "evil.example"),
-            ("forwarded", "for=1.1.1.1"),
-            ("host", "app.example"),
-        ]);
-        let host = h.get(HOST).cloned();
-        set_forwarded(
-            &mut h,
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-            "http",
-            host.as_ref(),
-            false,
-        );
-        assert_eq!(values(&h, "x-forwarded-for"), ["10.0.0.7"]);
-        assert_eq!(values(&h, "x-forwarded-proto"), ["http"]);
-        assert_eq!(values(&h, "x-forwarded-host"), ["app.example"]);
-        assert!(!h.contains_key(FORWARDED));
-    }
-
-    #[test]
-    fn forwarded_untrusted_without_host_removes_client_host() {
-        let mut h = map(&[("x-forwarded-host", "evil.example")]);
-        set_forwarded(
-            &mut h,
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-            "https",
-            None,
-            false,
-        );
-        assert_eq!(values(&h, "x-forwarded-for"), ["::1"]);
-        assert_eq!(values(&h, "x-forwarded-proto"), ["https"]);
-        assert!(!h.contains_key(X_FORWARDED_HOST));
-    }
-
-    #[test]
-    fn forwarded_mapped_ipv4_is_canonical() {
-        let mut h = HeaderMap::new();
-        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
-        set_forwarded(&mut h, mapped, "http", None, false);
-        assert_eq!(values(&h, "x-forwarded-for"), ["192.0.2.1"]);
-    }
-
-    #[test]
-    fn forwarded_trusted_appends_and_keeps() {
-        let mut h = map(&[
-            ("x-forwarded-for", "1.1.1.1, 3.3.3.3 "),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "public.example"),
-            ("forwarded", "for=1.1.1.1"),
-        ]);
-        let host = HeaderValue::from_static("internal:8080");
-        set_forwarded(
-            &mut h,
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-            "http",
-            Some(&host),
-            true,
-        );
-        assert_eq!(
-            values(&h, "x-forwarded-for"),
-            ["1.1.1.1, 3.3.3.3, 2.2.2.2, 10.0.0.7"]
-        );
-        assert_eq!(values(&h, "x-forwarded-proto"), ["https"]);
-        assert_eq!(values(&h, "x-forwarded-host"), ["public.example"]);
-        assert_eq!(values(&h, "forwarded"), ["for=1.1.1.1"]);
-    }
-
-    #[test]
-    fn forwarded_trusted_fills_missing() {
-        let mut h = HeaderMap::new();
-        let host = HeaderValue::from_static("app.example");
-        set_forwarded(
-            &mut h,
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-            "https",
-            Some(&host),
-            true,
-        );
-        assert_eq!(values(&h, "x-forwarded-for"), ["10.0.0.7"]);
-        assert_eq!(values(&h, "x-forwarded-proto"), ["https"]);
-        assert_eq!(values(&h, "x-forwarded-host"), ["app.example"]);
-    }
-
-    #[test]
-    fn forwarded_bad_scheme_does_not_panic() {
-        let mut h = map(&[("x-forwarded-proto", "gopher")]);
-        set_forwarded(
-            &mut h,
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            "bad scheme",
-            None,
-            false,
-        );
-        assert!(!h.contains_key(X_FORWARDED_PROTO));
-    }
-
-    #[test]
     fn request_id_kept_when_valid() {
         let id = "a".repeat(128);
         for ok in ["abc-123", "A.b_C-9", "x", id.as_str()] {
@@ -1137,20 +926,6 @@ mod tests {
             let out = out.as_bytes();
             prop_assert!((1..=128).contains(&out.len()));
             prop_assert!(out.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b)));
-        }
-
-        #[test]
-        fn prop_untrusted_forwarded_ignores_client(
-            xff in "[0-9a-f.:, ]{0,30}", proto in "[a-z]{1,6}", v4 in any::<u32>(),
-        ) {
-            let mut h = map(&[("x-forwarded-for", xff.as_str()), ("x-forwarded-proto", proto.as_str()),
-                ("forwarded", "for=x")]);
-            let peer = IpAddr::V4(Ipv4Addr::from(v4));
-            set_forwarded(&mut h, peer, "https", None, false);
-            let peer_text = peer.to_string();
-            prop_assert_eq!(values(&h, "x-forwarded-for"), vec![peer_text.as_str()]);
-            prop_assert_eq!(values(&h, "x-forwarded-proto"), vec!["https"]);
-            prop_assert!(!h.contains_key(FORWARDED));
         }
     }
 }

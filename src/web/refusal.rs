@@ -86,6 +86,14 @@ pub enum Refusal {
     Unreadable,
     /// A reserved body that is not the JSON expected.
     BadJson,
+    /// A request body that sent nothing for `listen.body_timeout` (the connection
+    /// is closed after the answer).
+    BodyTimeout,
+    /// A forwarded request whose client broke off its body.
+    BodyAborted,
+    /// `upstream.max_in_flight` requests were in flight for all of
+    /// `upstream.connect_timeout`.
+    UpstreamBusy,
     /// `max_sessions` reached under `when_full = "reject"`.
     SessionsFull,
     /// Too many new sessions from this client address; retry after so many ms.
@@ -108,7 +116,7 @@ enum Style {
 
 impl Refusal {
     /// Every label [`Refusal::label`] can return, to initialise the metric at zero.
-    pub const LABELS: [&'static str; 17] = [
+    pub const LABELS: [&'static str; 20] = [
         "method",
         "origin",
         "needs_session",
@@ -119,6 +127,9 @@ impl Refusal {
         "bad_challenge",
         "agent_header",
         "too_large",
+        "body_timeout",
+        "body_aborted",
+        "upstream_busy",
         "sessions_full",
         "rate_limited",
         "internal",
@@ -143,6 +154,9 @@ impl Refusal {
             Refusal::BadChallenge => "bad_challenge",
             Refusal::MissingAgentHeader => "agent_header",
             Refusal::TooLarge => "too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::BodyAborted => "body_aborted",
+            Refusal::UpstreamBusy => "upstream_busy",
             Refusal::SessionsFull => "sessions_full",
             Refusal::Limited { .. } => "rate_limited",
             Refusal::Internal => "internal",
@@ -156,7 +170,7 @@ impl Refusal {
     pub fn source(self) -> Source {
         match self {
             Refusal::Upstream(_) => Source::Upstream,
-            Refusal::SessionsFull | Refusal::Internal => Source::Internal,
+            Refusal::SessionsFull | Refusal::UpstreamBusy | Refusal::Internal => Source::Internal,
             _ => Source::Downstream,
         }
     }
@@ -221,6 +235,21 @@ impl Refusal {
             ),
             Refusal::Unreadable => (StatusCode::BAD_REQUEST, Json, "could not read the body"),
             Refusal::BadJson => (StatusCode::BAD_REQUEST, Json, "body is not valid JSON"),
+            Refusal::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                Text,
+                "408 Request Timeout: the request body stopped arriving",
+            ),
+            Refusal::BodyAborted => (
+                StatusCode::BAD_REQUEST,
+                Text,
+                "400 Bad Request: the request body was cut off",
+            ),
+            Refusal::UpstreamBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Text,
+                "503 Service Unavailable: the application is busy; try again shortly",
+            ),
             Refusal::SessionsFull => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Text,
@@ -277,6 +306,9 @@ impl Refusal {
                 let seconds = retry_ms.div_ceil(1000).max(1);
                 headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
+            Refusal::UpstreamBusy => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response.extensions_mut().insert(Refused(self.label()));
@@ -306,6 +338,9 @@ mod tests {
             Refusal::TooLarge,
             Refusal::Unreadable,
             Refusal::BadJson,
+            Refusal::BodyTimeout,
+            Refusal::BodyAborted,
+            Refusal::UpstreamBusy,
             Refusal::SessionsFull,
             Refusal::Limited { retry_ms: 1 },
             Refusal::Internal,
@@ -333,6 +368,9 @@ mod tests {
         let response = Refusal::Limited { retry_ms: 1_001 }.into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         let response = Refusal::Limited { retry_ms: 0 }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = Refusal::UpstreamBusy.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
     }
 }

@@ -15,13 +15,15 @@
 //! | `/upgrade` with `Upgrade:` | 101 naming the requested protocol (with the matching `Sec-WebSocket-Accept` when there is a `Sec-WebSocket-Key`), then echoes raw bytes |
 //! | anything else | 200 `text/plain` `ok` |
 //!
-//! Query values are percent-decoded (`+` is a space). Dropping the [`Upstream`]
-//! stops it and closes its connections.
+//! Query values are percent-decoded (`+` is a space). It also counts how many
+//! requests it is handling at once ([`Upstream::peak_in_flight`]). Dropping the
+//! [`Upstream`] stops it and closes its connections.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,7 +99,32 @@ impl Recorded {
 pub struct Upstream {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
+    load: Arc<Load>,
     stop: CancellationToken,
+}
+
+/// Requests being handled now, and the most ever handled at once.
+#[derive(Default)]
+struct Load {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts one request as being handled until dropped.
+struct Handling(Arc<Load>);
+
+impl Handling {
+    fn start(load: &Arc<Load>) -> Handling {
+        let now = load.now.fetch_add(1, Ordering::SeqCst) + 1;
+        load.peak.fetch_max(now, Ordering::SeqCst);
+        Handling(Arc::clone(load))
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Upstream {
@@ -108,9 +135,26 @@ impl Upstream {
             .expect("bind the test upstream");
         let addr = listener.local_addr().expect("test upstream address");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let load = Arc::new(Load::default());
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, Arc::clone(&log), stop.clone()));
-        Upstream { addr, log, stop }
+        tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&log),
+            Arc::clone(&load),
+            stop.clone(),
+        ));
+        Upstream {
+            addr,
+            log,
+            load,
+            stop,
+        }
+    }
+
+    /// The most requests this upstream was handling at the same time (from the
+    /// request head until its response head was ready).
+    pub fn peak_in_flight(&self) -> usize {
+        self.load.peak.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:<port>`, without a trailing slash.
@@ -157,6 +201,7 @@ impl Drop for Upstream {
 async fn accept_loop(
     listener: TcpListener,
     log: Arc<Mutex<Vec<Recorded>>>,
+    load: Arc<Load>,
     stop: CancellationToken,
 ) {
     loop {
@@ -172,11 +217,17 @@ async fn accept_loop(
             },
         };
         let log = Arc::clone(&log);
+        let load = Arc::clone(&load);
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let log = Arc::clone(&log);
-                async move { Ok::<_, Infallible>(handle(req, &log).await) }
+                let handling = Handling::start(&load);
+                async move {
+                    let response = handle(req, &log).await;
+                    drop(handling);
+                    Ok::<_, Infallible>(response)
+                }
             });
             // `auto` answers HTTP/1.1, and h2c when the client starts with the
             // HTTP/2 preface; "with upgrades" keeps HTTP/1.1 `Upgrade` usable.

@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod adversarial;
+mod bodies;
 mod cli;
 mod forwarding;
 mod framing;
@@ -17,4 +18,5 @@ mod reserved;
 mod responses;
 mod tab;
 mod tls;
+mod trust;
 mod upgrade;

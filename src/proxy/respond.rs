@@ -39,7 +39,12 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 
-    /// The agent tag into HTML pages (streaming; see [`crate::inject`]).
+    /// The agent tag into documents (streaming; see [`crate::inject`]): only answers
+    /// to navigations ([`Fetch::navigation`](crate::web::fetch::Fetch) — a page load,
+    /// a form submit, an iframe), never a fetch/XHR answer, whatever its
+    /// `Content-Type` (HTML fragments for jQuery `.load()`, HTMX or UpdatePanels, JSON
+    /// labelled `text/html`): those are passed through byte for byte, and, not being
+    /// pages, are not counted.
     fn inject_agent(
         &self,
         method: &Method,
@@ -50,7 +55,14 @@ impl Gateway {
         if !self.inject {
             return body;
         }
-        let plan = match inject::plan(method, parts) {
+        let plan = inject::plan(method, parts);
+        if !cx.fetch.navigation {
+            if plan.is_ok() {
+                tracing::debug!(reason = "skip_not_document", "fetch answer not injected");
+            }
+            return body;
+        }
+        let plan = match plan {
             Ok(plan) => plan,
             Err(skip) => {
                 // Pages that should have had the agent and could not; images, JSON,

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod adversarial;
 mod cli;
+mod documents;
 mod forwarding;
 mod hooks;
 mod identity;

@@ -61,6 +61,10 @@ pub struct Gateway {
     hooks: Arc<Hooks>,
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
+    /// The agent's language and text overrides, as its tag carries them
+    /// (`data-lang`, `data-text`); `None` for the defaults.
+    agent_language: Option<String>,
+    agent_text: Option<String>,
     session_header: HeaderName,
     trust_forwarded: bool,
     activity: Activity,
@@ -115,6 +119,12 @@ impl Gateway {
             ),
             resolver,
             inject: config.browser.inject,
+            agent_language: Some(config.browser.language.trim())
+                .filter(|language| *language != "auto")
+                .map(str::to_owned),
+            agent_text: (!config.browser.text.is_empty())
+                .then(|| serde_json::to_string(&config.browser.text).ok())
+                .flatten(),
             hooks,
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),

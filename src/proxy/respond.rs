@@ -97,6 +97,12 @@ impl Gateway {
             ("prefix", prefix.to_string()),
             ("mode", self.resolver.mode().as_str().to_string()),
         ];
+        if let Some(language) = &self.agent_language {
+            data.push(("lang", language.clone()));
+        }
+        if let Some(text) = &self.agent_text {
+            data.push(("text", text.clone()));
+        }
         if let (Some(session), Some(state)) = (&cx.identity.session, cx.state) {
             if state != State::Ended {
                 data.push(("handle", session.handle().to_string()));

@@ -39,6 +39,7 @@
   const PAGE_HANDLE = data.handle || null; // the session this page was served for
   const PAGE_TOKEN = TAB && data.token ? data.token : null; // only after mint/fork/rotate
   const NONCE = (script && script.nonce) || ""; // the page's CSP nonce, if any
+  const LANGUAGE = String(data.lang || "auto").trim(); // browser.language
 
   const TOKEN_HEADER = "X-Session-Token";
   const STATE_HEADER = "X-Session-State";
@@ -60,6 +61,159 @@
   const RETRY_MS = 15000; // retry of a failed heartbeat (capped by the interval)
   const SLACK = 250; // fire deadline timers a little late, once the server has moved
   const MAX_DELAY = 2147483647; // setTimeout's limit
+
+  // ---------------------------------------------------------------------- texts
+
+  /**
+   * The built-in texts of the countdown window and the ended notice, by primary
+   * language subtag (the same list as `LANGUAGES` in src/config/mod.rs). In
+   * `message`, `{seconds}` becomes the time left with its unit, in the page's
+   * language ("45 seconds", "45 Sekunden"), and `{stay}` the Stay button's text
+   * (which may be overridden). `kept` is added to the notice when it
+   * stopped a form or a navigation; `offline` shows when Stay or End failed.
+   */
+  const TEXTS = {
+    en: {
+      title: "Your session is about to end",
+      message: "You have been inactive for a while. Your session will end in {seconds} unless you choose {stay}.",
+      stay: "Stay",
+      end: "End",
+      ended: "Your session has ended.",
+      restart: "Start again",
+      kept: "What you entered is still on this page. Copy it before you start again.",
+      offline: "The server could not be reached. Try again.",
+    },
+    de: {
+      title: "Ihre Sitzung läuft gleich ab",
+      message: "Sie waren eine Weile nicht aktiv. Ihre Sitzung endet in {seconds}, wenn Sie nicht „{stay}“ wählen.",
+      stay: "Bleiben",
+      end: "Beenden",
+      ended: "Ihre Sitzung ist beendet.",
+      restart: "Neu beginnen",
+      kept: "Ihre Eingaben stehen noch auf dieser Seite. Kopieren Sie sie, bevor Sie neu beginnen.",
+      offline: "Der Server ist nicht erreichbar. Bitte versuchen Sie es noch einmal.",
+    },
+    fr: {
+      title: "Votre session va bientôt expirer",
+      message: "Vous êtes inactif depuis un moment. Votre session se terminera dans {seconds}, sauf si vous choisissez «\u00a0{stay}\u00a0».",
+      stay: "Rester",
+      end: "Terminer",
+      ended: "Votre session est terminée.",
+      restart: "Recommencer",
+      kept: "Ce que vous avez saisi est toujours sur cette page. Copiez-le avant de recommencer.",
+      offline: "Le serveur est injoignable. Veuillez réessayer.",
+    },
+    es: {
+      title: "Su sesión está a punto de terminar",
+      message: "Lleva un rato sin actividad. Su sesión terminará en {seconds}, a menos que elija «{stay}».",
+      stay: "Continuar",
+      end: "Terminar",
+      ended: "Su sesión ha terminado.",
+      restart: "Empezar de nuevo",
+      kept: "Lo que escribió sigue en esta página. Cópielo antes de empezar de nuevo.",
+      offline: "No se pudo conectar con el servidor. Inténtelo de nuevo.",
+    },
+    it: {
+      title: "La sessione sta per scadere",
+      message: "Sei inattivo da un po'. La sessione terminerà tra {seconds}, a meno che tu non scelga «{stay}».",
+      stay: "Resta",
+      end: "Termina",
+      ended: "La sessione è terminata.",
+      restart: "Ricomincia",
+      kept: "Quello che hai inserito è ancora in questa pagina. Copialo prima di ricominciare.",
+      offline: "Impossibile raggiungere il server. Riprova.",
+    },
+    pt: {
+      title: "A sessão está prestes a terminar",
+      message: "Não houve atividade durante algum tempo. A sessão termina em {seconds}, a menos que escolha “{stay}”.",
+      stay: "Continuar",
+      end: "Terminar",
+      ended: "A sessão terminou.",
+      restart: "Começar de novo",
+      kept: "O que escreveu continua nesta página. Copie-o antes de começar de novo.",
+      offline: "O servidor não respondeu. Tente novamente.",
+    },
+    nl: {
+      title: "Uw sessie loopt bijna af",
+      message: "U bent een tijdje niet actief geweest. Uw sessie eindigt over {seconds}, tenzij u voor “{stay}” kiest.",
+      stay: "Blijven",
+      end: "Beëindigen",
+      ended: "Uw sessie is beëindigd.",
+      restart: "Opnieuw beginnen",
+      kept: "Wat u hebt ingevuld, staat nog op deze pagina. Kopieer het voordat u opnieuw begint.",
+      offline: "De server is niet bereikbaar. Probeer het opnieuw.",
+    },
+    pl: {
+      title: "Sesja za chwilę wygaśnie",
+      message: "Od dłuższego czasu nie było żadnej aktywności. Pozostały czas sesji: {seconds}. Wybierz „{stay}”, aby kontynuować.",
+      stay: "Zostań",
+      end: "Zakończ",
+      ended: "Sesja została zakończona.",
+      restart: "Zacznij od nowa",
+      kept: "To, co wpisano, nadal jest na tej stronie. Skopiuj to, zanim zaczniesz od nowa.",
+      offline: "Nie udało się połączyć z serwerem. Spróbuj ponownie.",
+    },
+  };
+
+  const TEXT = readTexts(data.text); // browser.text: overrides of the built-in texts
+
+  /** `data-text`: a JSON object of string overrides; anything else is ignored. */
+  function readTexts(raw) {
+    const texts = {};
+    try {
+      const parsed = raw ? JSON.parse(raw) : null;
+      if (parsed && typeof parsed === "object") {
+        for (const key of Object.keys(TEXTS.en)) {
+          if (typeof parsed[key] === "string" && parsed[key]) texts[key] = parsed[key];
+        }
+      }
+    } catch (_) {
+      /* a damaged attribute: the built-in texts */
+    }
+    return texts;
+  }
+
+  /**
+   * The language of the UI, decided when it is shown: `browser.language`, or with
+   * "auto" the page's `<html lang>`, else the browser's languages — the first one
+   * with built-in texts — else English. `tag` formats numbers and units.
+   */
+  function uiLanguage() {
+    const wanted = [];
+    if (LANGUAGE && LANGUAGE.toLowerCase() !== "auto") {
+      wanted.push(LANGUAGE);
+    } else {
+      wanted.push(document.documentElement && document.documentElement.lang);
+      for (const tag of navigator.languages || []) wanted.push(tag);
+      wanted.push(navigator.language);
+    }
+    for (const raw of wanted) {
+      const tag = String(raw || "").trim().replace(/_/g, "-");
+      const primary = tag.split("-")[0].toLowerCase();
+      if (Object.prototype.hasOwnProperty.call(TEXTS, primary)) return { tag, texts: TEXTS[primary] };
+    }
+    // A configured language without built-in texts comes with every text overridden.
+    return { tag: wanted.length === 1 ? String(wanted[0]) : "en", texts: TEXTS.en };
+  }
+
+  /** The UI's strings: the overrides, else the language's, else English. */
+  function texts() {
+    const { tag, texts: builtIn } = uiLanguage();
+    const pick = (key) => TEXT[key] || builtIn[key] || TEXTS.en[key];
+    return { tag, pick };
+  }
+
+  /** "45 seconds", "1 Sekunde", "2 sekundy": `n` with its unit in language `tag`. */
+  function formatSeconds(n, tag) {
+    for (const locale of [tag, "en"]) {
+      try {
+        return new Intl.NumberFormat(locale, { style: "unit", unit: "second", unitDisplay: "long" }).format(n);
+      } catch (_) {
+        /* an unknown tag or an old browser: try the next */
+      }
+    }
+    return n + " s";
+  }
 
   // --------------------------------------------------------------- small tools
 
@@ -1201,8 +1355,9 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
   }
 
   const countdown = (() => {
-    let ui = null; // {host, root, dialog, seconds, status, stay, end}
+    let ui = null; // {host, root, dialog, title, text, seconds, status, stay, end}
     let shown = false;
+    let language = "en"; // the tag the seconds are formatted in
     let closing = false;
     let busy = false;
     let ticker = 0;
@@ -1217,13 +1372,11 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
         "aria-labelledby": "sg-title",
         "aria-describedby": "sg-text",
       });
-      const title = element("h2", { id: "sg-title" }, "Your session is about to end");
+      const title = element("h2", { id: "sg-title" });
       const text = element("p", { id: "sg-text" });
-      const seconds = element("strong");
-      text.append("You have been inactive for a while. Your session will end in ", seconds, " unless you choose Stay.");
       const status = element("p", { class: "status", role: "status" });
-      const stay = element("button", { type: "button", class: "primary" }, "Stay");
-      const end = element("button", { type: "button" }, "End");
+      const stay = element("button", { type: "button", class: "primary" });
+      const end = element("button", { type: "button" });
       const actions = element("div", { class: "actions" });
       actions.append(stay, end);
       dialog.append(title, text, status, actions);
@@ -1252,7 +1405,25 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
           quietly(onStay);
         }
       });
-      return { host, root, dialog, seconds, status, stay, end };
+      return { host, root, dialog, title, text, seconds: [], status, stay, end };
+    }
+
+    /** Writes the texts in the language of the moment (see `uiLanguage`). */
+    function label() {
+      const { tag, pick } = texts();
+      language = tag;
+      ui.title.textContent = pick("title");
+      ui.stay.textContent = pick("stay");
+      ui.end.textContent = pick("end");
+      // {stay} is the Stay button's text; each {seconds} becomes a <strong> that the
+      // ticker keeps up to date.
+      const parts = pick("message").split("{stay}").join(pick("stay")).split("{seconds}");
+      ui.seconds = parts.slice(1).map(() => element("strong"));
+      ui.text.replaceChildren();
+      parts.forEach((part, i) => {
+        if (i > 0) ui.text.append(ui.seconds[i - 1]);
+        if (part) ui.text.append(part);
+      });
     }
 
     function setBusy(value) {
@@ -1269,7 +1440,7 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
       ui.status.textContent = "";
       extend()
         .catch(() => {
-          if (state === "warning") ui.status.textContent = "The server could not be reached. Try again.";
+          if (state === "warning") ui.status.textContent = texts().pick("offline");
         })
         .finally(() => setBusy(false));
     }
@@ -1280,26 +1451,26 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
       ui.status.textContent = "";
       end({})
         .catch(() => {
-          if (state === "warning") ui.status.textContent = "The server could not be reached. Try again.";
+          if (state === "warning") ui.status.textContent = texts().pick("offline");
         })
         .finally(() => setBusy(false));
     }
 
     function update() {
       if (!shown) return;
-      if (deadline == null) {
-        ui.seconds.textContent = "a moment";
-        return;
-      }
-      const left = Math.max(0, Math.ceil((deadline - serverNow()) / 1000));
-      ui.seconds.textContent = left === 1 ? "1 second" : left + " seconds";
+      const left = deadline == null ? null : Math.max(0, Math.ceil((deadline - serverNow()) / 1000));
+      const value = left == null ? "…" : formatSeconds(left, language);
+      for (const strong of ui.seconds) strong.textContent = value;
     }
 
     function show() {
       if (!document.documentElement) return;
       if (!ui) ui = build();
       if (!ui.host.isConnected) document.documentElement.appendChild(ui.host);
-      if (!shown) previous = focusedElement();
+      if (!shown) {
+        previous = focusedElement();
+        label();
+      }
       shown = true;
       if (!ui.dialog.open) {
         try {

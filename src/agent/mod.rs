@@ -253,4 +253,29 @@ mod tests {
         assert!(!AGENT_JS.contains("innerHTML"));
         assert!(!AGENT_JS.contains("console."));
     }
+
+    /// Every language `browser.language` accepts has built-in texts, each with every
+    /// key `browser.text` can override, and the message has its `{seconds}`.
+    #[test]
+    fn agent_has_texts_for_every_configurable_language() {
+        let table = &AGENT_JS[AGENT_JS.find("const TEXTS = {").expect("TEXTS")..];
+        let table = &table[..table.find("\n  };").expect("end of TEXTS")];
+        for language in crate::config::LANGUAGES {
+            let start = table
+                .find(&format!("\n    {language}: {{"))
+                .unwrap_or_else(|| panic!("no texts for {language}"));
+            let block = &table[start..];
+            let block = &block[..block.find("\n    },").expect("end of a language")];
+            for (key, _) in crate::config::BrowserText::default().entries() {
+                assert!(
+                    block.contains(&format!("\n      {key}: \"")),
+                    "{language} has no {key}"
+                );
+            }
+            assert!(
+                block.contains("{seconds}"),
+                "{language}: message without {{seconds}}"
+            );
+        }
+    }
 }

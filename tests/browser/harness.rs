@@ -469,6 +469,22 @@ impl Browser {
         Some(((at(0)? + at(4)?) / 2.0, (at(1)? + at(5)?) / 2.0))
     }
 
+    /// Every text inside closed shadow roots (the agent's UI), one text node a line.
+    pub async fn closed_shadow_text(&self) -> String {
+        let document = self
+            .cdp("DOM.getDocument", json!({ "depth": -1, "pierce": true }))
+            .await;
+        let mut lines = Vec::new();
+        collect_text(&document["root"], false, &mut lines);
+        lines.join("\n")
+    }
+
+    /// Saves a screenshot of the tab's viewport as a PNG at `path`.
+    pub async fn screenshot(&self, path: &Path) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        std::fs::write(path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
     /// A real left click of the mouse at viewport position `(x, y)`: the pointer
     /// moves there, then presses and releases (pointer, mouse and click events, as
     /// a person's click makes them).
@@ -685,6 +701,25 @@ fn find_control(node: &Json, label: &str, closed: bool) -> Option<u64> {
         .map(|child| (child, closed))
         .chain(roots.map(|root| (root, root["shadowRootType"] == json!("closed"))))
         .find_map(|(child, closed)| find_control(child, label, closed))
+}
+
+/// The text nodes under closed shadow roots of a DevTools DOM tree (not inside
+/// `<style>`), in document order.
+fn collect_text(node: &Json, closed: bool, lines: &mut Vec<String>) {
+    if node["nodeName"] == json!("STYLE") {
+        return;
+    }
+    if closed && node["nodeType"] == json!(3) {
+        if let Some(text) = node["nodeValue"].as_str().filter(|t| !t.trim().is_empty()) {
+            lines.push(text.to_string());
+        }
+    }
+    for child in node["children"].as_array().into_iter().flatten() {
+        collect_text(child, closed, lines);
+    }
+    for root in node["shadowRoots"].as_array().into_iter().flatten() {
+        collect_text(root, root["shadowRootType"] == json!("closed"), lines);
+    }
 }
 
 /// Whether `s` looks like a session handle (a UUID).

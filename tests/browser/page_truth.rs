@@ -4,12 +4,15 @@
 //! session, an `EventSource` keeps its session across a reconnect, forms in open
 //! shadow roots carry their ticket, and the tab's token does not stay in the DOM.
 
+use std::time::Duration;
+
 use serde_json::Value as Json;
 use sessiongate::config::SessionMode;
 
 use crate::app::{FRAGMENT, JSON_AS_HTML};
 use crate::fixture::Gate;
-use crate::harness::{wait_until, Browser, WAIT};
+use crate::harness::{reserved_401, wait_until, Browser, WAIT};
+use crate::lifetime::short_timeout;
 
 /// A page's script fetches an HTML fragment and JSON labelled `text/html`: both
 /// arrive byte for byte (the agent goes into documents only).
@@ -28,5 +31,44 @@ async fn fetched_html_and_json_as_html_arrive_byte_identical() {
     assert_eq!(partials["/fragment"], FRAGMENT, "{partials}");
     assert_eq!(partials["/json-html"], JSON_AS_HTML, "{partials}");
     browser.assert_no_console_errors("partials").await;
+    browser.close().await;
+}
+
+/// On a `<html lang="de">` page the countdown is German, except for the text the
+/// configuration overrides (`browser.text.stay`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn countdown_speaks_the_pages_language_with_configured_overrides() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        short_timeout(c);
+        c.browser.text.stay = Some("Weiterarbeiten".into());
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/de")).await;
+    browser.wait_handle(None, "/de").await;
+    browser.wait_agent("/de").await;
+    browser
+        .wait_agent_state("warning", Duration::from_secs(6), "idle on /de")
+        .await;
+    let text = wait_until("the countdown's texts", WAIT, || async {
+        let text = browser.closed_shadow_text().await;
+        text.contains("Sekunde").then_some(text)
+    })
+    .await;
+    for expected in [
+        "Ihre Sitzung läuft gleich ab",
+        "Sie waren eine Weile nicht aktiv.",
+        "Weiterarbeiten",
+        "Beenden",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("Bleiben") && !text.contains("Stay"),
+        "the override replaces the button's text:\n{text}"
+    );
+    browser
+        .assert_no_console_errors_except("German countdown", reserved_401)
+        .await;
     browser.close().await;
 }

@@ -40,6 +40,14 @@
   const PAGE_TOKEN = TAB && data.token ? data.token : null; // only after mint/fork/rotate
   const NONCE = (script && script.nonce) || ""; // the page's CSP nonce, if any
   const LANGUAGE = String(data.lang || "auto").trim(); // browser.language
+  // The token must not stay in the DOM, where any script or extension could read it.
+  if (script && data.token) {
+    try {
+      script.removeAttribute("data-token");
+    } catch (_) {
+      /* nothing more we can do */
+    }
+  }
 
   const TOKEN_HEADER = "X-Session-Token";
   const STATE_HEADER = "X-Session-State";

@@ -72,3 +72,35 @@ async fn countdown_speaks_the_pages_language_with_configured_overrides() {
         .await;
     browser.close().await;
 }
+
+/// The first page of a tab carries its token in `data-token`; once the agent has
+/// read it, it is gone from the DOM (and kept in sessionStorage only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_gone_from_the_dom_after_load() {
+    let gate = Gate::start(SessionMode::Tab, |_| {}).await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    browser.wait_handle(None, "first contact").await;
+    browser.wait_agent("first contact").await;
+    let seen = browser
+        .eval(
+            r#"const token = sessionStorage.getItem("sessiongate.token") || "";
+return {
+  token: token.length,
+  attribute: document.querySelectorAll("[data-token]").length,
+  in_dom: token !== "" && document.documentElement.outerHTML.includes(token),
+};"#,
+        )
+        .await;
+    assert_eq!(
+        seen["token"], 43,
+        "the agent stored the tab's token: {seen}"
+    );
+    assert_eq!(
+        seen["attribute"], 0,
+        "data-token is still in the DOM: {seen}"
+    );
+    assert_eq!(seen["in_dom"], Json::Bool(false), "{seen}");
+    browser.assert_no_console_errors("token").await;
+    browser.close().await;
+}

@@ -684,6 +684,31 @@
     }
     pool.sort((a, b) => a.at - b.at);
     while (pool.length > MAX_TICKETS) pool.shift();
+    if (pool.length > 0) for (const waiter of waiters.splice(0)) waiter();
+  }
+
+  const waiters = []; // callbacks waiting for the pool to fill (see whenTicket)
+
+  /**
+   * Calls `fn` as soon as the pool has a ticket — at once if it has one or none can
+   * come (no session, ended), else when the next heartbeat brings some, or after
+   * `ms` anyway. For requests that may start before the first heartbeat's reply.
+   */
+  function whenTicket(fn, ms) {
+    prune();
+    if (pool.length > 0 || !hasSession() || state === "ended" || repairing) {
+      fn();
+      return;
+    }
+    let done = false;
+    const run = () => {
+      if (done) return;
+      done = true;
+      quietly(fn);
+    };
+    waiters.push(run);
+    setTimeout(run, ms);
+    if (lifecycle) beat();
   }
 
   /** Takes a ticket (the oldest still fresh), or null: then nothing is added. */
@@ -885,7 +910,159 @@
   }
 
   wrapConstructor("WebSocket", true);
-  wrapConstructor("EventSource", false);
+  quietly(wrapEventSource);
+
+  /**
+   * EventSource (tab mode). A native EventSource that loses its connection
+   * reconnects by itself to the same URL — with its ticket already spent, so the
+   * stream would silently go on without its session. For a same-origin URL the page
+   * gets this stand-in instead: it holds a native EventSource opened with a ticket
+   * (waiting up to 5 s for the first heartbeat's tickets when the page opens it
+   * while loading), and when that one errors on its way to reconnect, closes it and
+   * opens a new one with a fresh ticket (after 1 s, doubling up to 30 s while
+   * attempts keep failing). The page sees what it would natively, on the same
+   * object: `error` with readyState CONNECTING, then `open` and the messages.
+   * Cross-origin sources keep the browser's own reconnection. A re-created source
+   * starts afresh: it cannot send `Last-Event-ID`.
+   */
+  function wrapEventSource() {
+    const Native = window.EventSource;
+    if (!TAB || typeof Native !== "function" || typeof EventTarget !== "function") return;
+    const FIRST_RETRY = 1000;
+    const LAST_RETRY = 30000;
+    const TICKET_WAIT = 5000;
+    const states = new WeakMap(); // stand-in -> {url, init, source, types, handlers, ...}
+    const addListener = EventTarget.prototype.addEventListener;
+
+    /** Opens the native source, with a ticket if there is one. */
+    function connect(self, st) {
+      if (st.closed) return;
+      const ticketed = st.managed ? quietly(withTicket, st.url, false) : undefined;
+      const url = typeof ticketed === "string" ? ticketed : st.url;
+      st.waiting = false;
+      try {
+        st.source = new Native(url, st.init);
+      } catch (_) {
+        st.closed = true;
+        st.source = null;
+        self.dispatchEvent(new Event("error"));
+        return;
+      }
+      for (const type of st.types) listen(self, st, st.source, type);
+    }
+
+    function listen(self, st, source, type) {
+      source.addEventListener(type, (event) => quietly(relay, self, st, source, type, event));
+    }
+
+    /** Passes an event of the native source on to the stand-in's listeners. */
+    function relay(self, st, source, type, event) {
+      if (source !== st.source || st.closed) return;
+      if (type === "open") st.delay = FIRST_RETRY;
+      if (type === "error" && st.managed && source.readyState === Native.CONNECTING) {
+        source.close(); // it would reconnect with the spent ticket
+        reconnect(self, st);
+      }
+      const copy =
+        event instanceof MessageEvent
+          ? new MessageEvent(type, { data: event.data, origin: event.origin, lastEventId: event.lastEventId })
+          : new Event(type);
+      self.dispatchEvent(copy);
+    }
+
+    function reconnect(self, st) {
+      st.waiting = true;
+      clearTimeout(st.timer);
+      const delay = st.delay;
+      st.delay = Math.min(delay * 2, LAST_RETRY);
+      st.timer = setTimeout(() => quietly(whenTicket, () => connect(self, st), TICKET_WAIT), delay);
+    }
+
+    class EventSource extends EventTarget {
+      constructor(url, init) {
+        super();
+        const resolved = arguments.length > 0 ? resolve(url) : null;
+        if (!resolved) return new Native(...arguments); // throws the native TypeError or SyntaxError
+        const st = {
+          url: resolved.href,
+          init,
+          withCredentials: !!(init && init.withCredentials),
+          managed: sameOrigin(resolved) && !hasReserved(resolved.href),
+          source: null,
+          types: new Set(["open", "message", "error"]),
+          handlers: { open: null, message: null, error: null },
+          waiting: true,
+          closed: false,
+          timer: 0,
+          delay: FIRST_RETRY,
+        };
+        states.set(this, st);
+        // The on* handlers run as listeners registered first.
+        for (const type of ["open", "message", "error"]) {
+          addListener.call(this, type, (event) => {
+            const handler = st.handlers[type];
+            if (typeof handler === "function") handler.call(this, event);
+          });
+        }
+        if (st.managed) quietly(whenTicket, () => connect(this, st), TICKET_WAIT);
+        else connect(this, st);
+      }
+
+      get url() {
+        return states.get(this).url;
+      }
+
+      get withCredentials() {
+        return states.get(this).withCredentials;
+      }
+
+      get readyState() {
+        const st = states.get(this);
+        if (st.closed) return Native.CLOSED;
+        if (st.waiting || !st.source) return Native.CONNECTING;
+        return st.source.readyState;
+      }
+
+      close() {
+        const st = states.get(this);
+        st.closed = true;
+        clearTimeout(st.timer);
+        if (st.source) st.source.close();
+      }
+
+      addEventListener(type, listener, options) {
+        const st = states.get(this);
+        quietly(() => {
+          const name = String(type);
+          if (st && !st.types.has(name)) {
+            st.types.add(name); // named events (`event: x`) are relayed once listened to
+            if (st.source) listen(this, st, st.source, name);
+          }
+        });
+        return super.addEventListener(type, listener, options);
+      }
+    }
+
+    for (const type of ["open", "message", "error"]) {
+      Object.defineProperty(EventSource.prototype, "on" + type, {
+        configurable: true,
+        enumerable: true,
+        get() {
+          return states.get(this).handlers[type];
+        },
+        set(value) {
+          states.get(this).handlers[type] = typeof value === "function" ? value : null;
+        },
+      });
+    }
+    for (const [name, value] of [["CONNECTING", 0], ["OPEN", 1], ["CLOSED", 2]]) {
+      Object.defineProperty(EventSource, name, { value, enumerable: true });
+      Object.defineProperty(EventSource.prototype, name, { value, enumerable: true });
+    }
+    // `instanceof`, Object.prototype.toString and feature checks see an EventSource.
+    Object.setPrototypeOf(EventSource.prototype, Native.prototype);
+    window.EventSource = EventSource;
+  }
 
   const nativeBeacon =
     typeof Navigator === "function" && typeof Navigator.prototype.sendBeacon === "function"

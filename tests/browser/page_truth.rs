@@ -73,6 +73,46 @@ async fn countdown_speaks_the_pages_language_with_configured_overrides() {
     browser.close().await;
 }
 
+/// An `EventSource` whose stream ends reconnects with a fresh ticket: every event,
+/// before and after the reconnects, was sent for the tab's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_source_keeps_its_session_across_reconnects() {
+    let gate = Gate::start(SessionMode::Tab, |_| {}).await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/sse")).await;
+    let (handle, _) = browser.wait_handle(None, "/sse").await;
+    browser.wait_agent("/sse").await;
+    let events = wait_until("three events (two reconnects)", WAIT, || async {
+        let events = browser.eval("return window.__events;").await;
+        (events.as_array().map_or(0, Vec::len) >= 3).then_some(events)
+    })
+    .await;
+    for event in events.as_array().unwrap() {
+        assert_eq!(event, &Json::from(handle.clone()), "events: {events}");
+    }
+    let source = browser
+        .eval(
+            "const s = window.__source; return [s instanceof EventSource, s.url, \
+             typeof s.onmessage, EventSource.OPEN];",
+        )
+        .await;
+    assert_eq!(source[0], Json::Bool(true), "{source}");
+    assert_eq!(
+        source[1],
+        gate.url("/events"),
+        "url without a ticket: {source}"
+    );
+    assert_eq!(source[2], "function");
+    assert_eq!(source[3], 1);
+    for hit in gate.app.hits().iter().filter(|h| h.path() == "/events") {
+        assert_eq!(hit.session.as_deref(), Some(handle.as_str()), "{}", hit.uri);
+        assert!(!hit.uri.contains("__sg"), "{}", hit.uri);
+    }
+    browser.eval("window.__source.close(); return null;").await;
+    browser.assert_no_console_errors("EventSource").await;
+    browser.close().await;
+}
+
 /// The first page of a tab carries its token in `data-token`; once the agent has
 /// read it, it is gone from the DOM (and kept in sessionStorage only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1178,25 +1178,26 @@
 
   /**
    * Runs `handler` for `type` events after the page's own listeners had their say:
-   * a capture listener on document (after any on window) adds a one-shot bubble
-   * listener on window, which then runs after every window listener registered so
-   * far. So a page that cancels the click (a client-side router) or submits the
-   * form itself never sees a ticket. If the page stops propagation, nothing is
-   * added and the navigation bootstraps (or the Navigation API path catches it).
+   * a capture listener on `root` (document, or an open shadow root) adds a one-shot
+   * bubble listener on `last` (window, or the shadow root itself), which then runs
+   * after every listener registered there so far. So a page that cancels the click
+   * (a client-side router) or submits the form itself never sees a ticket. If the
+   * page stops propagation, nothing is added and the navigation bootstraps (or the
+   * Navigation API path catches it).
    */
-  function afterPage(type, handler) {
+  function afterPage(type, handler, root = document, last = window) {
     let pending = null;
-    document.addEventListener(
+    root.addEventListener(
       type,
       (event) => {
-        if (pending) window.removeEventListener(type, pending);
+        if (pending) last.removeEventListener(type, pending);
         const once = (seen) => {
-          window.removeEventListener(type, once);
+          last.removeEventListener(type, once);
           if (pending === once) pending = null;
           if (seen === event) quietly(handler, event);
         };
         pending = once;
-        window.addEventListener(type, once);
+        last.addEventListener(type, once);
       },
       true,
     );
@@ -1204,6 +1205,40 @@
 
   afterPage("click", onLinkClick);
   afterPage("submit", onSubmit);
+
+  // `submit` does not leave a shadow root (clicks do), so every open shadow root
+  // gets its own listener: those made by script (attachShadow, patched here) and
+  // those the parser made from <template shadowrootmode="open"> (found at
+  // DOMContentLoaded). Forms in closed shadow roots are out of reach.
+  const watchedRoots = new WeakSet();
+
+  function watchShadowRoot(root) {
+    if (!root || root.mode !== "open" || watchedRoots.has(root)) return;
+    watchedRoots.add(root);
+    afterPage("submit", onSubmit, root, root);
+  }
+
+  /** Watches the open shadow roots under `scope` (document or a shadow root), deeply. */
+  function watchShadowRoots(scope) {
+    for (const el of scope.querySelectorAll("*")) {
+      const root = el.shadowRoot;
+      if (root && !watchedRoots.has(root)) {
+        watchShadowRoot(root);
+        watchShadowRoots(root);
+      }
+    }
+  }
+
+  if (typeof Element === "function" && typeof Element.prototype.attachShadow === "function") {
+    quietly(() => {
+      const nativeAttach = Element.prototype.attachShadow;
+      Element.prototype.attachShadow = function attachShadow() {
+        const root = nativeAttach.apply(this, arguments);
+        quietly(watchShadowRoot, root);
+        return root;
+      };
+    });
+  }
 
   // form.submit() fires no submit event. requestSubmit() does, so it is covered above.
   if (typeof HTMLFormElement === "function") {
@@ -1814,6 +1849,7 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
   // the page told about states (and does the built-in UI appear).
   function ready() {
     domReady = true;
+    quietly(watchShadowRoots, document);
     if (!repairing) quietly(announce);
   }
   if (domReady) setTimeout(ready, 0);

@@ -113,6 +113,36 @@ async fn event_source_keeps_its_session_across_reconnects() {
     browser.close().await;
 }
 
+/// POST forms inside open shadow roots — attached by script, and declarative — carry
+/// a ticket: the posted page belongs to the tab's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_in_open_shadow_roots_carry_their_ticket() {
+    let gate = Gate::start(SessionMode::Tab, |_| {}).await;
+    let browser = Browser::launch().await;
+    for host in ["scripted", "declarative"] {
+        browser.goto(&gate.url("/shadow")).await;
+        let (handle, page) = browser.wait_handle(None, "/shadow").await;
+        browser.wait_agent("/shadow").await;
+        browser
+            .eval(&format!(
+                "document.getElementById({host:?}).shadowRoot\
+                 .getElementById(\"{host}-submit\").click(); return null;"
+            ))
+            .await;
+        let (posted, after) = browser
+            .wait_handle(page.seq, &format!("the {host} shadow form posted"))
+            .await;
+        assert_eq!(after.method.as_deref(), Some("POST"), "{after:?}");
+        assert_eq!(posted, handle, "the {host} shadow form lost the session");
+        assert_eq!(
+            browser.text("#posted").await.as_deref(),
+            Some(format!("from {host}").as_str())
+        );
+    }
+    browser.assert_no_console_errors("shadow forms").await;
+    browser.close().await;
+}
+
 /// The first page of a tab carries its token in `data-token`; once the agent has
 /// read it, it is gone from the DOM (and kept in sessionStorage only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

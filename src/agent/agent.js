@@ -401,6 +401,8 @@
   let domReady = document.readyState !== "loading";
   let announced = state === "none" ? "none" : "active"; // last state told to the page
   let suppressNotice = false; // end({redirect}) navigates away: no notice
+  let leaving = false; // navigating away on purpose ("Start again", end({redirect}))
+  let pageOwnsEnd = false; // the page cancelled the `ended` event: its UI, its rules
   let candidate = null; // a token seen in a response header, not yet confirmed
 
   const serverNow = () => now() + offset;
@@ -452,7 +454,8 @@
       emit("active");
     } else if (state === "ended") {
       const hadFocus = countdown.hide();
-      if (!emit("ended") && !suppressNotice && !uiBelongsToTop()) notice.show(hadFocus);
+      pageOwnsEnd = emit("ended");
+      if (!pageOwnsEnd && !suppressNotice && !uiBelongsToTop()) notice.show(hadFocus);
     } else {
       countdown.hide();
     }
@@ -1111,14 +1114,37 @@
     return null;
   }
 
+  /**
+   * Has this tab's session ended while the built-in notice is in charge? Then a
+   * navigation within the app would silently start a new session and drop whatever
+   * the user typed into this page: it is stopped instead (see `stopForEnded`).
+   * "Start again" and end({redirect}) leave on purpose and pass.
+   */
+  function endedHere() {
+    return state === "ended" && !leaving && !repairing && !pageOwnsEnd && !suppressNotice;
+  }
+
+  /** Stops a navigation of an ended tab: the notice, focused, with "Start again" (to `to`). */
+  function stopForEnded(to) {
+    notice.show(true, { kept: true, to: to || null });
+  }
+
   /** Puts a ticket on a same-origin link for the navigation the click is about to start. */
   function onLinkClick(event) {
-    if (!TAB || event.defaultPrevented || event.button !== 0) return;
+    if (event.defaultPrevented || event.button !== 0) return;
     if (event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
     const link = activatedLink(event);
     if (!link || hasAttr(link, "download") || !isSelfTarget(getAttr(link, "target"))) return;
     const url = resolve(link.href);
     if (!url || isFragmentNavigation(url.href)) return;
+    if (endedHere()) {
+      if (sameOrigin(url)) {
+        event.preventDefault();
+        stopForEnded(stripReserved(url.href));
+      }
+      return;
+    }
+    if (!TAB) return;
     const href = ticketed(url);
     if (!href) return;
     const original = getAttr(link, "href");
@@ -1130,12 +1156,12 @@
   }
 
   /**
-   * Prepares `form` (submitted by `submitter`, or by form.submit() when null) to
-   * carry a ticket: GET gets a hidden `__sg_t` input, POST gets it in the action
-   * URL's query. Returns the function that undoes it, or null.
+   * Where submitting `form` (by `submitter`, or by form.submit() when null) goes, if
+   * it navigates this tab: `{method, url}`, else null (a dialog form, another
+   * target).
    */
-  function prepareForm(form, submitter) {
-    if (!TAB || !(form instanceof HTMLFormElement)) return null;
+  function formNavigation(form, submitter) {
+    if (!(form instanceof HTMLFormElement)) return null;
     const by = submitter instanceof Element ? submitter : null;
     // Attributes, not properties: a control named "action" or "method" shadows those.
     const pick = (own, inherited) => (by && hasAttr(by, own) ? getAttr(by, own) : getAttr(form, inherited));
@@ -1144,7 +1170,19 @@
     if (!isSelfTarget(pick("formtarget", "target"))) return null;
     const action = pick("formaction", "action");
     const url = resolve(action ? action : location.href); // empty action: the document's URL
-    if (!sameOrigin(url)) return null;
+    return url ? { method, url, by } : null;
+  }
+
+  /**
+   * Prepares `form` (submitted by `submitter`, or by form.submit() when null) to
+   * carry a ticket: GET gets a hidden `__sg_t` input, POST gets it in the action
+   * URL's query. Returns the function that undoes it, or null.
+   */
+  function prepareForm(form, submitter) {
+    if (!TAB) return null;
+    const target = formNavigation(form, submitter);
+    if (!target || !sameOrigin(target.url)) return null;
+    const { method, url, by } = target;
     if (method !== "post") {
       // GET replaces the action's query with the fields: the ticket must be a field.
       if (Element.prototype.querySelector.call(form, '[name="' + TICKET_PARAM + '"]')) return null;
@@ -1170,8 +1208,21 @@
     };
   }
 
+  /** An ended tab's form that would navigate within the app: stopped (true). */
+  function stopsForm(form, submitter) {
+    if (!endedHere()) return false;
+    const target = formNavigation(form, submitter);
+    if (!target || !sameOrigin(target.url)) return false;
+    stopForEnded(null);
+    return true;
+  }
+
   function onSubmit(event) {
     if (event.defaultPrevented) return;
+    if (stopsForm(event.target, event.submitter || null)) {
+      event.preventDefault();
+      return;
+    }
     const undo = prepareForm(event.target, event.submitter || null);
     if (undo) setTimeout(() => quietly(undo), 0);
   }
@@ -1245,6 +1296,7 @@
     quietly(() => {
       const nativeSubmit = HTMLFormElement.prototype.submit;
       HTMLFormElement.prototype.submit = function submit() {
+        if (quietly(stopsForm, this, null)) return undefined;
         const undo = quietly(prepareForm, this, null);
         try {
           return nativeSubmit.call(this);
@@ -1260,8 +1312,7 @@
   let pageListensToNavigate = false; // a router may intercept: then we stay out
 
   function onNavigate(event) {
-    if (!TAB || state === "ended" || repairing) return;
-    if (!event.cancelable || event.hashChange || event.downloadRequest != null || event.formData) return;
+    if (repairing || !event.cancelable || event.hashChange || event.downloadRequest != null) return;
     const destination = event.destination;
     if (!destination || destination.sameDocument) return; // pushState, replaceState, #hash
     const type = event.navigationType;
@@ -1269,6 +1320,15 @@
     const url = resolve(destination.url);
     if (!url) return;
     if (pageListensToNavigate && event.canIntercept) return;
+    if (endedHere()) {
+      // Also what the click and submit paths did not see (stopped propagation).
+      if (sameOrigin(url)) {
+        event.preventDefault();
+        stopForEnded(event.formData || type === "reload" ? null : stripReserved(url.href));
+      }
+      return;
+    }
+    if (!TAB || state === "ended" || event.formData) return;
     const href = ticketed(url);
     if (!href) return;
     event.preventDefault();
@@ -1523,13 +1583,16 @@ button.primary { background: #1f5fd1; border-color: #1f5fd1; color: #fff; }
 button[aria-disabled="true"] { opacity: .6; cursor: progress; }
 button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offset: 2px; }
 .notice {
-  position: fixed; top: 16px; left: 50%; transform: translateX(-50%); z-index: 2147483647;
-  display: flex; gap: 14px; align-items: center; padding: 12px 16px;
+  display: flex; flex-wrap: wrap; gap: 8px 20px; align-items: center; justify-content: space-between;
+  max-width: none; margin: 0; padding: 12px 20px; border-width: 0 0 1px; border-radius: 0;
+  box-shadow: none; background: #fff4e0; border-color: #d9a441;
 }
 .notice p { margin: 0; }
-.notice a { color: #1f5fd1; font-weight: 600; }
+.notice .kept:empty { display: none; }
+.notice a { color: #1f5fd1; font-weight: 600; white-space: nowrap; }
 @media (prefers-color-scheme: dark) {
   .box { background: #23232a; color: #ececf1; border-color: #44444f; }
+  .notice { background: #3b3020; border-color: #8a6a2c; }
   button { background: #33333c; border-color: #5a5a66; }
   .notice a { color: #8fb3ff; }
 }
@@ -1729,28 +1792,57 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
     return { show, hide, update, owns: (target) => !!ui && target === ui.host };
   })();
 
+  /**
+   * The notice that the session has ended: a banner at the top of the page, in the
+   * flow of the document, so it pushes the page's content down instead of covering
+   * it, with a "Start again" link. `options.kept`: it stopped a form or a navigation,
+   * so it also says that what was typed is still in the page; `options.to`: where
+   * "Start again" goes (default: this page, reloaded).
+   */
   const notice = (() => {
-    let ui = null;
+    let ui = null; // {host, text, kept, link}
+    let destination = null;
 
-    function show(takeFocus) {
-      if (!document.documentElement) return;
-      if (!ui) {
-        const { host, root } = makeHost();
-        const box = element("div", { class: "box notice", role: "alert" });
-        const text = element("p", {}, "Your session has ended.");
-        const link = element("a", { href: stripReserved(location.href) }, "Start again");
-        link.addEventListener("click", (event) => {
-          if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
-          event.preventDefault();
-          const clean = stripReserved(location.href);
-          if (clean === location.href) location.reload();
-          else location.replace(clean);
-        });
-        box.append(text, link);
-        root.appendChild(box);
-        ui = { host, link };
-      }
-      if (!ui.host.isConnected) document.documentElement.appendChild(ui.host);
+    function build() {
+      const { host, root } = makeHost();
+      host.style.display = "block"; // a block in the flow, whatever the page's CSS says
+      const box = element("div", { class: "box notice", role: "alert" });
+      const words = element("div", { class: "words" });
+      const text = element("p");
+      const kept = element("p", { class: "kept" });
+      const link = element("a", { href: stripReserved(location.href) });
+      link.addEventListener("click", (event) => {
+        // A new tab or window (modifier keys, middle click) follows the href itself.
+        if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+        event.preventDefault();
+        quietly(restart);
+      });
+      words.append(text, kept);
+      box.append(words, link);
+      root.appendChild(box);
+      return { host, text, kept, link };
+    }
+
+    /** "Start again": leave on purpose (the ended-tab guard lets it pass). */
+    function restart() {
+      const target = destination || stripReserved(location.href);
+      leaving = true;
+      if (target === location.href) location.reload();
+      else if (destination) location.assign(target);
+      else location.replace(target);
+    }
+
+    function show(takeFocus, options) {
+      const parent = document.body || document.documentElement;
+      if (!parent) return;
+      if (!ui) ui = build();
+      const { pick } = texts();
+      ui.text.textContent = pick("ended");
+      if (options && options.kept) ui.kept.textContent = pick("kept");
+      if (options && options.to) destination = options.to;
+      ui.link.textContent = pick("restart");
+      ui.link.setAttribute("href", destination || stripReserved(location.href));
+      if (!ui.host.isConnected) parent.insertBefore(ui.host, parent.firstChild);
       if (takeFocus) quietly(() => ui.link.focus());
     }
 
@@ -1795,7 +1887,10 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
         broadcast({ state: "ended" });
         toEnded();
       }
-      if (redirect) location.assign(redirect);
+      if (redirect) {
+        leaving = true;
+        location.assign(redirect);
+      }
       return snapshot();
     };
     if (state === "ended") return Promise.resolve(finish());

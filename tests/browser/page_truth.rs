@@ -7,12 +7,16 @@
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use sessiongate::config::SessionMode;
+use sessiongate::config::{Config, Heartbeat, SessionMode};
 
 use crate::app::{FRAGMENT, JSON_AS_HTML};
 use crate::fixture::Gate;
 use crate::harness::{reserved_401, wait_until, Browser, WAIT};
 use crate::lifetime::short_timeout;
+
+fn secs(s: u64) -> sessiongate::config::Duration {
+    Duration::from_secs(s).into()
+}
 
 /// A page's script fetches an HTML fragment and JSON labelled `text/html`: both
 /// arrive byte for byte (the agent goes into documents only).
@@ -69,6 +73,103 @@ async fn countdown_speaks_the_pages_language_with_configured_overrides() {
     );
     browser
         .assert_no_console_errors_except("German countdown", reserved_401)
+        .await;
+    browser.close().await;
+}
+
+/// What a tab's UI shows of the ended notice: its host (a custom element), where it
+/// sits against the page's heading, and whether it has the focus.
+const NOTICE_JS: &str = r#"
+const host = Array.from(document.querySelectorAll("body > *")).find(e => e.localName.includes("-"));
+if (!host) return null;
+const box = host.getBoundingClientRect();
+const heading = document.querySelector("h1").getBoundingClientRect();
+return {
+  bottom: box.bottom,
+  height: box.height,
+  heading_top: heading.top,
+  focused: document.activeElement === host,
+  field: document.querySelector('#postform input[name="field"]').value,
+};
+"#;
+
+/// After a timeout the tab's notice shows and the page stays usable; a form
+/// submitted then is stopped (nothing reaches the app), the typed text stays in the
+/// page, the notice — pushing the page down, not covering it — gets the focus and
+/// offers "Start again", which starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_submitted_in_an_ended_tab_is_kept_not_forwarded() {
+    let gate = Gate::start(SessionMode::Tab, |c: &mut Config| {
+        c.session.timeout = secs(2);
+        c.session.countdown = Some(secs(2));
+        c.session.abandon = Some(secs(10));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, page) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+    browser
+        .wait_agent_state("ended", Duration::from_secs(8), "the tab, idle")
+        .await;
+    assert!(gate.session_state(&handle).is_none(), "the session ended");
+
+    const TYPED: &str = "a long answer typed after the end";
+    let field = browser
+        .client
+        .find(fantoccini::Locator::Css("#postform input[name=\"field\"]"))
+        .await
+        .expect("the form's field");
+    field.clear().await.expect("clear the field");
+    field.send_keys(TYPED).await.expect("type into the field");
+    let posts_before = gate.app.hits().len();
+    browser.click("#postsubmit").await;
+
+    let notice = wait_until("the notice to take the focus", WAIT, || async {
+        let notice = browser.eval(NOTICE_JS).await;
+        (notice["focused"] == Json::Bool(true)).then_some(notice)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = browser.page().await.expect("the page is still there");
+    assert_eq!(still.seq, page.seq, "the submit replaced the page");
+    assert_eq!(
+        browser.eval(NOTICE_JS).await["field"],
+        TYPED,
+        "the typed text is gone"
+    );
+    let posted: Vec<_> = gate.app.hits()[posts_before..]
+        .iter()
+        .map(|h| format!("{} {}", h.method, h.uri))
+        .collect();
+    assert!(posted.is_empty(), "reached the app: {posted:?}");
+    assert!(
+        notice["height"].as_f64().unwrap() > 0.0
+            && notice["bottom"].as_f64().unwrap() <= notice["heading_top"].as_f64().unwrap(),
+        "the notice must push the page down, not cover it: {notice}"
+    );
+    let text = browser.closed_shadow_text().await;
+    for expected in [
+        "Your session has ended.",
+        "What you entered is still on this page.",
+        "Start again",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    let shot = std::env::temp_dir().join("sessiongate-ended-notice.png");
+    browser.screenshot(&shot).await;
+
+    // "Start again": a new session for the tab.
+    let (x, y) = browser
+        .closed_shadow_control("Start again")
+        .await
+        .expect("a Start again link");
+    browser.mouse_click(x, y).await;
+    let (fresh, _) = browser.wait_handle(page.seq, "after Start again").await;
+    assert_ne!(fresh, handle, "Start again starts a new session");
+    browser
+        .assert_no_console_errors_except("ended tab", reserved_401)
         .await;
     browser.close().await;
 }

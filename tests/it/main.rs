@@ -8,6 +8,7 @@ mod admin;
 mod adversarial;
 mod cli;
 mod documents;
+mod ended;
 mod forwarding;
 mod hooks;
 mod identity;

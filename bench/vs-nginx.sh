@@ -102,12 +102,16 @@ cookies_of() {
 cookies=$(cookies_of "http://127.0.0.1:$GATE/")
 plain_cookies=$(cookies_of "http://127.0.0.1:$PLAIN/")
 
+# Every request is a page load as a browser sends it: the gateway injects the agent
+# into answers to navigations only.
+NAVIGATE=(-H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Dest: document" -H "Accept: text/html")
+
 run() { # name url [header]
   local out
   if [ -n "${3:-}" ]; then
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -H "$3" "$2")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "${NAVIGATE[@]}" -H "$3" "$2")
   else
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "$2")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "${NAVIGATE[@]}" "$2")
   fi
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
     match command {
         Command::Check => {
             print!("{}", loaded.config.to_effective_toml());
+            for (key, reason) in config::validate::warnings(&loaded.config) {
+                eprintln!("sessiongate: warning: {key}: {reason}");
+            }
             eprintln!(
                 "sessiongate: configuration OK{}",
                 describe_file(cli.config.as_deref())
@@ -113,6 +116,9 @@ fn describe_file(path: Option<&Path>) -> String {
 /// Runs the gateway; `demo` carries how the demo binds its listeners.
 fn run(config: Config, demo: Option<Binds>) -> ExitCode {
     init_logging(&config);
+    for (key, reason) in config::validate::warnings(&config) {
+        tracing::warn!(key, "configuration: {reason}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

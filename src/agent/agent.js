@@ -39,6 +39,15 @@
   const PAGE_HANDLE = data.handle || null; // the session this page was served for
   const PAGE_TOKEN = TAB && data.token ? data.token : null; // only after mint/fork/rotate
   const NONCE = (script && script.nonce) || ""; // the page's CSP nonce, if any
+  const LANGUAGE = String(data.lang || "auto").trim(); // browser.language
+  // The token must not stay in the DOM, where any script or extension could read it.
+  if (script && data.token) {
+    try {
+      script.removeAttribute("data-token");
+    } catch (_) {
+      /* nothing more we can do */
+    }
+  }
 
   const TOKEN_HEADER = "X-Session-Token";
   const STATE_HEADER = "X-Session-State";
@@ -60,6 +69,159 @@
   const RETRY_MS = 15000; // retry of a failed heartbeat (capped by the interval)
   const SLACK = 250; // fire deadline timers a little late, once the server has moved
   const MAX_DELAY = 2147483647; // setTimeout's limit
+
+  // ---------------------------------------------------------------------- texts
+
+  /**
+   * The built-in texts of the countdown window and the ended notice, by primary
+   * language subtag (the same list as `LANGUAGES` in src/config/mod.rs). In
+   * `message`, `{seconds}` becomes the time left with its unit, in the page's
+   * language ("45 seconds", "45 Sekunden"), and `{stay}` the Stay button's text
+   * (which may be overridden). `kept` is added to the notice when it
+   * stopped a form or a navigation; `offline` shows when Stay or End failed.
+   */
+  const TEXTS = {
+    en: {
+      title: "Your session is about to end",
+      message: "You have been inactive for a while. Your session will end in {seconds} unless you choose {stay}.",
+      stay: "Stay",
+      end: "End",
+      ended: "Your session has ended.",
+      restart: "Start again",
+      kept: "What you entered is still on this page. Copy it before you start again.",
+      offline: "The server could not be reached. Try again.",
+    },
+    de: {
+      title: "Ihre Sitzung läuft gleich ab",
+      message: "Sie waren eine Weile nicht aktiv. Ihre Sitzung endet in {seconds}, wenn Sie nicht „{stay}“ wählen.",
+      stay: "Bleiben",
+      end: "Beenden",
+      ended: "Ihre Sitzung ist beendet.",
+      restart: "Neu beginnen",
+      kept: "Ihre Eingaben stehen noch auf dieser Seite. Kopieren Sie sie, bevor Sie neu beginnen.",
+      offline: "Der Server ist nicht erreichbar. Bitte versuchen Sie es noch einmal.",
+    },
+    fr: {
+      title: "Votre session va bientôt expirer",
+      message: "Vous êtes inactif depuis un moment. Votre session se terminera dans {seconds}, sauf si vous choisissez «\u00a0{stay}\u00a0».",
+      stay: "Rester",
+      end: "Terminer",
+      ended: "Votre session est terminée.",
+      restart: "Recommencer",
+      kept: "Ce que vous avez saisi est toujours sur cette page. Copiez-le avant de recommencer.",
+      offline: "Le serveur est injoignable. Veuillez réessayer.",
+    },
+    es: {
+      title: "Su sesión está a punto de terminar",
+      message: "Lleva un rato sin actividad. Su sesión terminará en {seconds}, a menos que elija «{stay}».",
+      stay: "Continuar",
+      end: "Terminar",
+      ended: "Su sesión ha terminado.",
+      restart: "Empezar de nuevo",
+      kept: "Lo que escribió sigue en esta página. Cópielo antes de empezar de nuevo.",
+      offline: "No se pudo conectar con el servidor. Inténtelo de nuevo.",
+    },
+    it: {
+      title: "La sessione sta per scadere",
+      message: "Sei inattivo da un po'. La sessione terminerà tra {seconds}, a meno che tu non scelga «{stay}».",
+      stay: "Resta",
+      end: "Termina",
+      ended: "La sessione è terminata.",
+      restart: "Ricomincia",
+      kept: "Quello che hai inserito è ancora in questa pagina. Copialo prima di ricominciare.",
+      offline: "Impossibile raggiungere il server. Riprova.",
+    },
+    pt: {
+      title: "A sessão está prestes a terminar",
+      message: "Não houve atividade durante algum tempo. A sessão termina em {seconds}, a menos que escolha “{stay}”.",
+      stay: "Continuar",
+      end: "Terminar",
+      ended: "A sessão terminou.",
+      restart: "Começar de novo",
+      kept: "O que escreveu continua nesta página. Copie-o antes de começar de novo.",
+      offline: "O servidor não respondeu. Tente novamente.",
+    },
+    nl: {
+      title: "Uw sessie loopt bijna af",
+      message: "U bent een tijdje niet actief geweest. Uw sessie eindigt over {seconds}, tenzij u voor “{stay}” kiest.",
+      stay: "Blijven",
+      end: "Beëindigen",
+      ended: "Uw sessie is beëindigd.",
+      restart: "Opnieuw beginnen",
+      kept: "Wat u hebt ingevuld, staat nog op deze pagina. Kopieer het voordat u opnieuw begint.",
+      offline: "De server is niet bereikbaar. Probeer het opnieuw.",
+    },
+    pl: {
+      title: "Sesja za chwilę wygaśnie",
+      message: "Od dłuższego czasu nie było żadnej aktywności. Pozostały czas sesji: {seconds}. Wybierz „{stay}”, aby kontynuować.",
+      stay: "Zostań",
+      end: "Zakończ",
+      ended: "Sesja została zakończona.",
+      restart: "Zacznij od nowa",
+      kept: "To, co wpisano, nadal jest na tej stronie. Skopiuj to, zanim zaczniesz od nowa.",
+      offline: "Nie udało się połączyć z serwerem. Spróbuj ponownie.",
+    },
+  };
+
+  const TEXT = readTexts(data.text); // browser.text: overrides of the built-in texts
+
+  /** `data-text`: a JSON object of string overrides; anything else is ignored. */
+  function readTexts(raw) {
+    const texts = {};
+    try {
+      const parsed = raw ? JSON.parse(raw) : null;
+      if (parsed && typeof parsed === "object") {
+        for (const key of Object.keys(TEXTS.en)) {
+          if (typeof parsed[key] === "string" && parsed[key]) texts[key] = parsed[key];
+        }
+      }
+    } catch (_) {
+      /* a damaged attribute: the built-in texts */
+    }
+    return texts;
+  }
+
+  /**
+   * The language of the UI, decided when it is shown: `browser.language`, or with
+   * "auto" the page's `<html lang>`, else the browser's languages — the first one
+   * with built-in texts — else English. `tag` formats numbers and units.
+   */
+  function uiLanguage() {
+    const wanted = [];
+    if (LANGUAGE && LANGUAGE.toLowerCase() !== "auto") {
+      wanted.push(LANGUAGE);
+    } else {
+      wanted.push(document.documentElement && document.documentElement.lang);
+      for (const tag of navigator.languages || []) wanted.push(tag);
+      wanted.push(navigator.language);
+    }
+    for (const raw of wanted) {
+      const tag = String(raw || "").trim().replace(/_/g, "-");
+      const primary = tag.split("-")[0].toLowerCase();
+      if (Object.prototype.hasOwnProperty.call(TEXTS, primary)) return { tag, texts: TEXTS[primary] };
+    }
+    // A configured language without built-in texts comes with every text overridden.
+    return { tag: wanted.length === 1 ? String(wanted[0]) : "en", texts: TEXTS.en };
+  }
+
+  /** The UI's strings: the overrides, else the language's, else English. */
+  function texts() {
+    const { tag, texts: builtIn } = uiLanguage();
+    const pick = (key) => TEXT[key] || builtIn[key] || TEXTS.en[key];
+    return { tag, pick };
+  }
+
+  /** "45 seconds", "1 Sekunde", "2 sekundy": `n` with its unit in language `tag`. */
+  function formatSeconds(n, tag) {
+    for (const locale of [tag, "en"]) {
+      try {
+        return new Intl.NumberFormat(locale, { style: "unit", unit: "second", unitDisplay: "long" }).format(n);
+      } catch (_) {
+        /* an unknown tag or an old browser: try the next */
+      }
+    }
+    return n + " s";
+  }
 
   // --------------------------------------------------------------- small tools
 
@@ -239,6 +401,8 @@
   let domReady = document.readyState !== "loading";
   let announced = state === "none" ? "none" : "active"; // last state told to the page
   let suppressNotice = false; // end({redirect}) navigates away: no notice
+  let leaving = false; // navigating away on purpose ("Start again", end({redirect}))
+  let pageOwnsEnd = false; // the page cancelled the `ended` event: its UI, its rules
   let candidate = null; // a token seen in a response header, not yet confirmed
 
   const serverNow = () => now() + offset;
@@ -290,7 +454,8 @@
       emit("active");
     } else if (state === "ended") {
       const hadFocus = countdown.hide();
-      if (!emit("ended") && !suppressNotice && !uiBelongsToTop()) notice.show(hadFocus);
+      pageOwnsEnd = emit("ended");
+      if (!pageOwnsEnd && !suppressNotice && !uiBelongsToTop()) notice.show(hadFocus);
     } else {
       countdown.hide();
     }
@@ -522,6 +687,31 @@
     }
     pool.sort((a, b) => a.at - b.at);
     while (pool.length > MAX_TICKETS) pool.shift();
+    if (pool.length > 0) for (const waiter of waiters.splice(0)) waiter();
+  }
+
+  const waiters = []; // callbacks waiting for the pool to fill (see whenTicket)
+
+  /**
+   * Calls `fn` as soon as the pool has a ticket — at once if it has one or none can
+   * come (no session, ended), else when the next heartbeat brings some, or after
+   * `ms` anyway. For requests that may start before the first heartbeat's reply.
+   */
+  function whenTicket(fn, ms) {
+    prune();
+    if (pool.length > 0 || !hasSession() || state === "ended" || repairing) {
+      fn();
+      return;
+    }
+    let done = false;
+    const run = () => {
+      if (done) return;
+      done = true;
+      quietly(fn);
+    };
+    waiters.push(run);
+    setTimeout(run, ms);
+    if (lifecycle) beat();
   }
 
   /** Takes a ticket (the oldest still fresh), or null: then nothing is added. */
@@ -723,7 +913,159 @@
   }
 
   wrapConstructor("WebSocket", true);
-  wrapConstructor("EventSource", false);
+  quietly(wrapEventSource);
+
+  /**
+   * EventSource (tab mode). A native EventSource that loses its connection
+   * reconnects by itself to the same URL — with its ticket already spent, so the
+   * stream would silently go on without its session. For a same-origin URL the page
+   * gets this stand-in instead: it holds a native EventSource opened with a ticket
+   * (waiting up to 5 s for the first heartbeat's tickets when the page opens it
+   * while loading), and when that one errors on its way to reconnect, closes it and
+   * opens a new one with a fresh ticket (after 1 s, doubling up to 30 s while
+   * attempts keep failing). The page sees what it would natively, on the same
+   * object: `error` with readyState CONNECTING, then `open` and the messages.
+   * Cross-origin sources keep the browser's own reconnection. A re-created source
+   * starts afresh: it cannot send `Last-Event-ID`.
+   */
+  function wrapEventSource() {
+    const Native = window.EventSource;
+    if (!TAB || typeof Native !== "function" || typeof EventTarget !== "function") return;
+    const FIRST_RETRY = 1000;
+    const LAST_RETRY = 30000;
+    const TICKET_WAIT = 5000;
+    const states = new WeakMap(); // stand-in -> {url, init, source, types, handlers, ...}
+    const addListener = EventTarget.prototype.addEventListener;
+
+    /** Opens the native source, with a ticket if there is one. */
+    function connect(self, st) {
+      if (st.closed) return;
+      const ticketed = st.managed ? quietly(withTicket, st.url, false) : undefined;
+      const url = typeof ticketed === "string" ? ticketed : st.url;
+      st.waiting = false;
+      try {
+        st.source = new Native(url, st.init);
+      } catch (_) {
+        st.closed = true;
+        st.source = null;
+        self.dispatchEvent(new Event("error"));
+        return;
+      }
+      for (const type of st.types) listen(self, st, st.source, type);
+    }
+
+    function listen(self, st, source, type) {
+      source.addEventListener(type, (event) => quietly(relay, self, st, source, type, event));
+    }
+
+    /** Passes an event of the native source on to the stand-in's listeners. */
+    function relay(self, st, source, type, event) {
+      if (source !== st.source || st.closed) return;
+      if (type === "open") st.delay = FIRST_RETRY;
+      if (type === "error" && st.managed && source.readyState === Native.CONNECTING) {
+        source.close(); // it would reconnect with the spent ticket
+        reconnect(self, st);
+      }
+      const copy =
+        event instanceof MessageEvent
+          ? new MessageEvent(type, { data: event.data, origin: event.origin, lastEventId: event.lastEventId })
+          : new Event(type);
+      self.dispatchEvent(copy);
+    }
+
+    function reconnect(self, st) {
+      st.waiting = true;
+      clearTimeout(st.timer);
+      const delay = st.delay;
+      st.delay = Math.min(delay * 2, LAST_RETRY);
+      st.timer = setTimeout(() => quietly(whenTicket, () => connect(self, st), TICKET_WAIT), delay);
+    }
+
+    class EventSource extends EventTarget {
+      constructor(url, init) {
+        super();
+        const resolved = arguments.length > 0 ? resolve(url) : null;
+        if (!resolved) return new Native(...arguments); // throws the native TypeError or SyntaxError
+        const st = {
+          url: resolved.href,
+          init,
+          withCredentials: !!(init && init.withCredentials),
+          managed: sameOrigin(resolved) && !hasReserved(resolved.href),
+          source: null,
+          types: new Set(["open", "message", "error"]),
+          handlers: { open: null, message: null, error: null },
+          waiting: true,
+          closed: false,
+          timer: 0,
+          delay: FIRST_RETRY,
+        };
+        states.set(this, st);
+        // The on* handlers run as listeners registered first.
+        for (const type of ["open", "message", "error"]) {
+          addListener.call(this, type, (event) => {
+            const handler = st.handlers[type];
+            if (typeof handler === "function") handler.call(this, event);
+          });
+        }
+        if (st.managed) quietly(whenTicket, () => connect(this, st), TICKET_WAIT);
+        else connect(this, st);
+      }
+
+      get url() {
+        return states.get(this).url;
+      }
+
+      get withCredentials() {
+        return states.get(this).withCredentials;
+      }
+
+      get readyState() {
+        const st = states.get(this);
+        if (st.closed) return Native.CLOSED;
+        if (st.waiting || !st.source) return Native.CONNECTING;
+        return st.source.readyState;
+      }
+
+      close() {
+        const st = states.get(this);
+        st.closed = true;
+        clearTimeout(st.timer);
+        if (st.source) st.source.close();
+      }
+
+      addEventListener(type, listener, options) {
+        const st = states.get(this);
+        quietly(() => {
+          const name = String(type);
+          if (st && !st.types.has(name)) {
+            st.types.add(name); // named events (`event: x`) are relayed once listened to
+            if (st.source) listen(this, st, st.source, name);
+          }
+        });
+        return super.addEventListener(type, listener, options);
+      }
+    }
+
+    for (const type of ["open", "message", "error"]) {
+      Object.defineProperty(EventSource.prototype, "on" + type, {
+        configurable: true,
+        enumerable: true,
+        get() {
+          return states.get(this).handlers[type];
+        },
+        set(value) {
+          states.get(this).handlers[type] = typeof value === "function" ? value : null;
+        },
+      });
+    }
+    for (const [name, value] of [["CONNECTING", 0], ["OPEN", 1], ["CLOSED", 2]]) {
+      Object.defineProperty(EventSource, name, { value, enumerable: true });
+      Object.defineProperty(EventSource.prototype, name, { value, enumerable: true });
+    }
+    // `instanceof`, Object.prototype.toString and feature checks see an EventSource.
+    Object.setPrototypeOf(EventSource.prototype, Native.prototype);
+    window.EventSource = EventSource;
+  }
 
   const nativeBeacon =
     typeof Navigator === "function" && typeof Navigator.prototype.sendBeacon === "function"
@@ -772,14 +1114,37 @@
     return null;
   }
 
+  /**
+   * Has this tab's session ended while the built-in notice is in charge? Then a
+   * navigation within the app would silently start a new session and drop whatever
+   * the user typed into this page: it is stopped instead (see `stopForEnded`).
+   * "Start again" and end({redirect}) leave on purpose and pass.
+   */
+  function endedHere() {
+    return state === "ended" && !leaving && !repairing && !pageOwnsEnd && !suppressNotice;
+  }
+
+  /** Stops a navigation of an ended tab: the notice, focused, with "Start again" (to `to`). */
+  function stopForEnded(to) {
+    notice.show(true, { kept: true, to: to || null });
+  }
+
   /** Puts a ticket on a same-origin link for the navigation the click is about to start. */
   function onLinkClick(event) {
-    if (!TAB || event.defaultPrevented || event.button !== 0) return;
+    if (event.defaultPrevented || event.button !== 0) return;
     if (event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
     const link = activatedLink(event);
     if (!link || hasAttr(link, "download") || !isSelfTarget(getAttr(link, "target"))) return;
     const url = resolve(link.href);
     if (!url || isFragmentNavigation(url.href)) return;
+    if (endedHere()) {
+      if (sameOrigin(url)) {
+        event.preventDefault();
+        stopForEnded(stripReserved(url.href));
+      }
+      return;
+    }
+    if (!TAB) return;
     const href = ticketed(url);
     if (!href) return;
     const original = getAttr(link, "href");
@@ -791,12 +1156,12 @@
   }
 
   /**
-   * Prepares `form` (submitted by `submitter`, or by form.submit() when null) to
-   * carry a ticket: GET gets a hidden `__sg_t` input, POST gets it in the action
-   * URL's query. Returns the function that undoes it, or null.
+   * Where submitting `form` (by `submitter`, or by form.submit() when null) goes, if
+   * it navigates this tab: `{method, url}`, else null (a dialog form, another
+   * target).
    */
-  function prepareForm(form, submitter) {
-    if (!TAB || !(form instanceof HTMLFormElement)) return null;
+  function formNavigation(form, submitter) {
+    if (!(form instanceof HTMLFormElement)) return null;
     const by = submitter instanceof Element ? submitter : null;
     // Attributes, not properties: a control named "action" or "method" shadows those.
     const pick = (own, inherited) => (by && hasAttr(by, own) ? getAttr(by, own) : getAttr(form, inherited));
@@ -805,7 +1170,19 @@
     if (!isSelfTarget(pick("formtarget", "target"))) return null;
     const action = pick("formaction", "action");
     const url = resolve(action ? action : location.href); // empty action: the document's URL
-    if (!sameOrigin(url)) return null;
+    return url ? { method, url, by } : null;
+  }
+
+  /**
+   * Prepares `form` (submitted by `submitter`, or by form.submit() when null) to
+   * carry a ticket: GET gets a hidden `__sg_t` input, POST gets it in the action
+   * URL's query. Returns the function that undoes it, or null.
+   */
+  function prepareForm(form, submitter) {
+    if (!TAB) return null;
+    const target = formNavigation(form, submitter);
+    if (!target || !sameOrigin(target.url)) return null;
+    const { method, url, by } = target;
     if (method !== "post") {
       // GET replaces the action's query with the fields: the ticket must be a field.
       if (Element.prototype.querySelector.call(form, '[name="' + TICKET_PARAM + '"]')) return null;
@@ -831,33 +1208,47 @@
     };
   }
 
+  /** An ended tab's form that would navigate within the app: stopped (true). */
+  function stopsForm(form, submitter) {
+    if (!endedHere()) return false;
+    const target = formNavigation(form, submitter);
+    if (!target || !sameOrigin(target.url)) return false;
+    stopForEnded(null);
+    return true;
+  }
+
   function onSubmit(event) {
     if (event.defaultPrevented) return;
+    if (stopsForm(event.target, event.submitter || null)) {
+      event.preventDefault();
+      return;
+    }
     const undo = prepareForm(event.target, event.submitter || null);
     if (undo) setTimeout(() => quietly(undo), 0);
   }
 
   /**
    * Runs `handler` for `type` events after the page's own listeners had their say:
-   * a capture listener on document (after any on window) adds a one-shot bubble
-   * listener on window, which then runs after every window listener registered so
-   * far. So a page that cancels the click (a client-side router) or submits the
-   * form itself never sees a ticket. If the page stops propagation, nothing is
-   * added and the navigation bootstraps (or the Navigation API path catches it).
+   * a capture listener on `root` (document, or an open shadow root) adds a one-shot
+   * bubble listener on `last` (window, or the shadow root itself), which then runs
+   * after every listener registered there so far. So a page that cancels the click
+   * (a client-side router) or submits the form itself never sees a ticket. If the
+   * page stops propagation, nothing is added and the navigation bootstraps (or the
+   * Navigation API path catches it).
    */
-  function afterPage(type, handler) {
+  function afterPage(type, handler, root = document, last = window) {
     let pending = null;
-    document.addEventListener(
+    root.addEventListener(
       type,
       (event) => {
-        if (pending) window.removeEventListener(type, pending);
+        if (pending) last.removeEventListener(type, pending);
         const once = (seen) => {
-          window.removeEventListener(type, once);
+          last.removeEventListener(type, once);
           if (pending === once) pending = null;
           if (seen === event) quietly(handler, event);
         };
         pending = once;
-        window.addEventListener(type, once);
+        last.addEventListener(type, once);
       },
       true,
     );
@@ -866,11 +1257,46 @@
   afterPage("click", onLinkClick);
   afterPage("submit", onSubmit);
 
+  // `submit` does not leave a shadow root (clicks do), so every open shadow root
+  // gets its own listener: those made by script (attachShadow, patched here) and
+  // those the parser made from <template shadowrootmode="open"> (found at
+  // DOMContentLoaded). Forms in closed shadow roots are out of reach.
+  const watchedRoots = new WeakSet();
+
+  function watchShadowRoot(root) {
+    if (!root || root.mode !== "open" || watchedRoots.has(root)) return;
+    watchedRoots.add(root);
+    afterPage("submit", onSubmit, root, root);
+  }
+
+  /** Watches the open shadow roots under `scope` (document or a shadow root), deeply. */
+  function watchShadowRoots(scope) {
+    for (const el of scope.querySelectorAll("*")) {
+      const root = el.shadowRoot;
+      if (root && !watchedRoots.has(root)) {
+        watchShadowRoot(root);
+        watchShadowRoots(root);
+      }
+    }
+  }
+
+  if (typeof Element === "function" && typeof Element.prototype.attachShadow === "function") {
+    quietly(() => {
+      const nativeAttach = Element.prototype.attachShadow;
+      Element.prototype.attachShadow = function attachShadow() {
+        const root = nativeAttach.apply(this, arguments);
+        quietly(watchShadowRoot, root);
+        return root;
+      };
+    });
+  }
+
   // form.submit() fires no submit event. requestSubmit() does, so it is covered above.
   if (typeof HTMLFormElement === "function") {
     quietly(() => {
       const nativeSubmit = HTMLFormElement.prototype.submit;
       HTMLFormElement.prototype.submit = function submit() {
+        if (quietly(stopsForm, this, null)) return undefined;
         const undo = quietly(prepareForm, this, null);
         try {
           return nativeSubmit.call(this);
@@ -886,8 +1312,7 @@
   let pageListensToNavigate = false; // a router may intercept: then we stay out
 
   function onNavigate(event) {
-    if (!TAB || state === "ended" || repairing) return;
-    if (!event.cancelable || event.hashChange || event.downloadRequest != null || event.formData) return;
+    if (repairing || !event.cancelable || event.hashChange || event.downloadRequest != null) return;
     const destination = event.destination;
     if (!destination || destination.sameDocument) return; // pushState, replaceState, #hash
     const type = event.navigationType;
@@ -895,6 +1320,15 @@
     const url = resolve(destination.url);
     if (!url) return;
     if (pageListensToNavigate && event.canIntercept) return;
+    if (endedHere()) {
+      // Also what the click and submit paths did not see (stopped propagation).
+      if (sameOrigin(url)) {
+        event.preventDefault();
+        stopForEnded(event.formData || type === "reload" ? null : stripReserved(url.href));
+      }
+      return;
+    }
+    if (!TAB || state === "ended" || event.formData) return;
     const href = ticketed(url);
     if (!href) return;
     event.preventDefault();
@@ -1149,13 +1583,16 @@ button.primary { background: #1f5fd1; border-color: #1f5fd1; color: #fff; }
 button[aria-disabled="true"] { opacity: .6; cursor: progress; }
 button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offset: 2px; }
 .notice {
-  position: fixed; top: 16px; left: 50%; transform: translateX(-50%); z-index: 2147483647;
-  display: flex; gap: 14px; align-items: center; padding: 12px 16px;
+  display: flex; flex-wrap: wrap; gap: 8px 20px; align-items: center; justify-content: space-between;
+  max-width: none; margin: 0; padding: 12px 20px; border-width: 0 0 1px; border-radius: 0;
+  box-shadow: none; background: #fff4e0; border-color: #d9a441;
 }
 .notice p { margin: 0; }
-.notice a { color: #1f5fd1; font-weight: 600; }
+.notice .kept:empty { display: none; }
+.notice a { color: #1f5fd1; font-weight: 600; white-space: nowrap; }
 @media (prefers-color-scheme: dark) {
   .box { background: #23232a; color: #ececf1; border-color: #44444f; }
+  .notice { background: #3b3020; border-color: #8a6a2c; }
   button { background: #33333c; border-color: #5a5a66; }
   .notice a { color: #8fb3ff; }
 }
@@ -1201,8 +1638,9 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
   }
 
   const countdown = (() => {
-    let ui = null; // {host, root, dialog, seconds, status, stay, end}
+    let ui = null; // {host, root, dialog, title, text, seconds, status, stay, end}
     let shown = false;
+    let language = "en"; // the tag the seconds are formatted in
     let closing = false;
     let busy = false;
     let ticker = 0;
@@ -1217,13 +1655,11 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
         "aria-labelledby": "sg-title",
         "aria-describedby": "sg-text",
       });
-      const title = element("h2", { id: "sg-title" }, "Your session is about to end");
+      const title = element("h2", { id: "sg-title" });
       const text = element("p", { id: "sg-text" });
-      const seconds = element("strong");
-      text.append("You have been inactive for a while. Your session will end in ", seconds, " unless you choose Stay.");
       const status = element("p", { class: "status", role: "status" });
-      const stay = element("button", { type: "button", class: "primary" }, "Stay");
-      const end = element("button", { type: "button" }, "End");
+      const stay = element("button", { type: "button", class: "primary" });
+      const end = element("button", { type: "button" });
       const actions = element("div", { class: "actions" });
       actions.append(stay, end);
       dialog.append(title, text, status, actions);
@@ -1252,7 +1688,25 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
           quietly(onStay);
         }
       });
-      return { host, root, dialog, seconds, status, stay, end };
+      return { host, root, dialog, title, text, seconds: [], status, stay, end };
+    }
+
+    /** Writes the texts in the language of the moment (see `uiLanguage`). */
+    function label() {
+      const { tag, pick } = texts();
+      language = tag;
+      ui.title.textContent = pick("title");
+      ui.stay.textContent = pick("stay");
+      ui.end.textContent = pick("end");
+      // {stay} is the Stay button's text; each {seconds} becomes a <strong> that the
+      // ticker keeps up to date.
+      const parts = pick("message").split("{stay}").join(pick("stay")).split("{seconds}");
+      ui.seconds = parts.slice(1).map(() => element("strong"));
+      ui.text.replaceChildren();
+      parts.forEach((part, i) => {
+        if (i > 0) ui.text.append(ui.seconds[i - 1]);
+        if (part) ui.text.append(part);
+      });
     }
 
     function setBusy(value) {
@@ -1269,7 +1723,7 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
       ui.status.textContent = "";
       extend()
         .catch(() => {
-          if (state === "warning") ui.status.textContent = "The server could not be reached. Try again.";
+          if (state === "warning") ui.status.textContent = texts().pick("offline");
         })
         .finally(() => setBusy(false));
     }
@@ -1280,26 +1734,26 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
       ui.status.textContent = "";
       end({})
         .catch(() => {
-          if (state === "warning") ui.status.textContent = "The server could not be reached. Try again.";
+          if (state === "warning") ui.status.textContent = texts().pick("offline");
         })
         .finally(() => setBusy(false));
     }
 
     function update() {
       if (!shown) return;
-      if (deadline == null) {
-        ui.seconds.textContent = "a moment";
-        return;
-      }
-      const left = Math.max(0, Math.ceil((deadline - serverNow()) / 1000));
-      ui.seconds.textContent = left === 1 ? "1 second" : left + " seconds";
+      const left = deadline == null ? null : Math.max(0, Math.ceil((deadline - serverNow()) / 1000));
+      const value = left == null ? "…" : formatSeconds(left, language);
+      for (const strong of ui.seconds) strong.textContent = value;
     }
 
     function show() {
       if (!document.documentElement) return;
       if (!ui) ui = build();
       if (!ui.host.isConnected) document.documentElement.appendChild(ui.host);
-      if (!shown) previous = focusedElement();
+      if (!shown) {
+        previous = focusedElement();
+        label();
+      }
       shown = true;
       if (!ui.dialog.open) {
         try {
@@ -1338,28 +1792,57 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
     return { show, hide, update, owns: (target) => !!ui && target === ui.host };
   })();
 
+  /**
+   * The notice that the session has ended: a banner at the top of the page, in the
+   * flow of the document, so it pushes the page's content down instead of covering
+   * it, with a "Start again" link. `options.kept`: it stopped a form or a navigation,
+   * so it also says that what was typed is still in the page; `options.to`: where
+   * "Start again" goes (default: this page, reloaded).
+   */
   const notice = (() => {
-    let ui = null;
+    let ui = null; // {host, text, kept, link}
+    let destination = null;
 
-    function show(takeFocus) {
-      if (!document.documentElement) return;
-      if (!ui) {
-        const { host, root } = makeHost();
-        const box = element("div", { class: "box notice", role: "alert" });
-        const text = element("p", {}, "Your session has ended.");
-        const link = element("a", { href: stripReserved(location.href) }, "Start again");
-        link.addEventListener("click", (event) => {
-          if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
-          event.preventDefault();
-          const clean = stripReserved(location.href);
-          if (clean === location.href) location.reload();
-          else location.replace(clean);
-        });
-        box.append(text, link);
-        root.appendChild(box);
-        ui = { host, link };
-      }
-      if (!ui.host.isConnected) document.documentElement.appendChild(ui.host);
+    function build() {
+      const { host, root } = makeHost();
+      host.style.display = "block"; // a block in the flow, whatever the page's CSS says
+      const box = element("div", { class: "box notice", role: "alert" });
+      const words = element("div", { class: "words" });
+      const text = element("p");
+      const kept = element("p", { class: "kept" });
+      const link = element("a", { href: stripReserved(location.href) });
+      link.addEventListener("click", (event) => {
+        // A new tab or window (modifier keys, middle click) follows the href itself.
+        if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+        event.preventDefault();
+        quietly(restart);
+      });
+      words.append(text, kept);
+      box.append(words, link);
+      root.appendChild(box);
+      return { host, text, kept, link };
+    }
+
+    /** "Start again": leave on purpose (the ended-tab guard lets it pass). */
+    function restart() {
+      const target = destination || stripReserved(location.href);
+      leaving = true;
+      if (target === location.href) location.reload();
+      else if (destination) location.assign(target);
+      else location.replace(target);
+    }
+
+    function show(takeFocus, options) {
+      const parent = document.body || document.documentElement;
+      if (!parent) return;
+      if (!ui) ui = build();
+      const { pick } = texts();
+      ui.text.textContent = pick("ended");
+      if (options && options.kept) ui.kept.textContent = pick("kept");
+      if (options && options.to) destination = options.to;
+      ui.link.textContent = pick("restart");
+      ui.link.setAttribute("href", destination || stripReserved(location.href));
+      if (!ui.host.isConnected) parent.insertBefore(ui.host, parent.firstChild);
       if (takeFocus) quietly(() => ui.link.focus());
     }
 
@@ -1404,7 +1887,10 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
         broadcast({ state: "ended" });
         toEnded();
       }
-      if (redirect) location.assign(redirect);
+      if (redirect) {
+        leaving = true;
+        location.assign(redirect);
+      }
       return snapshot();
     };
     if (state === "ended") return Promise.resolve(finish());
@@ -1458,6 +1944,7 @@ button:focus-visible, a:focus-visible { outline: 3px solid #f2a60c; outline-offs
   // the page told about states (and does the built-in UI appear).
   function ready() {
     domReady = true;
+    quietly(watchShadowRoots, document);
     if (!repairing) quietly(announce);
   }
   if (domReady) setTimeout(ready, 0);

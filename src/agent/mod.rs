@@ -7,7 +7,8 @@
 //! - [`bootstrap_page`] (with [`bootstrap_csp`]) is what a `tab`-mode navigation
 //!   without identity gets: a page whose inline script finds the tab's session in
 //!   sessionStorage, or starts a new one, and comes back with a ticket.
-//! - [`loop_page`] replaces it after too many bootstrap hops.
+//! - [`loop_page`] replaces it after too many bootstrap hops; [`ended_page`] answers
+//!   a form posted from a tab whose session has ended.
 //!
 //! The wire protocol between these scripts and the gateway is `PROTOCOL.md` in this
 //! directory.
@@ -153,6 +154,34 @@ and JavaScript for this site, then try again.</p>\n\
         .to_string()
 }
 
+/// The page for a write (a form POST) that arrived from a tab whose session has
+/// ended: it was not forwarded, so nothing was saved, and going back usually finds
+/// what was typed still in the form. `restart` (a path of this site) is where
+/// "Start again" leads. No script.
+pub fn ended_page(restart: &str) -> String {
+    format!(
+        "<!doctype html>\n\
+<html lang=\"en\">\n\
+<head>\n\
+<meta charset=\"utf-8\">\n\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+<meta name=\"robots\" content=\"noindex\">\n\
+<title>Your session has ended</title>\n\
+</head>\n\
+<body>\n\
+<main>\n\
+<h1>Your session has ended</h1>\n\
+<p>What you sent arrived after this tab's session had ended, so it was not passed \
+on and nothing was saved. Go back to the previous page: what you entered is usually \
+still there. Copy it, then start again.</p>\n\
+<p><a href=\"{restart}\">Start again</a></p>\n\
+</main>\n\
+</body>\n\
+</html>\n",
+        restart = escape_html(restart),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +268,15 @@ mod tests {
     }
 
     #[test]
+    fn ended_page_has_no_script_and_an_escaped_way_back() {
+        let page = ended_page("/form?a=1&b=\"x\"");
+        assert!(page.starts_with("<!doctype html>"));
+        assert!(!page.to_ascii_lowercase().contains("<script"));
+        assert!(page.contains("nothing was saved"));
+        assert!(page.contains("<a href=\"/form?a=1&amp;b=&quot;x&quot;\">Start again</a>"));
+    }
+
+    #[test]
     fn agent_reads_its_settings_and_guards_against_a_second_load() {
         for needle in [
             "document.currentScript",
@@ -252,5 +290,30 @@ mod tests {
         }
         assert!(!AGENT_JS.contains("innerHTML"));
         assert!(!AGENT_JS.contains("console."));
+    }
+
+    /// Every language `browser.language` accepts has built-in texts, each with every
+    /// key `browser.text` can override, and the message has its `{seconds}`.
+    #[test]
+    fn agent_has_texts_for_every_configurable_language() {
+        let table = &AGENT_JS[AGENT_JS.find("const TEXTS = {").expect("TEXTS")..];
+        let table = &table[..table.find("\n  };").expect("end of TEXTS")];
+        for language in crate::config::LANGUAGES {
+            let start = table
+                .find(&format!("\n    {language}: {{"))
+                .unwrap_or_else(|| panic!("no texts for {language}"));
+            let block = &table[start..];
+            let block = &block[..block.find("\n    },").expect("end of a language")];
+            for (key, _) in crate::config::BrowserText::default().entries() {
+                assert!(
+                    block.contains(&format!("\n      {key}: \"")),
+                    "{language} has no {key}"
+                );
+            }
+            assert!(
+                block.contains("{seconds}"),
+                "{language}: message without {{seconds}}"
+            );
+        }
     }
 }

@@ -180,6 +180,70 @@ pub struct BrowserConfig {
     pub prefix: String,
     pub heartbeat: Heartbeat,
     pub inject: bool,
+    /// Language of the countdown window and the ended notice: `"auto"` (the page's
+    /// `<html lang>`, else the browser's language, else English) or a language tag
+    /// whose language has built-in texts ([`LANGUAGES`]).
+    pub language: String,
+    /// Overrides of the built-in texts, in any language.
+    pub text: BrowserText,
+}
+
+/// The languages the agent has built-in texts for (primary language subtags).
+pub const LANGUAGES: [&str; 8] = ["en", "de", "fr", "es", "it", "pt", "nl", "pl"];
+
+/// `browser.text`: strings of the countdown window and the ended notice that replace
+/// the built-in ones. In `message`, `{seconds}` becomes the time left with its unit
+/// in the page's language ("45 seconds", "45 Sekunden") and `{stay}` the text of the
+/// Stay button.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrowserText {
+    /// The countdown window's heading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The countdown window's text, with `{seconds}` (and `{stay}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The button that keeps the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stay: Option<String>,
+    /// The button that ends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// The notice once the session has ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// The notice's link that starts a new session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// Added to the notice when it stopped a form or a navigation: what was typed
+    /// is still in the page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+    /// Shown in the countdown window when "Stay" or "End" could not reach the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline: Option<String>,
+}
+
+impl BrowserText {
+    /// Every key with its override, in the order of the table.
+    pub fn entries(&self) -> [(&'static str, Option<&str>); 8] {
+        [
+            ("title", self.title.as_deref()),
+            ("message", self.message.as_deref()),
+            ("stay", self.stay.as_deref()),
+            ("end", self.end.as_deref()),
+            ("ended", self.ended.as_deref()),
+            ("restart", self.restart.as_deref()),
+            ("kept", self.kept.as_deref()),
+            ("offline", self.offline.as_deref()),
+        ]
+    }
+
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self.entries().iter().all(|(_, value)| value.is_none())
+    }
 }
 
 /// Heartbeat interval: `"auto"` or a duration.
@@ -307,6 +371,8 @@ impl Default for BrowserConfig {
             prefix: "/__sessiongate".into(),
             heartbeat: Heartbeat::Auto,
             inject: true,
+            language: "auto".into(),
+            text: BrowserText::default(),
         }
     }
 }

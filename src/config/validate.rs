@@ -11,7 +11,7 @@ use std::path::Path;
 
 use http::uri::{Authority, Uri};
 
-use super::{Cidr, Config, Duration, Heartbeat};
+use super::{Cidr, Config, Duration, Heartbeat, OnTimeout, LANGUAGES};
 use crate::lifetime::millis;
 use std::time::Duration as StdDuration;
 
@@ -25,6 +25,10 @@ const MAX_STREAMS: u32 = (1 << 31) - 1;
 const MAX_IN_FLIGHT: usize = tokio::sync::Semaphore::MAX_PERMITS;
 /// A bearer token shorter than this is guessable by brute force over the network.
 const MIN_TOKEN_CHARS: usize = 16;
+/// Longest `browser.text` value: every page carries the overrides in its agent tag.
+const MAX_TEXT_CHARS: usize = 300;
+/// WCAG 2.2 SC 2.2.1 (Timing Adjustable): at least 20 seconds to extend a time limit.
+const MIN_COUNTDOWN: StdDuration = StdDuration::from_secs(20);
 
 /// Checks `config` and returns every problem found as `(key, reason)`, in key order.
 /// An empty vector means the configuration is usable.
@@ -293,6 +297,7 @@ fn check_session(config: &Config, p: &mut Problems) {
 
 fn check_browser(config: &Config, p: &mut Problems) {
     let browser = &config.browser;
+    check_texts(config, p);
     if let Err(reason) = check_prefix(&browser.prefix) {
         p.add("browser.prefix", format!("{:?} {reason}", browser.prefix));
     }
@@ -315,6 +320,97 @@ fn check_browser(config: &Config, p: &mut Problems) {
             );
         }
     }
+}
+
+/// `browser.language` and `browser.text`: a language with built-in texts, or any
+/// well-formed tag when every text is given; texts non-empty and short.
+fn check_texts(config: &Config, p: &mut Problems) {
+    let browser = &config.browser;
+    let language = browser.language.trim();
+    if language != "auto" {
+        match primary_language(language) {
+            None => p.add(
+                "browser.language",
+                format!(
+                    "{:?} is not a language tag; use \"auto\" or a tag such as \"de\" or \"pt-BR\"",
+                    browser.language
+                ),
+            ),
+            Some(primary) if !LANGUAGES.contains(&primary.as_str()) => {
+                let missing: Vec<&str> = browser
+                    .text
+                    .entries()
+                    .iter()
+                    .filter(|(_, value)| value.is_none())
+                    .map(|(key, _)| *key)
+                    .collect();
+                if !missing.is_empty() {
+                    p.add(
+                        "browser.language",
+                        format!(
+                            "{:?} has no built-in texts (built in: {}); use one of those, \"auto\", or give every browser.text key (missing: {})",
+                            browser.language,
+                            LANGUAGES.join(", "),
+                            missing.join(", ")
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, value) in browser.text.entries() {
+        let Some(value) = value else { continue };
+        let chars = value.chars().count();
+        if value.trim().is_empty() {
+            p.add(&format!("browser.text.{key}"), "must not be empty");
+        } else if chars > MAX_TEXT_CHARS {
+            p.add(
+                &format!("browser.text.{key}"),
+                format!("is {chars} characters long; at most {MAX_TEXT_CHARS}"),
+            );
+        }
+    }
+}
+
+/// The primary language subtag of a well-formed tag (`ll`, `lll`, optionally
+/// followed by `-` subtags of 1–8 letters and digits), lowercased.
+fn primary_language(tag: &str) -> Option<String> {
+    let mut parts = tag.split(['-', '_']);
+    let primary = parts.next()?;
+    let well_formed = (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|part| {
+            (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    well_formed.then(|| primary.to_ascii_lowercase())
+}
+
+/// Settings that work but deserve a second look, as `(key, reason)`: `sessiongate
+/// check` and the start of the gateway print them; they never stop it.
+pub fn warnings(config: &Config) -> Vec<(String, String)> {
+    let mut warnings = Problems::default();
+    let session = &config.session;
+    let timeout = session.timeout.get();
+    if !timeout.is_zero() && session.on_timeout == OnTimeout::Countdown {
+        let countdown = StdDuration::from_millis(config.lifetime().countdown_for(millis(timeout)));
+        if countdown < MIN_COUNTDOWN {
+            let derived = if session.countdown.is_none() {
+                " (= session.timeout)"
+            } else {
+                ""
+            };
+            warnings.add(
+                "session.countdown",
+                format!(
+                    "{}{derived} is under 20s: people who need more time to read and react \
+                     may not make it to \"Stay\" (WCAG 2.2.1 asks for at least 20 seconds)",
+                    Duration::from(countdown)
+                ),
+            );
+        }
+    }
+    warnings.0
 }
 
 /// The reserved prefix is compared after the request path is normalized and
@@ -670,6 +766,76 @@ mod tests {
         c.session.timeout = Duration::ZERO;
         c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(3600));
         assert!(keys(&c).is_empty());
+    }
+
+    #[test]
+    fn browser_language_and_texts() {
+        let mut c = Config::default();
+        for good in ["auto", "de", "pt-BR", "de-CH", "en_GB", "PL", "nl-Latn-NL"] {
+            c.browser.language = good.into();
+            assert!(keys(&c).is_empty(), "{good}");
+        }
+        for bad in [
+            "",
+            "deutsch",
+            "d",
+            "de-",
+            "de--CH",
+            "de-toolongsubtag",
+            "e1",
+        ] {
+            c.browser.language = bad.into();
+            assert_eq!(keys(&c), ["browser.language"], "{bad:?}");
+        }
+        // Swedish has no built-in texts: fine once every text is given.
+        c.browser.language = "sv".into();
+        c.browser.text.title = Some("Din session tar snart slut".into());
+        let reasons = reasons_for(&c, "browser.language");
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("missing: message, stay"), "{reasons:?}");
+        let t = &mut c.browser.text;
+        for (slot, value) in [
+            (&mut t.message, "Sessionen avslutas om {seconds}."),
+            (&mut t.stay, "Stanna"),
+            (&mut t.end, "Avsluta"),
+            (&mut t.ended, "Din session har avslutats."),
+            (&mut t.restart, "Börja om"),
+            (&mut t.kept, "Det du skrev finns kvar på sidan."),
+            (&mut t.offline, "Servern kunde inte nås."),
+        ] {
+            *slot = Some(value.into());
+        }
+        assert!(keys(&c).is_empty(), "{:?}", validate(&c));
+
+        c = Config::default();
+        c.browser.text.stay = Some("  ".into());
+        c.browser.text.message = Some("x".repeat(MAX_TEXT_CHARS + 1));
+        assert_eq!(keys(&c), ["browser.text.message", "browser.text.stay"]);
+    }
+
+    #[test]
+    fn short_countdowns_are_warned_about_not_refused() {
+        let mut c = Config::default();
+        assert!(warnings(&c).is_empty(), "default countdown: 120s");
+        c.session.countdown = Some(Duration::from_secs(19));
+        assert!(keys(&c).is_empty());
+        let warned = warnings(&c);
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].0, "session.countdown");
+        assert!(warned[0].1.starts_with("19s is under 20s"), "{warned:?}");
+        assert!(warned[0].1.contains("WCAG 2.2.1"), "{warned:?}");
+        c.session.countdown = Some(Duration::from_secs(20));
+        assert!(warnings(&c).is_empty());
+        // Derived from a short timeout.
+        c.session.countdown = None;
+        c.session.timeout = Duration::from_secs(10);
+        assert!(warnings(&c)[0].1.contains("(= session.timeout)"));
+        // No countdown window at all: nothing to warn about.
+        c.session.on_timeout = OnTimeout::Keep;
+        assert!(warnings(&c).is_empty());
+        c.session.on_timeout = OnTimeout::Countdown;
+        c.session.timeout = Duration::ZERO;
+        assert!(warnings(&c).is_empty());
     }
 
     #[test]

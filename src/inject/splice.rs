@@ -11,11 +11,11 @@
 //!
 //! Where it goes ([`Place`]): after the first element's start tag if that element is
 //! `<head>`; otherwise `<head>TAG</head>` right before the first element that is not
-//! `<html>` (the parser then puts the script in the implied head). A document with no
-//! element gets `<head>TAG</head>` at its end, but only if the parser agrees that
-//! markup placed there would be a tag (the input did not end inside a comment or an
-//! unfinished tag): the parser is fed a probe `<head>` and must report it exactly at
-//! the end of the input.
+//! `<html>` (the parser then puts the script in the implied head). A document whose
+//! only element is `<html>` gets `<head>TAG</head>` right after that start tag. A body
+//! with no element start tag at all — plain text, JSON or a fragment of text labelled
+//! `text/html`, a comment, a doctype alone — is not a page: it passes through
+//! unchanged ([`Outcome::NotFound`]), never with a tag appended.
 //!
 //! Any parser error, a UTF-16 byte-order mark (browsers honour it over the header),
 //! or no place within [`LIMIT`] bytes: the held input goes out unchanged and the rest
@@ -63,6 +63,9 @@ struct Found {
     /// `at + 1`; 0 while nothing is found.
     at_plus_one: AtomicUsize,
     in_head: AtomicBool,
+    /// The end of the `<html>` start tag `+ 1`; 0 while none was seen. The place of
+    /// last resort, for a document with no other element.
+    html_end_plus_one: AtomicUsize,
 }
 
 impl Found {
@@ -78,6 +81,22 @@ impl Found {
         self.in_head.store(place.in_head, Ordering::Relaxed);
         self.at_plus_one
             .store(place.at.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Records the first `<html>` start tag's end.
+    fn saw_html(&self, end: usize) {
+        if self.html_end_plus_one.load(Ordering::Relaxed) == 0 {
+            self.html_end_plus_one
+                .store(end.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Right after the `<html>` start tag, if there was one.
+    fn after_html(&self) -> Option<Place> {
+        let end_plus_one = self.html_end_plus_one.load(Ordering::Relaxed);
+        end_plus_one
+            .checked_sub(1)
+            .map(|at| Place { at, in_head: false })
     }
 }
 
@@ -112,10 +131,11 @@ impl Locator {
                     return Ok(());
                 }
                 let name = element.tag_name();
+                let tag = element.source_location().bytes();
                 if name.eq_ignore_ascii_case("html") {
+                    spot.saw_html(tag.end);
                     return Ok(());
                 }
-                let tag = element.source_location().bytes();
                 spot.set(if name.eq_ignore_ascii_case("head") {
                     Place {
                         at: tag.end,
@@ -159,25 +179,13 @@ impl Locator {
         }
     }
 
-    /// At the end of a document of `len` bytes with no element: may `<head>TAG</head>`
-    /// go at the end? Only if a `<head>` there parses as a start tag right there.
-    fn end_place(&mut self, len: usize) -> Result<Place, Outcome> {
-        const PROBE: &[u8] = b"<head>";
-        match self.feed(PROBE) {
-            Step::Found(place)
-                if place
-                    == (Place {
-                        at: len + PROBE.len(),
-                        in_head: true,
-                    }) =>
-            {
-                Ok(Place {
-                    at: len,
-                    in_head: false,
-                })
-            }
-            Step::Failed => Err(Outcome::Unparsable),
-            Step::Found(_) | Step::More => Err(Outcome::NotFound),
+    /// At the end of the input, with no place found: right after `<html>` if the
+    /// document had one, else none (no element at all: not a page).
+    fn end_place(&self) -> Result<Place, Outcome> {
+        match (&self.parser, self.found.after_html()) {
+            (None, _) => Err(Outcome::Unparsable),
+            (Some(_), Some(place)) => Ok(place),
+            (Some(_), None) => Err(Outcome::NotFound),
         }
     }
 }
@@ -232,7 +240,7 @@ impl Holding {
             return Some(Decision::Pass(Outcome::NotFound));
         }
         if eof {
-            return Some(match self.locator.end_place(self.raw.len()) {
+            return Some(match self.locator.end_place() {
                 Ok(place) => Decision::Splice(place),
                 Err(outcome) => Decision::Pass(outcome),
             });
@@ -421,7 +429,7 @@ mod tests {
         let huge = format!("<html data-x=\"{}", "y".repeat(64 * 1024));
         assert!(matches!(locator.feed(huge.as_bytes()), Step::Failed));
         assert!(matches!(locator.feed(b"\"><head>"), Step::Failed));
-        assert_eq!(locator.end_place(0), Err(Outcome::Unparsable));
+        assert_eq!(locator.end_place(), Err(Outcome::Unparsable));
 
         let input = format!("{huge}\"><head></head>");
         let chunks = input.as_bytes().chunks(1000).map(<[u8]>::to_vec).collect();

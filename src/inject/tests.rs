@@ -164,25 +164,50 @@ async fn without_head() {
     }
 }
 
+/// A body without any element start tag is not a page, whatever its label says
+/// (JSON, plain text, a bare text fragment): it passes through byte for byte, never
+/// with a tag appended.
 #[tokio::test]
 async fn no_elements_at_all() {
-    for input in ["", "hello", "<!doctype html>", "<!-- c -->text", "a <"] {
-        let run = run(input).await;
-        assert_eq!(run.text(), format!("{input}{}", wrapped()), "{input:?}");
-        assert_eq!(run.outcome, Some(Outcome::Injected));
-    }
-    // Ends inside a comment, a tag or an end tag: a tag appended there would not
-    // be one. Passed through.
     for input in [
+        "",
+        "hello",
+        "<!doctype html>",
+        "<!-- c -->text",
+        "a <",
+        r#"{"ok":true}"#,
+        "[1, 2, 3]\n",
+        "a < b && c > d",
         "hi <!-- open",
         "<!-- a >",
-        "x <p class=\"y",
         "x </",
         "x </p",
+        "</div>",
     ] {
         let run = run(input).await;
         assert_eq!(run.text(), input, "{input:?}");
         assert_eq!(run.outcome, Some(Outcome::NotFound), "{input:?}");
+    }
+}
+
+/// A document whose only element is `<html>` gets the tag right after it.
+#[tokio::test]
+async fn html_is_the_only_element() {
+    for (input, at) in [
+        ("<html>", "<html>"),
+        (
+            "<!doctype html><html lang=de>Hallo</html>",
+            "<html lang=de>",
+        ),
+        ("<HTML>\ntext <!-- c -->", "<HTML>"),
+        ("<html>x <p class=\"y", "<html>"),
+    ] {
+        let expected = input.replacen(at, &format!("{at}{}", wrapped()), 1);
+        let run = run(input).await;
+        assert_eq!(run.text(), expected, "{input:?}");
+        assert_eq!(run.outcome, Some(Outcome::Injected), "{input:?}");
+        let bytes = run_chunks(input.bytes().map(|b| vec![b]).collect()).await;
+        assert_eq!(bytes.text(), expected, "{input:?} in one-byte chunks");
     }
 }
 

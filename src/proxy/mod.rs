@@ -68,6 +68,10 @@ pub struct Gateway {
     hooks: Arc<Hooks>,
     /// `browser.inject`: put the agent into HTML pages.
     inject: bool,
+    /// The agent's language and text overrides, as its tag carries them
+    /// (`data-lang`, `data-text`); `None` for the defaults.
+    agent_language: Option<String>,
+    agent_text: Option<String>,
     session_header: HeaderName,
     /// Strips the `X-Session*` namespace and every spelling of `session_header`.
     scrubber: Scrubber,
@@ -125,6 +129,12 @@ impl Gateway {
             ),
             resolver,
             inject: config.browser.inject,
+            agent_language: Some(config.browser.language.trim())
+                .filter(|language| *language != "auto")
+                .map(str::to_owned),
+            agent_text: (!config.browser.text.is_empty())
+                .then(|| serde_json::to_string(&config.browser.text).ok())
+                .flatten(),
             hooks,
             origins: OriginPolicy::new(config.listen.origins.clone()),
             tunnels: Arc::new(Tunnels::new()),
@@ -182,6 +192,15 @@ impl Gateway {
                 return (Route::Bootstrap, page);
             }
             Ok(Outcome::Loop) => return (Route::Bootstrap, self.reserved.loop_page(&parts.method)),
+            Ok(Outcome::Ended) => {
+                // A write from a tab whose session is over: never into a fresh one.
+                cx.state = Some(State::Ended);
+                let restart = restart_target(&parts);
+                let page = self
+                    .reserved
+                    .ended_page(&parts.method, cx.fetch.navigation, &restart);
+                return (Route::Proxy, page);
+            }
             Err(error) => return (Route::Proxy, context::refuse_session(&error)),
         }
         if cx.identity.session.is_none() && self.requires_session(parts.uri.path()) {
@@ -285,6 +304,7 @@ impl Gateway {
                 scheme: cx.scheme,
             },
             navigation: cx.fetch.page_load,
+            write: !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS),
             client: cx.client,
         };
         self.resolver.identify(&ask, self.clock.now())
@@ -350,6 +370,45 @@ impl Handler for Gateway {
     }
 }
 
+/// Where "Start again" on the ended page leads: the page the request came from when
+/// the `Referer` is of this origin (without `__sg*` parameters), else `/`. Only a
+/// path is ever returned, never one that a browser would read as another host.
+fn restart_target(parts: &http::request::Parts) -> String {
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let referer = parts
+        .headers
+        .get(http::header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<http::Uri>().ok());
+    let (Some(host), Some(referer)) = (host, referer) else {
+        return "/".into();
+    };
+    let same_origin = referer
+        .authority()
+        .is_some_and(|a| a.as_str().eq_ignore_ascii_case(&host));
+    let path = referer.path();
+    if !same_origin || !path.starts_with('/') || path.starts_with("//") || path.starts_with("/\\") {
+        return "/".into();
+    }
+    match referer
+        .query()
+        .and_then(crate::web::query::strip_proxy_params)
+    {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    }
+}
+
 /// Stage 1: requests answered before anything else looks at them, and the host of
 /// the others settled (see [`request::settle_host`]).
 fn refuse(request: &mut Request<Incoming>) -> Result<(), Refusal> {
@@ -384,6 +443,32 @@ mod tests {
             .iter()
             .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
             .collect()
+    }
+
+    #[test]
+    fn start_again_goes_back_to_a_page_of_this_origin_only() {
+        let target = |referer: Option<&'static str>| {
+            let mut request = Request::post("/submit").header("host", "app.example:8080");
+            if let Some(referer) = referer {
+                request = request.header("referer", referer);
+            }
+            restart_target(&request.body(()).unwrap().into_parts().0)
+        };
+        assert_eq!(target(None), "/");
+        assert_eq!(target(Some("http://app.example:8080/form")), "/form");
+        assert_eq!(
+            target(Some("http://app.example:8080/form?a=1&__sg_t=x&b=2")),
+            "/form?a=1&b=2"
+        );
+        assert_eq!(target(Some("http://app.example:8080/f?__sg_t=x")), "/f");
+        for elsewhere in [
+            "http://evil.example/form",
+            "http://app.example:8080//evil.example/x",
+            "http://app.example:8080/\\evil.example/x",
+            "not a url",
+        ] {
+            assert_eq!(target(Some(elsewhere)), "/", "{elsewhere}");
+        }
     }
 
     #[test]

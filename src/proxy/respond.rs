@@ -56,7 +56,12 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 
-    /// The agent tag into HTML pages (streaming; see [`crate::inject`]).
+    /// The agent tag into documents (streaming; see [`crate::inject`]): only answers
+    /// to navigations ([`Fetch::navigation`](crate::web::fetch::Fetch) — a page load,
+    /// a form submit, an iframe), never a fetch/XHR answer, whatever its
+    /// `Content-Type` (HTML fragments for jQuery `.load()`, HTMX or UpdatePanels, JSON
+    /// labelled `text/html`): those are passed through byte for byte, and, not being
+    /// pages, are not counted.
     fn inject_agent(
         &self,
         method: &Method,
@@ -67,7 +72,14 @@ impl Gateway {
         if !self.inject {
             return body;
         }
-        let plan = match inject::plan(method, parts) {
+        let plan = inject::plan(method, parts);
+        if !cx.fetch.navigation {
+            if plan.is_ok() {
+                tracing::debug!(reason = "skip_not_document", "fetch answer not injected");
+            }
+            return body;
+        }
+        let plan = match plan {
             Ok(plan) => plan,
             Err(skip) => {
                 // Pages that should have had the agent and could not; images, JSON,
@@ -102,6 +114,12 @@ impl Gateway {
             ("prefix", prefix.to_string()),
             ("mode", self.resolver.mode().as_str().to_string()),
         ];
+        if let Some(language) = &self.agent_language {
+            data.push(("lang", language.clone()));
+        }
+        if let Some(text) = &self.agent_text {
+            data.push(("text", text.clone()));
+        }
         if let (Some(session), Some(state)) = (&cx.identity.session, cx.state) {
             if state != State::Ended {
                 data.push(("handle", session.handle().to_string()));

@@ -7,7 +7,8 @@
 //! reloads the same URL with a ticket. The page is never cached, carries its own
 //! nonce CSP, and says in `<noscript>` why it needs JavaScript. After
 //! [`MAX_HOPS`](crate::session::identity::MAX_HOPS) hops without success the browser
-//! gets a plain error page instead of a loop.
+//! gets a plain error page instead of a loop. A form posted from a tab whose session
+//! has ended gets the ended page (`409`), never a fresh session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -20,6 +21,7 @@ use crate::config::DuplicateTab;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Handle};
 use crate::web::body::{self, ProxyBody};
+use crate::web::refusal::{Refusal, Refused};
 
 impl Reserved {
     /// The bootstrap page for this browser, with a fresh challenge and nonce.
@@ -44,6 +46,38 @@ impl Reserved {
             "default-src 'none'; base-uri 'none'; form-action 'none'",
             StatusCode::BAD_REQUEST,
         )
+    }
+}
+
+impl Reserved {
+    /// The answer to a write from a `tab`-mode tab whose session has ended
+    /// ([`Outcome::Ended`](crate::session::identity::Outcome::Ended)): `409 Conflict`
+    /// — the request conflicts with the session's state; unlike `410` it is never
+    /// cached — with the ended page for a navigation (a form POST) and
+    /// `{"error": ...}` for fetch/XHR. `restart` is where "Start again" leads.
+    /// Counted as the refusal `session_ended`.
+    pub fn ended_page(
+        &self,
+        method: &Method,
+        navigation: bool,
+        restart: &str,
+    ) -> Response<ProxyBody> {
+        let refusal = Refusal::SessionEnded;
+        let mut response = if navigation {
+            page(
+                method,
+                agent::ended_page(restart),
+                "default-src 'none'; base-uri 'none'; form-action 'none'",
+                refusal.status(),
+            )
+        } else {
+            refusal.into_response()
+        };
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(Refused(refusal.label()));
+        response
     }
 }
 

@@ -12,6 +12,12 @@
 //!    script finds the tab's session in `sessionStorage`;
 //! 6. anything else: no session.
 //!
+//! Except: in `tab` mode a write (POST and any method but GET, HEAD and OPTIONS)
+//! that carries a tab identity — `X-Session-Token` or a `__sg_t` ticket — which names
+//! no live session is [`Outcome::Ended`]: its tab's session is over (or the value
+//! was never good), and forwarding it without a session would hand what the user
+//! sent to a fresh, empty session.
+//!
 //! Every token and ticket is only valid together with the browser key cookie it was
 //! bound to; one that is malformed, unknown, expired or bound elsewhere is treated as
 //! absent — never adopted — so a session cannot be fixed from outside. Speculative
@@ -195,6 +201,8 @@ pub struct Ask<'a> {
     pub carried: Carried<'a>,
     /// A GET or HEAD top-level page load (link, address bar, reload).
     pub navigation: bool,
+    /// A write: any method but GET, HEAD and OPTIONS.
+    pub write: bool,
     /// The client address creation limits apply to.
     pub client: IpAddr,
 }
@@ -208,6 +216,9 @@ pub enum Outcome {
     Bootstrap { browser: BrowserKey },
     /// Too many bootstrap hops: serve the error page.
     Loop,
+    /// `tab` mode: a write whose tab identity names no live session. Answered as
+    /// ended, never forwarded.
+    Ended,
 }
 
 /// How `POST session` found the tab's session (the reply's `reason` and the label of
@@ -242,6 +253,15 @@ pub struct Bootstrapped {
     pub reason: BootstrapReason,
     pub session: Arc<Session>,
     pub token: Option<Token>,
+}
+
+/// Whether a request carries a tab identity at all, good or not: an
+/// `X-Session-Token` header or a `__sg_t` ticket in the query.
+fn carries_identity(carried: &Carried<'_>) -> bool {
+    carried.headers.contains_key(X_SESSION_TOKEN)
+        || carried
+            .query
+            .is_some_and(|q| query::param(q, TICKET_PARAM).is_some())
 }
 
 /// Resolves requests to sessions.
@@ -292,6 +312,9 @@ impl Resolver {
         }
         if ask.carried.speculative {
             return Ok(Outcome::Forward(Identity::default()));
+        }
+        if self.mode == SessionMode::Tab && ask.write && carries_identity(&ask.carried) {
+            return Ok(Outcome::Ended);
         }
         match (self.mode, key) {
             (SessionMode::Browser, key) => self

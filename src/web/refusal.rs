@@ -66,6 +66,9 @@ pub enum Refusal {
     CrossOrigin,
     /// A path in `session.require` without a session.
     NeedsSession,
+    /// `tab` mode: a write whose tab identity names no live session (DESIGN.md §5,
+    /// `X-Session-State: ended`): never forwarded into a fresh session.
+    SessionEnded,
     /// A request target that cannot be sent upstream.
     BadTarget,
     /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 §3.2).
@@ -116,10 +119,11 @@ enum Style {
 
 impl Refusal {
     /// Every label [`Refusal::label`] can return, to initialise the metric at zero.
-    pub const LABELS: [&'static str; 20] = [
+    pub const LABELS: [&'static str; 21] = [
         "method",
         "origin",
         "needs_session",
+        "session_ended",
         "bad_request",
         "not_found",
         "no_session",
@@ -145,6 +149,7 @@ impl Refusal {
             Refusal::Method | Refusal::ReservedMethod(_) => "method",
             Refusal::CrossOriginUpgrade | Refusal::CrossOrigin => "origin",
             Refusal::NeedsSession => "needs_session",
+            Refusal::SessionEnded => "session_ended",
             Refusal::BadTarget | Refusal::BadHost | Refusal::Unreadable | Refusal::BadJson => {
                 "bad_request"
             }
@@ -200,6 +205,11 @@ impl Refusal {
                 StatusCode::UNAUTHORIZED,
                 Text,
                 "401 Unauthorized: this page needs a session",
+            ),
+            Refusal::SessionEnded => (
+                StatusCode::CONFLICT,
+                Json,
+                "the session has ended; nothing was forwarded",
             ),
             Refusal::BadTarget => (
                 StatusCode::BAD_REQUEST,
@@ -328,6 +338,7 @@ mod tests {
             Refusal::CrossOriginUpgrade,
             Refusal::CrossOrigin,
             Refusal::NeedsSession,
+            Refusal::SessionEnded,
             Refusal::BadTarget,
             Refusal::BadHost,
             Refusal::NotFound,

@@ -16,6 +16,12 @@
 //! | `/gzip` | the same kind of page, `Content-Encoding: gzip` |
 //! | `/nohead` | `<html><body>…` with no `<head>` |
 //! | `/big` | [`BIG_LEN`] bytes of HTML in 64 KiB chunks, 10 ms apart; [`App::big_finished`] says when the last chunk was handed over |
+//! | `/de` | the main page in German (`<html lang="de">`) |
+//! | `/partials` | a page whose script fetches `/fragment` and `/json-html` into `window.__partials` |
+//! | `/fragment`, `/json-html` | [`FRAGMENT`] and [`JSON_AS_HTML`], both `text/html` |
+//! | `/sse` | a page with an `EventSource` on `/events`, its messages in `window.__events` |
+//! | `/events` | `text/event-stream`: one event with the request's `X-Session`, then the stream ends (the browser reconnects) |
+//! | `/shadow` | POST forms to `/submit` inside open shadow roots, one made by script, one declarative |
 //! | `/favicon.ico` | 204 |
 //!
 //! Every page carries `#handle`, `#parent`, `#method`, `#path` and `#seq` (the
@@ -60,6 +66,10 @@ pub const POST_NOTES: &str = "line 1\r\nline 2";
 /// Text of `#text` on `/gzip` and `/nohead`.
 pub const GZIP_TEXT: &str = "Compressed page — ünïcödé ✓";
 pub const NOHEAD_TEXT: &str = "A page without a head — ünïcödé ✓";
+/// What `/fragment` answers (`text/html`): a partial, as jQuery `.load()` gets it.
+pub const FRAGMENT: &str = "<li class=\"row\">loaded later — ✓</li>\n";
+/// What `/json-html` answers: JSON mislabelled `text/html`.
+pub const JSON_AS_HTML: &str = "{\"ok\":true}";
 
 /// One request as the app received it.
 #[derive(Clone, Debug)]
@@ -218,6 +228,20 @@ async fn handle(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Ap
         }
         (_, "/nohead") => html(nohead_page(&hit)),
         (_, "/big") => big(shared),
+        (_, "/de") => html(main_page_in(&hit, "de")),
+        (_, "/partials") => html(partials_page(&hit)),
+        (_, "/fragment") => html(FRAGMENT),
+        (_, "/json-html") => html(JSON_AS_HTML),
+        (_, "/sse") => html(sse_page(&hit)),
+        (_, "/events") => respond(
+            StatusCode::OK,
+            "text/event-stream",
+            format!(
+                "retry: 200\ndata: {}\n\n",
+                hit.session.as_deref().unwrap_or("")
+            ),
+        ),
+        (_, "/shadow") => html(shadow_page(&hit)),
         (_, "/favicon.ico") => respond(StatusCode::NO_CONTENT, "image/x-icon", ""),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
     }
@@ -368,9 +392,14 @@ fn session_block(hit: &Hit) -> String {
 
 /// A full page; `head` and `body` are inserted as they are.
 fn document(title: &str, head: &str, hit: &Hit, body: &str) -> String {
+    document_in("en", title, head, hit, body)
+}
+
+/// [`document`] in language `lang` (`<html lang>`).
+fn document_in(lang: &str, title: &str, head: &str, hit: &Hit, body: &str) -> String {
     format!(
         r#"<!DOCTYPE html>
-<html lang="en">
+<html lang="{lang}">
 <head>
 <meta charset="utf-8">
 <title>{title}</title>
@@ -387,6 +416,10 @@ fn document(title: &str, head: &str, hit: &Hit, body: &str) -> String {
 }
 
 fn main_page(hit: &Hit) -> String {
+    main_page_in(hit, "en")
+}
+
+fn main_page_in(hit: &Hit, lang: &str) -> String {
     let body = format!(
         r#"<nav><a id="link" href="/page?via=link">a link</a></nav>
 <form id="getform" method="get" action="/page">
@@ -406,7 +439,57 @@ fn main_page(hit: &Hit) -> String {
         field = escape(POST_FIELD),
         notes = escape("line 1\nline 2"),
     );
-    document("Legacy app", "", hit, &body)
+    document_in(lang, "Legacy app", "", hit, &body)
+}
+
+/// Fetches two HTML answers the way AJAX code does and keeps their text as received.
+fn partials_page(hit: &Hit) -> String {
+    document(
+        "Partials",
+        "",
+        hit,
+        r#"<ul id="list"></ul>
+<script>
+window.__partials = {};
+Promise.all(["/fragment", "/json-html"].map(path =>
+  fetch(path).then(r => r.text()).then(text => { window.__partials[path] = text; })
+)).then(() => { window.__partials.done = true; },
+        e => { window.__partials.error = String(e); });
+</script>"#,
+    )
+}
+
+/// An `EventSource` on `/events`, which ends its stream after each event.
+fn sse_page(hit: &Hit) -> String {
+    document(
+        "Events",
+        "",
+        hit,
+        r#"<script>
+window.__events = [];
+window.__source = new EventSource("/events");
+window.__source.onmessage = e => window.__events.push(e.data);
+</script>"#,
+    )
+}
+
+/// POST forms inside open shadow roots: one attached by script, one declarative.
+fn shadow_page(hit: &Hit) -> String {
+    let form = |id: &str| {
+        format!(
+            r#"<form method="post" action="/submit"><input name="field" value="from {id}"><button id="{id}-submit" type="submit">send</button></form>"#
+        )
+    };
+    let body = format!(
+        r#"<div id="declarative"><template shadowrootmode="open">{declarative}</template></div>
+<div id="scripted"></div>
+<script>
+document.getElementById("scripted").attachShadow({{ mode: "open" }}).innerHTML = {scripted:?};
+</script>"#,
+        declarative = form("declarative"),
+        scripted = form("scripted"),
+    );
+    document("Shadow forms", "", hit, &body)
 }
 
 fn submit_page(hit: &Hit) -> String {

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::actions::{
+    InputSource, KeyAction, KeyActions, MouseActions, PointerAction, MOUSE_BUTTON_LEFT,
+};
 use fantoccini::error::CmdError;
 use fantoccini::key::Key;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand, WindowHandle};
@@ -192,6 +194,32 @@ impl WebDriverCompatibleCommand for GetBrowserLog {
             http::Method::POST,
             Some(r#"{"type":"browser"}"#.to_string()),
         )
+    }
+}
+
+/// chromedriver's Chrome DevTools Protocol passthrough:
+/// `POST /session/{id}/goog/cdp/execute` with `{"cmd", "params"}`.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Json,
+}
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
     }
 }
 
@@ -416,6 +444,70 @@ impl Browser {
             .expect("press a key");
     }
 
+    /// Runs a Chrome DevTools Protocol command in the current tab.
+    pub async fn cdp(&self, cmd: &'static str, params: Json) -> Json {
+        self.client
+            .issue_cmd(Cdp { cmd, params })
+            .await
+            .unwrap_or_else(|e| panic!("CDP {cmd}: {e}"))
+    }
+
+    /// The centre, in viewport pixels, of the first button or link with exactly the
+    /// text `label` inside a *closed* shadow root (where the agent keeps its UI and
+    /// where neither scripts nor WebDriver's element commands can reach), or `None`
+    /// when there is none. DevTools sees through closed roots.
+    pub async fn closed_shadow_control(&self, label: &str) -> Option<(f64, f64)> {
+        let document = self
+            .cdp("DOM.getDocument", json!({ "depth": -1, "pierce": true }))
+            .await;
+        let node = find_control(&document["root"], label, false)?;
+        let model = self
+            .cdp("DOM.getBoxModel", json!({ "backendNodeId": node }))
+            .await;
+        let quad = model["model"]["border"].as_array()?;
+        let at = |i: usize| quad.get(i).and_then(Json::as_f64);
+        Some(((at(0)? + at(4)?) / 2.0, (at(1)? + at(5)?) / 2.0))
+    }
+
+    /// Every text inside closed shadow roots (the agent's UI), one text node a line.
+    pub async fn closed_shadow_text(&self) -> String {
+        let document = self
+            .cdp("DOM.getDocument", json!({ "depth": -1, "pierce": true }))
+            .await;
+        let mut lines = Vec::new();
+        collect_text(&document["root"], false, &mut lines);
+        lines.join("\n")
+    }
+
+    /// Saves a screenshot of the tab's viewport as a PNG at `path`.
+    pub async fn screenshot(&self, path: &Path) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        std::fs::write(path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// A real left click of the mouse at viewport position `(x, y)`: the pointer
+    /// moves there, then presses and releases (pointer, mouse and click events, as
+    /// a person's click makes them).
+    pub async fn mouse_click(&self, x: f64, y: f64) {
+        let mouse = MouseActions::new("mouse".into())
+            .then(PointerAction::MoveTo {
+                duration: Some(Duration::from_millis(50)),
+                x,
+                y,
+            })
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            });
+        self.client
+            .perform_actions(mouse)
+            .await
+            .expect("a mouse click");
+        let _ = self.client.release_actions().await;
+    }
+
     /// What the current document shows, or `None` while it is being replaced.
     pub async fn page(&self) -> Option<PageInfo> {
         let value = self.js(PAGE_INFO_JS).await.ok()?;
@@ -584,6 +676,49 @@ impl Browser {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+}
+
+/// The backend node id of the first `BUTTON` or `A` labelled `label` inside a
+/// closed shadow root, in a DevTools DOM tree.
+fn find_control(node: &Json, label: &str, closed: bool) -> Option<u64> {
+    let name = node["nodeName"].as_str().unwrap_or_default();
+    if closed && (name == "BUTTON" || name == "A") {
+        let text: String = node["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|child| child["nodeType"] == json!(3))
+            .filter_map(|child| child["nodeValue"].as_str())
+            .collect();
+        if text.trim() == label {
+            return node["backendNodeId"].as_u64();
+        }
+    }
+    let children = node["children"].as_array().into_iter().flatten();
+    let roots = node["shadowRoots"].as_array().into_iter().flatten();
+    children
+        .map(|child| (child, closed))
+        .chain(roots.map(|root| (root, root["shadowRootType"] == json!("closed"))))
+        .find_map(|(child, closed)| find_control(child, label, closed))
+}
+
+/// The text nodes under closed shadow roots of a DevTools DOM tree (not inside
+/// `<style>`), in document order.
+fn collect_text(node: &Json, closed: bool, lines: &mut Vec<String>) {
+    if node["nodeName"] == json!("STYLE") {
+        return;
+    }
+    if closed && node["nodeType"] == json!(3) {
+        if let Some(text) = node["nodeValue"].as_str().filter(|t| !t.trim().is_empty()) {
+            lines.push(text.to_string());
+        }
+    }
+    for child in node["children"].as_array().into_iter().flatten() {
+        collect_text(child, closed, lines);
+    }
+    for root in node["shadowRoots"].as_array().into_iter().flatten() {
+        collect_text(root, root["shadowRootType"] == json!("closed"), lines);
     }
 }
 

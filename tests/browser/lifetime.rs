@@ -1,6 +1,7 @@
 //! Lifetime in a real browser (DESIGN.md §4): an idle tab gets the countdown, "Stay"
-//! keeps its session, an ignored countdown ends the session as `timeout`, and a
-//! closed tab's session ends as `abandoned`.
+//! keeps its session (also a real mouse click on it, counted as `extended` in every
+//! countdown), an ignored countdown ends the session as `timeout`, and a closed
+//! tab's session ends as `abandoned`.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde_json::Value as Json;
 use sessiongate::config::{Config, Heartbeat, SessionMode};
 
 use crate::fixture::Gate;
-use crate::harness::{reserved_401, wait_until, Browser};
+use crate::harness::{reserved_401, wait_until, Browser, WAIT};
 
 fn secs(s: u64) -> sessiongate::config::Duration {
     Duration::from_secs(s).into()
@@ -175,7 +176,9 @@ async fn countdown_appears_and_stay_keeps_the_session_while_an_ignored_one_times
 async fn closed_tab_is_abandoned() {
     let gate = Gate::start(SessionMode::Tab, |c| {
         c.session.timeout = secs(60);
-        c.session.abandon = Some(secs(3));
+        // Five beats of margin: tab A must outlive B's abandonment even when a
+        // loaded CI machine delays its timers by a few seconds.
+        c.session.abandon = Some(secs(5));
         c.browser.heartbeat = Heartbeat::Every(secs(1));
     })
     .await;
@@ -204,7 +207,7 @@ async fn closed_tab_is_abandoned() {
 
     wait_until(
         "the closed tab's session to be abandoned",
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         || async { gate.session_state(&b).is_none().then_some(()) },
     )
     .await;
@@ -217,5 +220,61 @@ async fn closed_tab_is_abandoned() {
     assert_eq!(gate.session_state(&a), Some("active"), "tab A lives on");
     assert_eq!(browser.agent_state().await.as_deref(), Some("active"));
     browser.assert_no_console_errors("abandon").await;
+    browser.close().await;
+}
+
+/// A real mouse click on "Stay" — pointer down and up on the button in the closed
+/// shadow root — counts as `countdowns_total{outcome="extended"}`, in the first
+/// countdown and in the next one. The countdown (20 s) is longer than the timeout
+/// (2 s), so the next idle period starts before the first countdown would have
+/// ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mouse_click_on_stay_counts_as_extended_every_time() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        c.session.timeout = secs(2);
+        c.session.countdown = Some(secs(20));
+        c.session.abandon = Some(secs(40));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+
+    for round in 1..=2u32 {
+        let context = format!("countdown #{round}");
+        browser
+            .wait_agent_state("warning", Duration::from_secs(6), &context)
+            .await;
+        // The server has entered `warning` (its gauge moved) before the click.
+        wait_until(
+            &format!("{context}: the session in warning on the server"),
+            Duration::from_secs(5),
+            || async {
+                let warning = gate
+                    .metric(r#"sessiongate_sessions_active{state="warning"}"#)
+                    .await;
+                (warning == 1.0).then_some(())
+            },
+        )
+        .await;
+        let (x, y) = wait_until(&format!("{context}: the Stay button"), WAIT, || {
+            browser.closed_shadow_control("Stay")
+        })
+        .await;
+        browser.mouse_click(x, y).await;
+        browser
+            .wait_agent_state("active", Duration::from_secs(3), &context)
+            .await;
+        assert_eq!(gate.session_state(&handle), Some("active"), "{context}");
+        assert_eq!(
+            gate.metric(r#"sessiongate_countdowns_total{outcome="extended"}"#)
+                .await,
+            f64::from(round),
+            "{context}: a mouse click on Stay is counted as extended"
+        );
+    }
+    browser.assert_no_console_errors("mouse Stay").await;
     browser.close().await;
 }

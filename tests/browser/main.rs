@@ -14,7 +14,10 @@
 //! - `lifetime`: countdown, "Stay", timeout and abandon (DESIGN.md §4);
 //! - `pages`: injection under CSP, into gzip and head-less pages, and a streamed
 //!   5 MiB page;
-//! - `browser_mode`: one session per browser profile, countdown in every tab.
+//! - `browser_mode`: one session per browser profile, countdown in every tab;
+//! - `page_truth`: documents only, the countdown's language and texts, an ended
+//!   tab keeps its form, EventSource reconnects, shadow-root forms, no token in the
+//!   DOM.
 //!
 //! Every scenario asserts that the browser logged no console errors.
 
@@ -28,6 +31,7 @@ mod harness;
 mod browser_mode;
 mod demo;
 mod lifetime;
+mod page_truth;
 mod pages;
 mod requests;
 mod selfcheck;

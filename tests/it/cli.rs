@@ -1047,3 +1047,20 @@ async fn duration_errors_say_what_is_accepted() {
         );
     }
 }
+
+/// A countdown under 20 s works, but `check` says it may be too short to react to
+/// (WCAG 2.2.1); a long enough one gets no warning.
+#[tokio::test]
+async fn check_warns_about_a_countdown_under_20_seconds() {
+    let out = run_to_end(&["check"], &[("SESSIONGATE_SESSION__COUNTDOWN", "10s")]).await;
+    assert!(out.status.success(), "a warning is not an error: {out}");
+    assert!(
+        out.stderr
+            .contains("sessiongate: warning: session.countdown: 10s is under 20s")
+            && out.stderr.contains("WCAG 2.2.1"),
+        "{out}"
+    );
+    let out = run_to_end(&["check"], &[("SESSIONGATE_SESSION__COUNTDOWN", "20s")]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(!out.stderr.contains("warning"), "{out}");
+}

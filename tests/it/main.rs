@@ -8,6 +8,8 @@ mod admin;
 mod adversarial;
 mod bodies;
 mod cli;
+mod documents;
+mod ended;
 mod forwarding;
 mod framing;
 mod hooks;

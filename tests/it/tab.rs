@@ -12,15 +12,15 @@ use sessiongate::config::{DuplicateTab, SessionMode};
 
 use crate::common::Fixture;
 
-/// One browser profile, driven by hand.
-struct Browser {
-    client: reqwest::Client,
+/// One browser profile, driven by hand (also used by `ended.rs`).
+pub(crate) struct Browser {
+    pub(crate) client: reqwest::Client,
     /// The `sg_browser=…` cookie pair, once set.
-    key: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -32,7 +32,7 @@ impl Browser {
     }
 
     /// A top-level page load, as a browser sends it.
-    async fn navigate(&mut self, fx: &Fixture, path: &str) -> Response {
+    pub(crate) async fn navigate(&mut self, fx: &Fixture, path: &str) -> Response {
         let mut request = self
             .client
             .get(fx.url(path))
@@ -57,7 +57,7 @@ impl Browser {
     }
 
     /// A reserved POST from the agent.
-    async fn post(
+    pub(crate) async fn post(
         &self,
         fx: &Fixture,
         endpoint: &str,
@@ -81,7 +81,7 @@ impl Browser {
 
     /// Loads `path` without identity, expects the bootstrap page, and runs its
     /// exchange: `POST session` with the page's challenge.
-    async fn bootstrap(
+    pub(crate) async fn bootstrap(
         &mut self,
         fx: &Fixture,
         path: &str,
@@ -121,7 +121,7 @@ async fn challenge_of(page: Response) -> String {
     html[start..end].to_string()
 }
 
-fn text(value: &Value, field: &str) -> String {
+pub(crate) fn text(value: &Value, field: &str) -> String {
     value[field]
         .as_str()
         .unwrap_or_else(|| panic!("no {field} in {value}"))

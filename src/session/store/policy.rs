@@ -281,6 +281,13 @@ impl<S: Storage> SessionStore for Sessions<S> {
             }
         }
         if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
+            // The countdown is left: the session is filed for the countdown's end, but
+            // the new idle period warns before that (a countdown longer than the
+            // timeout), so it is filed earlier too — else no `warned`, no timeout
+            // hook and no `extended` for the next countdown.
+            if let Some(due) = session.next_due(&self.rules, now) {
+                self.storage.file_earlier(session, due);
+            }
             self.observer.observe(&SessionEvent::Extended { session });
         }
         session.state_at(&self.rules, now)
@@ -532,6 +539,32 @@ mod tests {
         w.advance(9_000).await; // 9 s after the activity: still active
         assert_eq!(w.state(&session), State::Active);
         assert!(w.events.ends().is_empty());
+    }
+
+    /// "Stay" in a countdown longer than the timeout: the next idle period warns
+    /// (and counts as a countdown) again, on time.
+    #[tokio::test(start_paused = true)]
+    async fn a_second_idle_period_warns_again_after_stay() {
+        let w = world(|c| {
+            c.countdown = Some(Cfg::from_secs(30));
+            c.abandon = Some(Cfg::from_secs(60));
+        });
+        let session = w.create().session;
+        w.advance(11_000).await;
+        assert_eq!(session.stored_state(), State::Warning);
+        w.store.touch(&session, Touch::Activity, w.clock.now());
+        assert_eq!(w.events.kinds(), ["started", "warned", "extended"]);
+        w.advance(11_000).await; // 11 s idle again; the first countdown ran to 40 s
+        assert_eq!(session.stored_state(), State::Warning);
+        assert_eq!(
+            w.events.kinds(),
+            ["started", "warned", "extended", "warned"]
+        );
+        w.store.touch(&session, Touch::Activity, w.clock.now());
+        assert_eq!(
+            w.events.kinds(),
+            ["started", "warned", "extended", "warned", "extended"]
+        );
     }
 
     #[tokio::test(start_paused = true)]

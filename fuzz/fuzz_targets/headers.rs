@@ -1,12 +1,13 @@
-//! Header scrubbing: whatever a client sends, after `scrub_request` no header of
-//! the `X-Session*` namespace (in any `_`/`-` spelling), no hop-by-hop header and no
+//! Header scrubbing: whatever a client sends, after `Scrubber::scrub_request` no
+//! header of the `X-Session*` namespace and no spelling of a configured
+//! `upstream.header` outside it (any case, `_` or `-`), no hop-by-hop header and no
 //! header named in a `Connection` line is left, and `remove_cookies` leaves none of
-//! the proxy's cookies.
+//! the proxy's cookies (with or without `__Host-`).
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sessiongate::web::headers::{cookie_values, is_session_header, remove_cookies, scrub_request};
+use sessiongate::web::headers::{cookie_values, is_session_header, remove_cookies, Scrubber};
 
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -43,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
-    scrub_request(&mut headers);
+    Scrubber::new(&HeaderName::from_static("x-app-session")).scrub_request(&mut headers);
     for name in headers.keys() {
         assert!(!is_session_header(name), "{name} survived");
         assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name} survived");
@@ -53,9 +54,17 @@ fuzz_target!(|data: &[u8]| {
         );
         let folded = name.as_str().replace('_', "-");
         assert!(!folded.starts_with("x-session"), "{name} survived");
+        assert_ne!(folded, "x-app-session", "a spelling of upstream.header survived");
     }
-    remove_cookies(&mut headers, &["sg_browser", "sg_session"]);
-    assert_eq!(cookie_values(&headers, "sg_browser").count(), 0);
-    assert_eq!(cookie_values(&headers, "sg_session").count(), 0);
+    const COOKIES: [&str; 4] = [
+        "sg_browser",
+        "sg_session",
+        "__Host-sg_browser",
+        "__Host-sg_session",
+    ];
+    remove_cookies(&mut headers, &COOKIES);
+    for name in COOKIES {
+        assert_eq!(cookie_values(&headers, name).count(), 0, "{name} survived");
+    }
     assert!(headers.get_all("cookie").iter().count() <= 1);
 });

@@ -1,5 +1,6 @@
 //! The HTML injector: for any page, split into any chunks, the output is the input
-//! with exactly the agent tag inserted once, or the input unchanged.
+//! with exactly one insertion — the agent tag (into an existing `<head>`) or
+//! `<head>TAG</head>` (a page without one) — or the input unchanged.
 #![no_main]
 
 use std::pin::Pin;
@@ -79,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         data: vec![("mode", "tab".into())],
     };
     let tag_html = tag.to_html(None);
+    let wrapped = format!("<head>{tag_html}</head>");
     let Ok(plan) = plan(&Method::GET, &parts) else {
         panic!("a 200 text/html page must be planned for injection");
     };
@@ -88,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("an identity body never fails")
         .to_bytes();
     assert!(
-        output == page || is_one_insertion(page, &output, tag_html.as_bytes()),
+        output == page
+            || is_one_insertion(page, &output, tag_html.as_bytes())
+            || is_one_insertion(page, &output, wrapped.as_bytes()),
         "output is neither the input nor the input plus one tag"
     );
 });

@@ -29,13 +29,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnInfo, Handler, Limits};
+use super::{ConnInfo, Handler, Lease, Limits};
 
 /// What the watchdog knows about a connection: when bytes last moved, when a
 /// request last started or got its answer, and how many wait for their answer.
 /// Times are milliseconds since `opened`, plus one so that 0 means "never".
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     opened: Instant,
     last_io: AtomicU64,
     last_request: AtomicU64,
@@ -86,6 +86,11 @@ impl Activity {
             self.now()
                 .saturating_sub(field.load(Ordering::Relaxed).max(1)),
         )
+    }
+
+    /// Time since a byte last moved on the socket.
+    pub(crate) fn io_idle(&self) -> Duration {
+        self.since(&self.last_io)
     }
 
     fn saw_request(&self) -> bool {
@@ -169,10 +174,14 @@ pub(super) async fn serve_connection<H: Handler>(
     limits: Arc<Limits>,
     shutdown: CancellationToken,
     force: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
+    let lease = Lease {
+        activity: Arc::clone(&activity),
+        _permit: Arc::new(permit),
+    };
     let io = Tracked {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -183,7 +192,7 @@ pub(super) async fn serve_connection<H: Handler>(
                 peer,
                 scheme: "http",
             };
-            drive(io, info, handler, &limits, activity, shutdown, force).await;
+            drive(io, info, handler, &limits, lease, shutdown, force).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(io));
@@ -205,7 +214,7 @@ pub(super) async fn serve_connection<H: Handler>(
                 peer,
                 scheme: "https",
             };
-            drive(io, info, handler, &limits, activity, shutdown, force).await;
+            drive(io, info, handler, &limits, lease, shutdown, force).await;
         }
     }
 }
@@ -215,7 +224,7 @@ async fn drive<H, I>(
     info: ConnInfo,
     handler: Arc<H>,
     limits: &Limits,
-    activity: Arc<Activity>,
+    lease: Lease,
     shutdown: CancellationToken,
     force: CancellationToken,
 ) where
@@ -237,9 +246,10 @@ async fn drive<H, I>(
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.header_timeout);
 
-    let seen = Arc::clone(&activity);
-    let service = service_fn(move |request| {
-        let in_flight = InFlight::start(&seen);
+    let activity = Arc::clone(&lease.activity);
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(&lease.activity);
+        request.extensions_mut().insert(lease.clone());
         let handler = Arc::clone(&handler);
         async move {
             let response = handler.handle(request, info).await;

@@ -21,4 +21,5 @@ mod responses;
 mod tab;
 mod tls;
 mod trust;
+mod tunnels;
 mod upgrade;

@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Handler, Lease, Limits};
+use crate::web::body::STREAM_BUFFER;
 
 /// What the watchdog knows about a connection: when bytes last moved, when a
 /// request last started or got its answer, and how many wait for their answer.
@@ -236,6 +237,8 @@ async fn drive<H, I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Both the request head limit and the write buffer towards the client: a body
+        // is polled only while less than this is buffered (64 KiB by default).
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
@@ -243,6 +246,12 @@ async fn drive<H, I>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // hyper's default is 200 streams, each of which may become an upstream request.
         .max_concurrent_streams(limits.max_streams.max(1))
+        // Bounded buffering per stream (web::body::STREAM_BUFFER): what a stream may
+        // queue towards a slow reader, and what a client may send ahead of a slow
+        // upstream (per stream, and for the whole connection).
+        .max_send_buf_size(STREAM_BUFFER)
+        .initial_stream_window_size(STREAM_BUFFER as u32)
+        .initial_connection_window_size((4 * STREAM_BUFFER) as u32)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.header_timeout);
 

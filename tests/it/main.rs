@@ -5,8 +5,8 @@
 mod common;
 
 mod admin;
-mod backpressure;
 mod adversarial;
+mod backpressure;
 mod bodies;
 mod cli;
 mod documents;

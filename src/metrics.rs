@@ -52,6 +52,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests waiting for an upstream slot (`upstream.max_in_flight`).
     pub upstream_waiting: IntGauge,
+    /// Upgraded (WebSocket) tunnels open now.
+    pub tunnels_open: IntGauge,
+    /// Hook jobs dropped or merged because a bound was reached, by hook.
+    pub hook_dropped: IntCounterVec,
     pub client_errors: IntCounterVec,
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
@@ -149,6 +153,19 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            tunnels_open: {
+                let g = IntGauge::new(
+                    "sessiongate_tunnels_open",
+                    "Upgraded (WebSocket) tunnels open now.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            hook_dropped: counter(
+                "sessiongate_hook_dropped_total",
+                "Hook jobs not made because a queue bound was reached (timeout) or merged into a queued one, by hook.",
+                &["hook"],
+            )?,
             sessions_created: counter(
                 "sessiongate_sessions_created_total",
                 "Sessions created, by kind.",
@@ -253,6 +270,9 @@ impl Metrics {
             for outcome in ["ok", "error", "timeout"] {
                 self.hook_calls.with_label_values(&[hook, outcome]);
             }
+        }
+        for hook in ["start", "timeout", "end"] {
+            self.hook_dropped.with_label_values(&[hook]);
         }
         for reason in Refusal::LABELS {
             self.refusals.with_label_values(&[reason]);

@@ -185,6 +185,11 @@ pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartEr
         limits,
         shutdown.clone(),
     ));
+    {
+        let tunnels = Arc::clone(&tunnels);
+        let (shutdown, drain) = (shutdown.clone(), config.listen.drain_timeout.get());
+        tasks.spawn(async move { tunnels.close_after(shutdown, drain).await });
+    }
     tasks.spawn(sweeper::run(Arc::clone(&store), clock, shutdown.clone()));
     tasks.spawn(housekeeping(
         Arc::clone(&gateway_for_housekeeping),

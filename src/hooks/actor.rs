@@ -5,6 +5,7 @@
 //! A job task reports completion from a `Drop` guard, so a panic (or a runtime
 //! shutting down) cannot leave a session's queue stuck behind a job that is gone.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::call::{CallError, Caller, Counters, Outcome, Reply};
-use super::schedule::{Job, Schedule};
+use super::schedule::{Admission, Job, Schedule};
 use super::target::Targets;
 use super::{HookKind, TimeoutHandled};
 use crate::session::Handle;
@@ -46,13 +47,29 @@ pub(crate) struct Runner {
     pub counters: Counters,
     pub retry: Retry,
     pub handler: OnceLock<Arc<dyn TimeoutHandled>>,
+    /// `sessiongate_hook_dropped_total`, by hook.
+    pub dropped: [prometheus::IntCounter; 3],
+    /// Jobs waiting in the schedule, as of the actor's last turn.
+    pub waiting: AtomicUsize,
+}
+
+impl Runner {
+    /// Counts a job left out (merged or dropped) at a bound.
+    pub(crate) fn left_out(&self, kind: HookKind) {
+        self.dropped[kind as usize].inc();
+    }
 }
 
 /// Runs until every [`Hooks`](super::Hooks) sender is gone and the work is done.
-pub(crate) async fn run(mut inbox: mpsc::Receiver<Message>, runner: Arc<Runner>, limit: usize) {
+pub(crate) async fn run(
+    mut inbox: mpsc::Receiver<Message>,
+    runner: Arc<Runner>,
+    limit: usize,
+    backlog: usize,
+) {
     // Unbounded but bounded in practice: each running job sends exactly one message.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Handle>();
-    let mut schedule = Schedule::new(limit);
+    let mut schedule = Schedule::new(limit, backlog);
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
     while open || !schedule.is_idle() {
@@ -61,7 +78,17 @@ pub(crate) async fn run(mut inbox: mpsc::Receiver<Message>, runner: Arc<Runner>,
             biased;
             Some(session) = done_rx.recv() => schedule.finished(session),
             message = inbox.recv(), if open => match message {
-                Some(Message::Job(job)) => schedule.push(job),
+                Some(Message::Job(job)) => {
+                    let kind = job.kind();
+                    match schedule.push(job) {
+                        Admission::Queued => {}
+                        Admission::Merged => runner.left_out(kind),
+                        Admission::Dropped => {
+                            runner.left_out(kind);
+                            tracing::debug!(hook = %kind.as_str(), "hook backlog full; job dropped");
+                        }
+                    }
+                }
                 Some(Message::Flush(reply)) => flushes.push(reply),
                 None => open = false,
             },
@@ -70,6 +97,7 @@ pub(crate) async fn run(mut inbox: mpsc::Receiver<Message>, runner: Arc<Runner>,
         while let Some(job) = schedule.next() {
             spawn(job, &runner, &done_tx);
         }
+        runner.waiting.store(schedule.waiting(), Ordering::Relaxed);
         if schedule.is_idle() {
             for reply in flushes.drain(..) {
                 let _ = reply.send(());

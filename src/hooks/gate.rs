@@ -5,6 +5,8 @@
 //! and closed when the start job is done — or dropped for any reason (channel full,
 //! panic, shutdown). Closing happens in `Drop`, so a request can never wait on a job
 //! that no longer exists, and the map only holds sessions whose start is in flight.
+//! The first request to wait takes the gate out of the map: only a session's first
+//! request waits for its start hook.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +34,11 @@ impl Gates {
     }
 
     /// Waits up to `budget` for the gate of `session` to close (at once if none).
+    /// Only the first caller waits: it takes the gate out of the map, so a session's
+    /// later requests — concurrent ones included — do not queue behind its start hook.
     pub(crate) async fn wait(&self, session: Handle, budget: Duration) {
-        // Cloned out: a map guard must never be held across an await.
-        let Some(mut waiting) = self.0.get(&session).map(|gate| gate.clone()) else {
+        // Taken out: a map guard must never be held across an await.
+        let Some((_, mut waiting)) = self.0.remove(&session) else {
             return;
         };
         // `changed` fails once the sender is gone, which is the only way it returns.

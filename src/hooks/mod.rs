@@ -9,9 +9,13 @@
 //! flight, runs each session's jobs one after another (start before timeout before end,
 //! even when a session ends while its start hook is still running) and different
 //! sessions concurrently, up to a fixed number of calls at once.
+//! The jobs waiting there are bounded ([`Tuning::backlog`]): past the bound `timeout`
+//! jobs merge or drop first, then `start`; `end` has four times the room; per-session
+//! order is never changed. Left-out jobs are counted in `sessiongate_hook_dropped_total`.
 //!
-//! - `start` is awaited by the request path through [`Hooks::ready`], bounded by
-//!   `hooks.budget`; a failure is counted and logged and the request goes on.
+//! - `start` is awaited by a session's first request through [`Hooks::ready`],
+//!   bounded by `hooks.budget`; later requests do not wait; a failure is counted and
+//!   logged and the request goes on.
 //! - `timeout` fires on `warning` (and once per idle period under `keep`); a 2xx answer
 //!   `{"handled": true}` calls the [`TimeoutHandled`] handler.
 //! - `end` fires once per session, is retried with exponential backoff, and never
@@ -30,7 +34,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -115,6 +119,11 @@ pub struct Tuning {
     pub end_attempts: u32,
     /// Pause after the first failed `end` attempt; doubled after each further one.
     pub end_backoff: Duration,
+    /// Jobs that may wait (behind a session's running job, or for a slot) before
+    /// new `start` and `timeout` jobs are dropped; `end` jobs get four times this.
+    /// See `schedule` for the whole overflow policy. A waiting job takes about
+    /// 200 bytes, so the default bounds the queues to about 13 MiB.
+    pub backlog: usize,
 }
 
 impl Default for Tuning {
@@ -124,6 +133,7 @@ impl Default for Tuning {
             concurrency: 64,
             end_attempts: 3,
             end_backoff: Duration::from_millis(200),
+            backlog: 16_384,
         }
     }
 }
@@ -176,9 +186,17 @@ impl Hooks {
                 backoff: tuning.end_backoff,
             },
             handler: OnceLock::new(),
+            dropped: HookKind::ALL
+                .map(|hook| metrics.hook_dropped.with_label_values(&[hook.as_str()])),
+            waiting: AtomicUsize::new(0),
         });
         let (inbox, receiver) = mpsc::channel(tuning.queue.max(1));
-        tokio::spawn(actor::run(receiver, Arc::clone(&runner), concurrency));
+        tokio::spawn(actor::run(
+            receiver,
+            Arc::clone(&runner),
+            concurrency,
+            tuning.backlog,
+        ));
         Ok(Hooks {
             runner,
             inbox,
@@ -206,7 +224,8 @@ impl Hooks {
 
     /// Returns when the `start` hook of `session` has completed or failed, or after
     /// `hooks.budget`, whichever comes first; at once if none is pending for it. The
-    /// request path awaits this before forwarding a new session's first request.
+    /// request path awaits this before forwarding a request; only the first caller
+    /// for a session waits (its first request), later ones go on at once.
     pub async fn ready(&self, session: Handle) {
         if self.enabled(HookKind::Start) {
             self.gates.wait(session, self.budget).await;
@@ -225,6 +244,11 @@ impl Hooks {
         matches!(tokio::time::timeout(within, flush).await, Ok(Some(())))
     }
 
+    /// Hook jobs waiting in the actor's schedule (bounded by [`Tuning::backlog`]).
+    pub fn waiting(&self) -> usize {
+        self.runner.waiting.load(Ordering::Relaxed)
+    }
+
     /// Hook jobs dropped because the actor's channel was full (or closed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -241,6 +265,7 @@ impl Hooks {
         // The job, and with it any start gate, is gone: a request waiting in `ready`
         // goes on at once. Counted as a failed call so dashboards see it.
         self.runner.counters.count(kind, Outcome::Error);
+        self.runner.left_out(kind);
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // Logged at 1, 2, 4, 8, … drops: a burst must not turn into a log flood.
         if dropped.is_power_of_two() {

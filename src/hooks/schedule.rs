@@ -7,6 +7,20 @@
 //! have no entry at all, so memory follows the work in flight. Among sessions waiting
 //! for a slot, `start` and `timeout` go first: a request (or a countdown) waits on
 //! them, while `end` is background work.
+//!
+//! The jobs waiting (queued behind a session's running job, or for a slot) are
+//! bounded, so a backend that cannot keep up, or a flood of sessions, cannot grow
+//! them without limit. The overflow policy never loses an `end` before anything else
+//! and never reorders a session's jobs (it only leaves some out):
+//! - once half the backlog waits, a `timeout` for a session that already has a
+//!   `timeout` queued is merged into it: the newer payload (its idle period) takes the
+//!   queued job's place, so the backend is asked once, about the latest period;
+//! - once `backlog` jobs wait, new `start` and `timeout` jobs are dropped (a request
+//!   waiting on a dropped `start` goes on at once, as when the hook fails);
+//! - `end` jobs are still taken up to `4 × backlog` waiting jobs; only past that is an
+//!   `end` dropped.
+//!
+//! Every job left out is counted by the caller (`sessiongate_hook_dropped_total`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +56,19 @@ impl Job {
     }
 }
 
+/// Waiting jobs past which new `end` jobs are dropped, as a multiple of the backlog.
+const END_ROOM: usize = 4;
+
+/// What became of a pushed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Queued,
+    /// A `timeout` merged into the one its session already has queued.
+    Merged,
+    /// Left out: the backlog is full.
+    Dropped,
+}
+
 /// The actor's queues.
 #[derive(Debug)]
 pub(crate) struct Schedule {
@@ -53,28 +80,66 @@ pub(crate) struct Schedule {
     background: VecDeque<Job>,
     running: usize,
     limit: usize,
+    /// Jobs waiting (in `busy` queues, `urgent` or `background`), not running.
+    waiting: usize,
+    backlog: usize,
 }
 
 impl Schedule {
-    pub(crate) fn new(limit: usize) -> Self {
+    /// At most `limit` jobs run at once; `backlog` bounds the jobs waiting.
+    pub(crate) fn new(limit: usize, backlog: usize) -> Self {
         Schedule {
             busy: HashMap::new(),
             urgent: VecDeque::new(),
             background: VecDeque::new(),
             running: 0,
             limit: limit.max(1),
+            waiting: 0,
+            backlog: backlog.max(1),
         }
     }
 
-    /// Adds a job behind its session's earlier ones.
-    pub(crate) fn push(&mut self, job: Job) {
+    /// Adds a job behind its session's earlier ones, or leaves it out (see the
+    /// module's overflow policy). A job left out is dropped here, and with it any
+    /// start gate.
+    pub(crate) fn push(&mut self, job: Job) -> Admission {
+        let room = match job.kind() {
+            HookKind::Start | HookKind::Timeout => self.backlog,
+            HookKind::End => self.backlog.saturating_mul(END_ROOM),
+        };
         match self.busy.entry(job.session()) {
-            Entry::Occupied(mut queue) => queue.get_mut().push_back(job),
+            Entry::Occupied(mut queue) => {
+                let queue = queue.get_mut();
+                if job.kind() == HookKind::Timeout && self.waiting >= self.backlog / 2 {
+                    if let Some(queued) = queue
+                        .iter_mut()
+                        .find(|queued| queued.kind() == HookKind::Timeout)
+                    {
+                        // The newer question (its idle period) replaces the older one.
+                        queued.payload = job.payload;
+                        return Admission::Merged;
+                    }
+                }
+                if self.waiting >= room {
+                    return Admission::Dropped;
+                }
+                queue.push_back(job);
+            }
             Entry::Vacant(slot) => {
+                if self.waiting >= room {
+                    return Admission::Dropped;
+                }
                 slot.insert(VecDeque::new());
                 self.wait_for_slot(job);
             }
         }
+        self.waiting += 1;
+        Admission::Queued
+    }
+
+    /// Jobs waiting, not running.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
     }
 
     /// The next job to start, if a slot is free; the caller must report it
@@ -88,6 +153,7 @@ impl Schedule {
             .pop_front()
             .or_else(|| self.background.pop_front())?;
         self.running += 1;
+        self.waiting = self.waiting.saturating_sub(1);
         Some(job)
     }
 
@@ -159,11 +225,15 @@ mod tests {
 
     #[test]
     fn one_job_per_session_at_a_time_in_order() {
-        let mut s = Schedule::new(8);
-        s.push(job(HookKind::Start, 1));
-        s.push(job(HookKind::Timeout, 1));
-        s.push(job(HookKind::End, 1));
-        s.push(job(HookKind::End, 2));
+        let mut s = Schedule::new(8, 100);
+        for (kind, session) in [
+            (HookKind::Start, 1),
+            (HookKind::Timeout, 1),
+            (HookKind::End, 1),
+            (HookKind::End, 2),
+        ] {
+            assert_eq!(s.push(job(kind, session)), Admission::Queued);
+        }
         assert_eq!(started(&mut s), [(HookKind::Start, 1), (HookKind::End, 2)]);
         s.finished(Handle::from_u128(1));
         assert_eq!(started(&mut s), [(HookKind::Timeout, 1)]);
@@ -178,11 +248,11 @@ mod tests {
 
     #[test]
     fn limit_holds_and_start_goes_before_end() {
-        let mut s = Schedule::new(2);
+        let mut s = Schedule::new(2, 100);
         for session in 1..=3 {
-            s.push(job(HookKind::End, session));
+            assert_eq!(s.push(job(HookKind::End, session)), Admission::Queued);
         }
-        s.push(job(HookKind::Start, 4));
+        assert_eq!(s.push(job(HookKind::Start, 4)), Admission::Queued);
         assert_eq!(started(&mut s), [(HookKind::Start, 4), (HookKind::End, 1)]);
         s.finished(Handle::from_u128(4));
         assert_eq!(started(&mut s), [(HookKind::End, 2)]);
@@ -190,6 +260,80 @@ mod tests {
         s.finished(Handle::from_u128(2));
         assert_eq!(started(&mut s), [(HookKind::End, 3)]);
         s.finished(Handle::from_u128(3));
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn timeouts_merge_per_session() {
+        let mut s = Schedule::new(1, 6);
+        for (kind, session) in [
+            (HookKind::Start, 1),
+            (HookKind::Timeout, 1),
+            (HookKind::Start, 2),
+            (HookKind::Timeout, 2),
+        ] {
+            // Below half the backlog every timeout is kept.
+            assert_eq!(s.push(job(kind, session)), Admission::Queued);
+        }
+        // Past it, a session's timeouts merge into the one it has queued.
+        for _ in 0..1000 {
+            assert_eq!(s.push(job(HookKind::Timeout, 1)), Admission::Merged);
+        }
+        assert_eq!(s.push(job(HookKind::End, 1)), Admission::Queued);
+        assert_eq!(s.waiting(), 5);
+        let mut order = Vec::new();
+        while let Some(next) = s.next() {
+            order.push((next.kind(), next.session().as_u128()));
+            s.finished(next.session());
+        }
+        assert_eq!(
+            order,
+            [
+                (HookKind::Start, 1),
+                (HookKind::Start, 2),
+                (HookKind::Timeout, 1),
+                (HookKind::Timeout, 2),
+                (HookKind::End, 1)
+            ]
+        );
+        assert!(s.is_idle());
+        assert_eq!(s.waiting(), 0);
+    }
+
+    /// A flood past the backlog: what waits stays bounded, `end` keeps its extra room
+    /// and each session's jobs keep their order.
+    #[test]
+    fn a_flood_stays_within_the_backlog_and_keeps_ends() {
+        let backlog = 16;
+        let mut s = Schedule::new(1, backlog);
+        let mut dropped = [0usize; 3];
+        for session in 0..10_000u128 {
+            for kind in [HookKind::Start, HookKind::Timeout, HookKind::End] {
+                if s.push(job(kind, session)) == Admission::Dropped {
+                    dropped[kind as usize] += 1;
+                }
+                assert!(s.waiting() <= backlog * END_ROOM, "{}", s.waiting());
+            }
+        }
+        assert_eq!(s.waiting(), backlog * END_ROOM);
+        assert!(dropped[HookKind::Start as usize] > 9_000, "{dropped:?}");
+        // Ends were taken until the extra room was full: 3 × backlog more than starts.
+        let ends_taken = 10_000 - dropped[HookKind::End as usize];
+        let starts_taken = 10_000 - dropped[HookKind::Start as usize];
+        assert!(
+            ends_taken >= starts_taken + 2 * backlog,
+            "{ends_taken} {starts_taken}"
+        );
+
+        // Draining runs every session's remaining jobs in order.
+        let mut last: HashMap<u128, HookKind> = HashMap::new();
+        while let Some(next) = s.next() {
+            let session = next.session().as_u128();
+            if let Some(before) = last.insert(session, next.kind()) {
+                assert!((before as usize) < (next.kind() as usize), "{session}");
+            }
+            s.finished(next.session());
+        }
         assert!(s.is_idle());
     }
 }

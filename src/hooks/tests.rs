@@ -604,3 +604,100 @@ async fn a_full_queue_drops_instead_of_blocking() {
     assert_eq!(backend.seen().len(), 2);
     assert_eq!(rig.calls("start", "ok"), 2);
 }
+
+/// Only the first request of a session waits for its start hook; a second one,
+/// concurrent with it, goes on at once.
+#[tokio::test]
+async fn only_the_first_waiter_waits_for_the_start_hook() {
+    let backend = Backend::start("x-session", |_| slow(Duration::from_millis(300))).await;
+    let rig = Rig::new(
+        &config(&backend.url(), "/hooks/start", "", "", 2000),
+        fast(),
+    );
+    let s = rig.session(None);
+    rig.start(&s);
+    let began = Instant::now();
+    // `join!` polls in order: the first `ready` takes the gate.
+    let (first, second) = tokio::join!(
+        async {
+            rig.hooks.ready(s.handle()).await;
+            began.elapsed()
+        },
+        async {
+            rig.hooks.ready(s.handle()).await;
+            began.elapsed()
+        }
+    );
+    assert!(first >= Duration::from_millis(280), "{first:?}");
+    assert!(second < Duration::from_millis(100), "{second:?}");
+    rig.drain().await;
+    assert_eq!(rig.hooks.gates.len(), 0);
+}
+
+/// A flood of hook events past the backlog, while the backend is slow: what waits
+/// stays bounded, left-out jobs are counted by hook, `timeout`s go first, and every
+/// session's delivered hooks keep their order start → timeout → end.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_past_the_backlog_stays_bounded() {
+    let backend = Backend::start("x-session", |_| slow(Duration::from_millis(5))).await;
+    let backlog = 32;
+    let tuning = Tuning {
+        queue: 100_000,
+        concurrency: 4,
+        backlog,
+        ..fast()
+    };
+    let rig = Rig::new(
+        &config(
+            &backend.url(),
+            "/hooks/start",
+            "/hooks/timeout",
+            "/hooks/end",
+            2000,
+        ),
+        tuning,
+    );
+    let sessions: Vec<Session> = (0..2_000).map(|_| rig.session(None)).collect();
+    for s in &sessions {
+        rig.start(s);
+        for _ in 0..5 {
+            rig.warn(s);
+        }
+        rig.end(s, EndReason::Timeout);
+    }
+    // The actor takes the whole channel in; the schedule holds no more than its bound.
+    let mut peak = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        peak = peak.max(rig.hooks.waiting());
+    }
+    assert!(peak > 0, "the backlog was never used");
+    assert!(peak <= 4 * backlog, "{peak} jobs waiting");
+    let dropped = |hook: &str| rig.metrics.hook_dropped.with_label_values(&[hook]).get();
+    assert!(dropped("start") > 1_000, "{}", dropped("start"));
+    // Four of the five timeouts of every session are merged or dropped at least.
+    assert!(dropped("timeout") >= 4 * 2_000, "{}", dropped("timeout"));
+    assert!(dropped("end") < dropped("start"), "ends are kept longest");
+
+    rig.drain().await;
+    assert_eq!(rig.hooks.waiting(), 0);
+    let seen = backend.seen();
+    let ends = seen.iter().filter(|s| s.path == "/hooks/end").count() as u64;
+    assert_eq!(ends, 2_000 - dropped("end"));
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for call in &seen {
+        let rank = ["/hooks/start", "/hooks/timeout", "/hooks/end"]
+            .iter()
+            .position(|p| *p == call.path)
+            .unwrap();
+        let session = call.session.clone().unwrap();
+        if let Some(before) = last.insert(session, rank) {
+            // Timeouts may repeat (below half the backlog); nothing goes backwards.
+            assert!(
+                before < rank || before == 1 && rank == 1,
+                "out of order: {}",
+                call.path
+            );
+        }
+    }
+}

@@ -29,13 +29,14 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnInfo, Handler, Limits};
+use super::{ConnInfo, Handler, Lease, Limits};
+use crate::web::body::STREAM_BUFFER;
 
 /// What the watchdog knows about a connection: when bytes last moved, when a
 /// request last started or got its answer, and how many wait for their answer.
 /// Times are milliseconds since `opened`, plus one so that 0 means "never".
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     opened: Instant,
     last_io: AtomicU64,
     last_request: AtomicU64,
@@ -86,6 +87,11 @@ impl Activity {
             self.now()
                 .saturating_sub(field.load(Ordering::Relaxed).max(1)),
         )
+    }
+
+    /// Time since a byte last moved on the socket.
+    pub(crate) fn io_idle(&self) -> Duration {
+        self.since(&self.last_io)
     }
 
     fn saw_request(&self) -> bool {
@@ -169,10 +175,14 @@ pub(super) async fn serve_connection<H: Handler>(
     limits: Arc<Limits>,
     shutdown: CancellationToken,
     force: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
+    let lease = Lease {
+        activity: Arc::clone(&activity),
+        _permit: Arc::new(permit),
+    };
     let io = Tracked {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -183,7 +193,7 @@ pub(super) async fn serve_connection<H: Handler>(
                 peer,
                 scheme: "http",
             };
-            drive(io, info, handler, &limits, activity, shutdown, force).await;
+            drive(io, info, handler, &limits, lease, shutdown, force).await;
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(io));
@@ -205,7 +215,7 @@ pub(super) async fn serve_connection<H: Handler>(
                 peer,
                 scheme: "https",
             };
-            drive(io, info, handler, &limits, activity, shutdown, force).await;
+            drive(io, info, handler, &limits, lease, shutdown, force).await;
         }
     }
 }
@@ -215,7 +225,7 @@ async fn drive<H, I>(
     info: ConnInfo,
     handler: Arc<H>,
     limits: &Limits,
-    activity: Arc<Activity>,
+    lease: Lease,
     shutdown: CancellationToken,
     force: CancellationToken,
 ) where
@@ -227,6 +237,8 @@ async fn drive<H, I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Both the request head limit and the write buffer towards the client: a body
+        // is polled only while less than this is buffered (64 KiB by default).
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
@@ -234,12 +246,19 @@ async fn drive<H, I>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // hyper's default is 200 streams, each of which may become an upstream request.
         .max_concurrent_streams(limits.max_streams.max(1))
+        // Bounded buffering per stream (web::body::STREAM_BUFFER): what a stream may
+        // queue towards a slow reader, and what a client may send ahead of a slow
+        // upstream (per stream, and for the whole connection).
+        .max_send_buf_size(STREAM_BUFFER)
+        .initial_stream_window_size(STREAM_BUFFER as u32)
+        .initial_connection_window_size((4 * STREAM_BUFFER) as u32)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.header_timeout);
 
-    let seen = Arc::clone(&activity);
-    let service = service_fn(move |request| {
-        let in_flight = InFlight::start(&seen);
+    let activity = Arc::clone(&lease.activity);
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(&lease.activity);
+        request.extensions_mut().insert(lease.clone());
         let handler = Arc::clone(&handler);
         async move {
             let response = handler.handle(request, info).await;

@@ -7,6 +7,11 @@
 //! `listen.max_streams` concurrent streams. Shutdown stops accepting, asks every
 //! connection to finish its in-flight requests, and closes what is left after
 //! `listen.drain_timeout`.
+//!
+//! Every request carries a [`Lease`] on its connection in its extensions: a request
+//! that becomes an upgraded tunnel takes it along, so the tunnel keeps holding its
+//! connection's `max_connections` permit (and can see when bytes last moved on the
+//! client socket) after hyper has let go of the connection.
 
 pub mod conn;
 pub mod tls;
@@ -33,6 +38,30 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `"http"` or `"https"`: the scheme the client used to reach us.
     pub scheme: &'static str,
+}
+
+/// A request's hold on its connection: the connection's `max_connections` permit,
+/// released when the connection task *and* every lease (an upgraded tunnel's) are
+/// gone, and when bytes last moved on the client socket.
+#[derive(Clone)]
+pub struct Lease {
+    pub(crate) activity: Arc<conn::Activity>,
+    pub(crate) _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Lease {
+    /// How long since a byte was last read from or written to the client socket.
+    pub fn idle_for(&self) -> Duration {
+        self.activity.io_idle()
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("idle_for", &self.idle_for())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something that answers requests: the gateway, or the admin API.

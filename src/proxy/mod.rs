@@ -137,7 +137,7 @@ impl Gateway {
                 .flatten(),
             hooks,
             origins: OriginPolicy::new(config.listen.origins.clone()),
-            tunnels: Arc::new(Tunnels::new()),
+            tunnels: Arc::new(Tunnels::new(config, &metrics)),
             upstream: Upstream::new(config)?,
             store,
             clock,

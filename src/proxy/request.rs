@@ -11,6 +11,7 @@ use hyper::body::{Frame, Incoming};
 
 use super::Gateway;
 use crate::context::Context;
+use crate::net::Lease;
 use crate::session::identity::CookieNames;
 use crate::session::Handle;
 use crate::web::body::ProxyBody;
@@ -24,6 +25,8 @@ pub(super) struct Upgrade {
     handshake: Handshake,
     /// The client side of the connection, handed over once we answer 101.
     client: hyper::upgrade::OnUpgrade,
+    /// The client connection's lease: the tunnel holds its `max_connections` permit.
+    lease: Lease,
 }
 
 impl Upgrade {
@@ -34,7 +37,12 @@ impl Upgrade {
     pub(super) fn requested(parts: &mut http::request::Parts) -> Option<Upgrade> {
         let handshake = Handshake::requested(&parts.method, parts.version, &parts.headers)?;
         let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-        Some(Upgrade { handshake, client })
+        let lease = parts.extensions.remove::<Lease>()?;
+        Some(Upgrade {
+            handshake,
+            client,
+            lease,
+        })
     }
 }
 
@@ -155,7 +163,8 @@ impl Gateway {
             .session
             .clone()
             .map(|s| (s, Arc::clone(&self.store), self.clock));
-        self.tunnels.spawn(upgrade.client, upstream_side, session);
+        self.tunnels
+            .spawn(upgrade.client, upstream_side, upgrade.lease, session);
         Ok(true)
     }
 }

@@ -11,6 +11,12 @@
 //! gateway is waiting for it, and records in a shared [`Progress`] how the body went:
 //! the forwarding side uses it to start the upstream's response timeout only once the
 //! body has been sent, and to tell a client's failure from the upstream's.
+//!
+//! Buffering is bounded so that a slow or stalled reader costs a fixed amount of memory
+//! ([`STREAM_BUFFER`]): hyper polls a response body only when its write buffer has
+//! room, the upstream connection reads only when its body is polled, so a client that
+//! does not read stops the upstream read (backpressure), and what sits in between is
+//! at most one buffer on each side.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +36,18 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+/// The most response bytes buffered per direction of a request in flight (like
+/// nginx's default `proxy_buffers 8 4k`): the upstream connection's read buffer (and
+/// so the largest chunk it hands on) and, on HTTP/2, a stream's send buffer and
+/// receive window. On HTTP/1 hyper's write buffer towards the client is bounded by
+/// `max_buf_size`, i.e. `listen.max_header_bytes` (64 KiB by default). A stalled
+/// reader of a streamed response thus holds at most about 64 + 2 × 32 = 128 KiB of
+/// buffers with the defaults (plus the kernel's socket buffers, outside the process);
+/// measured with connection state included: about 185 KiB per stalled connection.
+/// The HTML injector may hold up to [`SEARCH_LIMIT`](crate::inject::SEARCH_LIMIT)
+/// more while it looks for the place of the tag, before anything is sent.
+pub const STREAM_BUFFER: usize = 32 * 1024;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -34,6 +34,9 @@ where
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle_per_host)
+        // Bounds the read buffer (hyper's default grows to ~400 KiB), and so what a
+        // stalled client's response can hold on the upstream side.
+        .http1_max_buf_size(crate::web::body::STREAM_BUFFER)
         .build(connector)
 }
 

@@ -189,3 +189,50 @@ async fn hook_requests_say_their_event_and_are_signed_with_the_secret() {
     assert_eq!(forged.header("x-session-hook"), None);
     assert_eq!(forged.header("x-session-signature"), None);
 }
+
+/// Only a session's first request waits for its start hook: in tab mode `POST
+/// session` mints the session without waiting (its start hook is slow), and of two
+/// requests that then carry the token at once, only the first waits.
+#[tokio::test]
+async fn only_the_first_request_waits_for_a_slow_start_hook() {
+    let fx = Fixture::start(SessionMode::Tab, |c| {
+        c.hooks.start = "/slow?ms=1500".into();
+        c.hooks.budget = Cfg::from_secs(5);
+    })
+    .await;
+    let mut tab = crate::tab::Browser::new();
+    // First contact (a session of its own); the reload bootstraps a new one.
+    tab.navigate(&fx, "/page").await;
+    let reply = tab.bootstrap(&fx, "/page", None, false).await;
+    assert_eq!(reply["reason"], "new");
+    let token = crate::tab::text(&reply, "token");
+    let send = |path: &'static str| {
+        let (client, url, token) = (tab.client.clone(), fx.url(path), token.clone());
+        let key = tab.key.clone().expect("the browser key");
+        async move {
+            let began = std::time::Instant::now();
+            let response = client
+                .get(url)
+                .header("cookie", key)
+                .header("x-session-token", token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["x-session-state"], "active");
+            began.elapsed()
+        }
+    };
+    let first = tokio::spawn(send("/first"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = send("/second").await;
+    let first = first.await.unwrap();
+    assert!(
+        second < Duration::from_millis(700),
+        "the second request waited {second:?} for the start hook"
+    );
+    assert!(
+        first >= Duration::from_millis(900),
+        "the first request did not wait for the start hook: {first:?}"
+    );
+}

@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod adversarial;
+mod backpressure;
 mod bodies;
 mod cli;
 mod documents;
@@ -21,4 +22,5 @@ mod responses;
 mod tab;
 mod tls;
 mod trust;
+mod tunnels;
 mod upgrade;

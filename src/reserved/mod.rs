@@ -136,7 +136,7 @@ impl Reserved {
         let reply = match session {
             None => StateReply::gone("none"),
             Some(session) => {
-                let state = session.state_at(self.store.rules(), now);
+                let state = session.stored_state();
                 cx.state = Some(state);
                 self.describe(&session, state, Vec::new(), None)
             }
@@ -190,7 +190,7 @@ impl Reserved {
             tickets: self.issue_tickets(session, &browser, MAX_TICKETS / 2, now),
             reason,
         };
-        cx.state = Some(session.state_at(self.store.rules(), now));
+        cx.state = Some(session.stored_state());
         Ok(body::json(StatusCode::OK, &reply))
     }
 
@@ -237,7 +237,7 @@ impl Reserved {
             // The page is gone; whether the tab is, only the absence of further
             // signals can tell (a reload sends `bye` too). So nothing changes here.
             "bye" => {
-                cx.state = Some(session.state_at(self.store.rules(), now));
+                cx.state = Some(session.stored_state());
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 Ok(response)

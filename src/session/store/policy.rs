@@ -136,16 +136,60 @@ impl<S: Storage> Sessions<S> {
         }
     }
 
-    /// Applies the verdict at `now`: ends a session that is past a deadline.
-    fn check(&self, session: Arc<Session>, now: Millis) -> Option<Arc<Session>> {
-        match session.verdict(&self.rules, now) {
-            Verdict::Live(State::Ended) => None,
-            Verdict::Live(_) => Some(session),
+    /// The one place a session changes state on time: brings the stored state to
+    /// what the rules say at `now`, emitting each transition's event, and returns
+    /// the stored state afterwards — the state every reader (responses, heartbeats,
+    /// status, admin, gauges) reports. Lookups, touches, timeout changes and the
+    /// sweeper all come through here, so no reply can say `warning` before its
+    /// `warned` event was emitted: a reply reports the stored state, and the stored
+    /// state becomes `warning` only by the compare-and-swap whose winner emits it.
+    ///
+    /// Order within an idle period: `Idle` when the timeout is reached (the `timeout`
+    /// hook fires on it), then — under `countdown`, once the hook had `consult` ms to
+    /// answer and did not handle it — `Warned`. Activity (or a raised timeout) during
+    /// the countdown moves it back with `Extended`.
+    fn settle(&self, session: &Session, now: Millis) -> State {
+        let verdict = session.verdict(&self.rules, now);
+        match verdict {
             Verdict::Due(reason) => {
-                self.end(&session, reason, now);
-                None
+                self.end(session, reason, now);
+                return State::Ended;
             }
+            Verdict::Live(State::Ended) => return State::Ended,
+            Verdict::Live(_) => {}
         }
+        // Announced where someone listens for it: under `keep`, or when a `timeout`
+        // hook is asked before the countdown (`consult`).
+        let announce = self.rules.on_timeout == OnTimeout::Keep || self.rules.consult > 0;
+        if announce && session.idle_reached(&self.rules, now) && session.announce_idle_period() {
+            self.observer.observe(&SessionEvent::Idle { session });
+        }
+        match verdict {
+            Verdict::Live(State::Warning) => {
+                if session.transition(State::Active, State::Warning) {
+                    self.observer.observe(&SessionEvent::Warned { session });
+                }
+            }
+            Verdict::Live(State::Active) => {
+                if session.transition(State::Warning, State::Active) {
+                    // The countdown is left: the session is filed for the countdown's
+                    // end, but the new idle period may warn before that (a countdown
+                    // longer than the timeout), so it is filed earlier too — else no
+                    // `warned`, no timeout hook and no `extended` for the next one.
+                    if let Some(due) = session.next_due(&self.rules, now) {
+                        self.storage.file_earlier(session, due);
+                    }
+                    self.observer.observe(&SessionEvent::Extended { session });
+                }
+            }
+            _ => {}
+        }
+        session.stored_state()
+    }
+
+    /// Settles a looked-up session: `None` if it is (or just was) ended.
+    fn check(&self, session: Arc<Session>, now: Millis) -> Option<Arc<Session>> {
+        (self.settle(&session, now) != State::Ended).then_some(session)
     }
 
     /// The session handle a token stands for at `now`, and the newer token if it was
@@ -178,26 +222,8 @@ impl<S: Storage> Sessions<S> {
         if !entry.is_current(&session) {
             return; // a leftover entry: the session is filed earlier elsewhere
         }
-        match session.verdict(&self.rules, now) {
-            Verdict::Due(reason) => {
-                self.end(&session, reason, now);
-                return;
-            }
-            Verdict::Live(State::Warning) => {
-                if session.transition(State::Active, State::Warning) {
-                    self.observer
-                        .observe(&SessionEvent::Warned { session: &session });
-                }
-            }
-            Verdict::Live(_) => {
-                let timeout = session.timeout();
-                let idle = timeout > 0 && now >= session.last_activity() + timeout;
-                if idle && self.rules.on_timeout == OnTimeout::Keep && session.report_idle_period()
-                {
-                    self.observer
-                        .observe(&SessionEvent::Idle { session: &session });
-                }
-            }
+        if self.settle(&session, now) == State::Ended {
+            return;
         }
         self.storage
             .refile(&session, entry.bucket, session.next_due(&self.rules, now));
@@ -270,6 +296,10 @@ impl<S: Storage> SessionStore for Sessions<S> {
             self.end(session, reason, now);
             return State::Ended;
         }
+        // Whatever was due before this touch happens first (the `Idle` and `Warned`
+        // of a period the touch ends), so that a touch in the countdown is counted
+        // as `extended` even if the sweeper had not got to the session yet.
+        self.settle(session, now);
         // Activity after a kept (or reported) idle period starts a new one whose
         // warning is due before whatever the session is filed for: the one case where
         // a touch moves a deadline earlier, so the one case it writes the index.
@@ -280,17 +310,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
                 self.storage.file_earlier(session, due);
             }
         }
-        if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
-            // The countdown is left: the session is filed for the countdown's end, but
-            // the new idle period warns before that (a countdown longer than the
-            // timeout), so it is filed earlier too — else no `warned`, no timeout
-            // hook and no `extended` for the next countdown.
-            if let Some(due) = session.next_due(&self.rules, now) {
-                self.storage.file_earlier(session, due);
-            }
-            self.observer.observe(&SessionEvent::Extended { session });
-        }
-        session.state_at(&self.rules, now)
+        self.settle(session, now)
     }
 
     fn end(&self, session: &Session, reason: EndReason, now: Millis) -> bool {
@@ -317,6 +337,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         if let Some(due) = session.next_due(&self.rules, now) {
             self.storage.file_earlier(session, due);
         }
+        self.settle(session, now);
     }
 
     fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError> {
@@ -360,11 +381,16 @@ impl<S: Storage> SessionStore for Sessions<S> {
         let Some(session) = self.get(handle, now) else {
             return;
         };
-        if session.keep_idle_period(idle_since) && session.transition(State::Warning, State::Active)
-        {
-            self.observer
-                .observe(&SessionEvent::Handled { session: &session });
+        if !session.keep_idle_period(idle_since) {
+            return;
         }
+        // Answered within the budget: the countdown never starts. Answered later:
+        // it is called off.
+        let from_warning = session.transition(State::Warning, State::Active);
+        self.observer.observe(&SessionEvent::Handled {
+            session: &session,
+            from_warning,
+        });
     }
 
     fn sweep(&self, now: Millis, max: usize) -> usize {
@@ -420,7 +446,7 @@ mod tests {
                 SessionEvent::Warned { session } => ("warned", session.handle(), None, 0),
                 SessionEvent::Idle { session } => ("idle", session.handle(), None, 0),
                 SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
-                SessionEvent::Handled { session } => ("handled", session.handle(), None, 0),
+                SessionEvent::Handled { session, .. } => ("handled", session.handle(), None, 0),
                 SessionEvent::Ended {
                     session,
                     reason,
@@ -488,8 +514,11 @@ mod tests {
             while self.store.sweep(self.clock.now(), 1024) == 1024 {}
         }
 
+        /// The state a reader sees now (a lookup settles the session first).
         fn state(&self, session: &Session) -> State {
-            session.state_at(self.store.rules(), self.clock.now())
+            self.store
+                .get(&session.handle(), self.clock.now())
+                .map_or(State::Ended, |s| s.stored_state())
         }
     }
 

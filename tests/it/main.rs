@@ -20,5 +20,6 @@ mod reserved;
 mod responses;
 mod tab;
 mod tls;
+mod transitions;
 mod trust;
 mod upgrade;

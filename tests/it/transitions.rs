@@ -1,0 +1,306 @@
+//! Authoritative transitions (DESIGN.md §3): a reply never says `warning` before the
+//! `warned` event was emitted (and, with a `timeout` hook, before the app had its say),
+//! and the state gauges always count the sessions in each state.
+//!
+//! Over HTTP against the real gateway, and as a property over random operation
+//! sequences on the real store with the real metrics as observer (paused clock).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use serde_json::Value;
+use sessiongate::config::{Duration as Cfg, OnTimeout, SessionMode, WhenFull};
+use sessiongate::lifetime::{Activity, Lifetime};
+use sessiongate::metrics::Metrics;
+use sessiongate::session::events::{Observers, SessionEvent, SessionObserver};
+use sessiongate::session::store::{MemoryStore, SessionStore};
+use sessiongate::session::{
+    BrowserKey, Clock, CreatedKind, EndReason, Handle, Session, State, Token, Touch,
+};
+
+use crate::common::{cookie_client, metric_value, Fixture};
+
+async fn status(fx: &Fixture, client: &reqwest::Client) -> Value {
+    client
+        .get(fx.url("/__sessiongate/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A `timeout` hook that answers (not handled) after 700 ms, under a 1.5 s budget:
+/// until the budget has run out, every reader says `active`; once a reply says
+/// `warning`, the `warning` gauge says 1 and the hook had been called.
+#[tokio::test]
+async fn the_countdown_waits_for_the_timeout_hook() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.session.timeout = Cfg::from_millis(400);
+        c.session.countdown = Some(Cfg::from_secs(5));
+        c.session.abandon = Some(Cfg::from_secs(30));
+        c.hooks.timeout = "/slow?ms=700".into();
+        c.hooks.budget = Cfg::from_millis(1_500);
+    })
+    .await;
+    let client = cookie_client();
+    client.get(fx.url("/")).send().await.unwrap();
+    let started = Instant::now();
+    let warning_at = loop {
+        let state = status(&fx, &client).await["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let elapsed = started.elapsed();
+        if state == "warning" {
+            break elapsed;
+        }
+        assert_eq!(state, "active", "at {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "no countdown at all");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // timeout 400 ms + budget 1.5 s: never before 1.9 s.
+    assert!(
+        warning_at >= Duration::from_millis(1_900),
+        "warning after {warning_at:?}, before the hook's budget ran out"
+    );
+    assert!(fx
+        .upstream
+        .requests()
+        .iter()
+        .any(|r| r.uri.starts_with("/slow")));
+    assert_eq!(
+        fx.metric("sessiongate_sessions_active{state=\"warning\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        fx.metric("sessiongate_sessions_active{state=\"active\"}")
+            .await,
+        0.0
+    );
+}
+
+/// Without a hook, the reply that first says `warning` finds the gauge at 1 already,
+/// even when it comes before the sweeper got to the session.
+#[tokio::test]
+async fn a_warning_reply_and_the_gauge_agree() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.session.timeout = Cfg::from_millis(300);
+        c.session.countdown = Some(Cfg::from_secs(5));
+        c.session.abandon = Some(Cfg::from_secs(30));
+    })
+    .await;
+    let client = cookie_client();
+    client.get(fx.url("/")).send().await.unwrap();
+    for _ in 0..100 {
+        let state = status(&fx, &client).await["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = reqwest::get(fx.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let warning = metric_value(&text, "sessiongate_sessions_active{state=\"warning\"}");
+        if state == "warning" {
+            assert_eq!(warning, Some(1.0));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never warned");
+}
+
+// The property.
+
+/// The state each session is in according to the events emitted so far.
+#[derive(Default)]
+struct Model(Mutex<std::collections::HashMap<Handle, State>>);
+
+impl SessionObserver for Model {
+    fn observe(&self, event: &SessionEvent<'_>) {
+        let mut states = self.0.lock().unwrap();
+        match *event {
+            SessionEvent::Started { session, .. } => {
+                states.insert(session.handle(), State::Active);
+            }
+            SessionEvent::Warned { session } => {
+                states.insert(session.handle(), State::Warning);
+            }
+            SessionEvent::Extended { session } => {
+                states.insert(session.handle(), State::Active);
+            }
+            SessionEvent::Handled { session, .. } => {
+                states.insert(session.handle(), State::Active);
+            }
+            SessionEvent::Idle { .. } => {}
+            SessionEvent::Ended { session, .. } => {
+                states.insert(session.handle(), State::Ended);
+            }
+        }
+    }
+}
+
+impl Model {
+    fn of(&self, session: &Session) -> State {
+        self.0.lock().unwrap()[&session.handle()]
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create,
+    Touch(usize, bool),
+    Status(usize),
+    Advance(u64),
+    Sweep,
+    End(usize),
+    SetTimeout(usize, u64),
+    Handled(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Create),
+        3 => (0..6usize, any::<bool>()).prop_map(|(i, a)| Op::Touch(i, a)),
+        3 => (0..6usize).prop_map(Op::Status),
+        4 => (0..4_000u64).prop_map(Op::Advance),
+        2 => Just(Op::Sweep),
+        1 => (0..6usize).prop_map(Op::End),
+        1 => (0..6usize, 0..5_000u64).prop_map(|(i, t)| Op::SetTimeout(i, t)),
+        1 => (0..6usize).prop_map(Op::Handled),
+    ]
+}
+
+fn rules() -> impl Strategy<Value = Lifetime> {
+    (
+        1..5_000u64,
+        prop_oneof![
+            Just(OnTimeout::Countdown),
+            Just(OnTimeout::Keep),
+            Just(OnTimeout::End)
+        ],
+        0..4_000u64,
+        prop_oneof![Just(0u64), 200..2_000u64],
+    )
+        .prop_map(|(timeout, on_timeout, countdown, consult)| {
+            Lifetime::new(
+                Duration::from_millis(timeout),
+                on_timeout,
+                Some(Duration::from_millis(countdown)),
+                Some(Duration::from_millis(timeout * 3)),
+                Duration::ZERO,
+                Activity::Interaction,
+            )
+            .with_consult(Duration::from_millis(consult))
+        })
+}
+
+/// The gauge of `state` on the metrics page.
+fn gauge(metrics: &Metrics, state: &str) -> f64 {
+    let sample = format!("sessiongate_sessions_active{{state=\"{state}\"}}");
+    metric_value(&metrics.render(), &sample).unwrap_or(0.0)
+}
+
+fn run(rules: Lifetime, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let model = Arc::new(Model::default());
+        let observers = Observers::new()
+            .with(Arc::clone(&metrics) as _)
+            .with(Arc::clone(&model) as _);
+        let store = MemoryStore::new(rules, 8, WhenFull::Reject, Arc::new(observers));
+        let clock = Clock::new();
+        let key = BrowserKey::generate().unwrap();
+        let mut sessions: Vec<(Token, Arc<Session>)> = Vec::new();
+        for op in ops {
+            let pick = |i: usize| sessions.get(i % sessions.len().max(1)).cloned();
+            let now = clock.now();
+            // A state some reader reported, and the session it is about.
+            let reported: Option<(Arc<Session>, State)> = match op {
+                Op::Create => {
+                    if let Ok(created) = store.create(&key, None, CreatedKind::New, now) {
+                        sessions.push((created.token, created.session));
+                    }
+                    None
+                }
+                Op::Touch(i, activity) => pick(i).map(|(_, s)| {
+                    let touch = if activity {
+                        Touch::Activity
+                    } else {
+                        Touch::Signal
+                    };
+                    let state = store.touch(&s, touch, now);
+                    (s, state)
+                }),
+                Op::Status(i) => pick(i).map(|(token, s)| {
+                    let state = store
+                        .resolve(&token, &key, now)
+                        .map_or(State::Ended, |r| r.session.stored_state());
+                    (s, state)
+                }),
+                Op::Advance(ms) => {
+                    tokio::time::advance(Duration::from_millis(ms)).await;
+                    None
+                }
+                Op::Sweep => {
+                    while store.sweep(clock.now(), 64) == 64 {}
+                    None
+                }
+                Op::End(i) => {
+                    if let Some((_, s)) = pick(i) {
+                        store.end(&s, EndReason::Admin, now);
+                    }
+                    None
+                }
+                Op::SetTimeout(i, ms) => {
+                    if let Some((_, s)) = pick(i) {
+                        store.set_timeout(&s, ms, now);
+                    }
+                    None
+                }
+                Op::Handled(i) => {
+                    if let Some((_, s)) = pick(i) {
+                        store.timeout_handled(&s.handle(), s.last_activity(), now);
+                    }
+                    None
+                }
+            };
+            if let Some((session, state)) = reported {
+                // What a reader says is what the events said: in particular never
+                // `warning` unless `warned` was emitted (and not undone) before.
+                prop_assert_eq!(state, model.of(&session), "{:?}", op);
+            }
+            let (mut active, mut warning) = (0.0, 0.0);
+            store.for_each(&mut |s| match s.stored_state() {
+                State::Active => active += 1.0,
+                State::Warning => warning += 1.0,
+                State::Ended => {}
+            });
+            prop_assert_eq!(gauge(&metrics, "active"), active, "{:?}", op);
+            prop_assert_eq!(gauge(&metrics, "warning"), warning, "{:?}", op);
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn replies_follow_events_and_gauges_count_states(
+        rules in rules(),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        run(rules, ops)?;
+    }
+}

@@ -134,6 +134,10 @@ impl Reserved {
             .and_then(|key| self.identify(cx, request, &key, false, now))
             .and_then(|caller| caller.session);
         let reply = match session {
+            None if self.presents_ended(cx, request, now) => {
+                cx.state = Some(State::Ended);
+                StateReply::gone("ended")
+            }
             None => StateReply::gone("none"),
             Some(session) => {
                 let state = session.stored_state();
@@ -221,7 +225,16 @@ impl Reserved {
         if request.method() != Method::POST {
             return Err(Refusal::ReservedMethod("POST"));
         }
-        let caller = self.authorize(cx, &request, endpoint == "bye")?;
+        let caller = match self.authorize(cx, &request, endpoint == "bye") {
+            Ok(caller) => caller,
+            // A late call with the token of a session that just ended: say so (the
+            // tab shows "ended"), rather than that there is no session at all.
+            Err(Refusal::NoSession) if self.presents_ended(cx, &request, self.clock.now()) => {
+                cx.state = Some(State::Ended);
+                return Ok(body::json(StatusCode::OK, &StateReply::gone("ended")));
+            }
+            Err(refusal) => return Err(refusal),
+        };
         let body = self.read_body(request).await?;
         let now = self.clock.now();
         let session = &caller.session;
@@ -304,6 +317,17 @@ impl Reserved {
             carrier: identity.carrier,
             new_token: identity.new_token,
         })
+    }
+
+    /// Whether the request presents the token of a session that ended recently.
+    fn presents_ended(&self, cx: &Context, request: &Request<Incoming>, now: u64) -> bool {
+        let carried = Carried {
+            headers: request.headers(),
+            query: None,
+            speculative: false,
+            scheme: cx.scheme,
+        };
+        self.resolver.presents_ended(&carried, now)
     }
 
     /// The session a state-changing request may act on: same origin, a valid

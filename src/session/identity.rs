@@ -170,6 +170,9 @@ pub struct Identity {
     /// Cookies the response must set (written in the request's spelling when the
     /// answer is finished).
     pub set_cookies: Vec<SetCookie>,
+    /// No session, but the request presented the token of one that ended recently:
+    /// the answer says `X-Session-State: ended`, not `none`.
+    pub ended: bool,
 }
 
 impl Identity {
@@ -179,6 +182,7 @@ impl Identity {
             carrier: Some(carrier),
             new_token: resolved.newer_token,
             set_cookies: Vec::new(),
+            ended: false,
         }
     }
 }
@@ -311,7 +315,7 @@ impl Resolver {
             return Ok(Outcome::Forward(identity));
         }
         if ask.carried.speculative {
-            return Ok(Outcome::Forward(Identity::default()));
+            return Ok(Outcome::Forward(self.no_session(&ask.carried, now)));
         }
         if self.mode == SessionMode::Tab && ask.write && carries_identity(&ask.carried) {
             return Ok(Outcome::Ended);
@@ -336,8 +340,35 @@ impl Resolver {
                     Outcome::Bootstrap { browser }
                 })
             }
-            _ => Ok(Outcome::Forward(Identity::default())),
+            _ => Ok(Outcome::Forward(self.no_session(&ask.carried, now))),
         }
+    }
+
+    /// A request forwarded without a session: `ended` if it presented the token of
+    /// a session that ended recently.
+    fn no_session(&self, carried: &Carried<'_>, now: Millis) -> Identity {
+        Identity {
+            ended: self.presents_ended(carried, now),
+            ..Identity::default()
+        }
+    }
+
+    /// Whether the request presents (in `X-Session-Token`, or in `browser` mode the
+    /// session cookie) the token of a session that ended recently.
+    pub fn presents_ended(&self, carried: &Carried<'_>, now: Millis) -> bool {
+        if self
+            .header_token(carried.headers)
+            .is_some_and(|token| self.store.ended_recently(&token, now))
+        {
+            return true;
+        }
+        self.mode == SessionMode::Browser
+            && cookie_values(
+                carried.headers,
+                self.cookies.spelled(carried.scheme).session,
+            )
+            .filter_map(Token::parse)
+            .any(|token| self.store.ended_recently(&token, now))
     }
 
     /// The session a request already carries (header, ticket, cookie), never minting.
@@ -499,6 +530,7 @@ impl Resolver {
             carrier: Some(Carrier::Minted),
             new_token: Some(created.token),
             set_cookies,
+            ended: false,
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sessiongate::config::{Duration as Cfg, OnTimeout, SessionMode, WhenFull};
 use sessiongate::lifetime::{Activity, Lifetime};
 use sessiongate::metrics::Metrics;
@@ -20,6 +20,7 @@ use sessiongate::session::{
 };
 
 use crate::common::{cookie_client, metric_value, Fixture};
+use crate::tab::{text, Browser as TabBrowser};
 
 async fn status(fx: &Fixture, client: &reqwest::Client) -> Value {
     client
@@ -303,4 +304,86 @@ proptest! {
     ) {
         run(rules, ops)?;
     }
+}
+
+// Ended tokens.
+
+/// A late request, status and heartbeat with the token of a session that just
+/// ended are told `ended` — not `none`, not 401 — and nothing is forwarded into a
+/// fresh session by the status call. An unknown token is still `none`.
+#[tokio::test]
+async fn a_just_ended_token_is_told_ended() {
+    let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let cookies = crate::common::session_cookies(&fx).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, cookies: &str| {
+        client
+            .post(fx.url(path))
+            .header("cookie", cookies.to_string())
+            .header("x-sessiongate-agent", "1")
+            .header("content-type", "application/json")
+            .body("{}")
+    };
+    let ended = post("/__sessiongate/end", &cookies).send().await.unwrap();
+    assert_eq!(ended.status(), 200);
+    assert_eq!(ended.headers()["x-session-state"], "ended");
+
+    let status = client
+        .get(fx.url("/__sessiongate/status"))
+        .header("cookie", cookies.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.headers()["x-session-state"], "ended");
+    assert_eq!(status.json::<Value>().await.unwrap()["state"], "ended");
+
+    let beat = post("/__sessiongate/heartbeat", &cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        beat.status(),
+        200,
+        "not 401: the tab is told its session ended"
+    );
+    assert_eq!(beat.headers()["x-session-state"], "ended");
+    assert_eq!(beat.json::<Value>().await.unwrap()["state"], "ended");
+
+    // A token the gateway never issued is still unknown.
+    let browser_key = cookies
+        .split("; ")
+        .find(|c| !c.starts_with("sg_session") && !c.starts_with("__Host-sg_session"))
+        .unwrap_or_default()
+        .to_string();
+    let stranger = post("/__sessiongate/heartbeat", &browser_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 401);
+    assert_eq!(stranger.headers()["x-session-state"], "none");
+}
+
+/// In `tab` mode a background request, a status call and a heartbeat carrying an
+/// ended tab's token are answered as `ended`.
+#[tokio::test]
+async fn a_late_request_from_an_ended_tab_says_ended() {
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let mut tab = TabBrowser::new();
+    tab.navigate(&fx, "/").await;
+    let reply = tab.bootstrap(&fx, "/", None, false).await;
+    let token = text(&reply, "token");
+    let ended = tab.post(&fx, "end", Some(&token), json!({})).await;
+    assert_eq!(ended.headers()["x-session-state"], "ended");
+    let late = tab
+        .client
+        .get(fx.url("/status?code=204"))
+        .header("cookie", tab.key.clone().unwrap())
+        .header("x-session-token", token.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.headers()["x-session-state"], "ended");
+    let beat = tab.post(&fx, "heartbeat", Some(&token), json!({})).await;
+    assert_eq!(beat.status(), 200);
+    assert_eq!(beat.headers()["x-session-state"], "ended");
 }

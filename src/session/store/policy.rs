@@ -45,7 +45,19 @@ pub struct Sessions<S> {
     /// when filed (a stamp never above its current `last_seen`), smallest first.
     eviction: Option<Mutex<EvictionHeap>>,
     observer: Arc<dyn SessionObserver>,
+    /// At most this many recently ended tokens are remembered ([`ENDED_CAP`]).
+    ended_cap: usize,
+    /// For this long: `abandon` of the configured timeout, at least [`ENDED_AGE`].
+    ended_age: Millis,
 }
+
+/// How many recently ended sessions the store remembers (by token digest), so that a
+/// late request is told `ended` rather than `none`: about 64 B each, 4 MiB in all.
+/// Past the cap the oldest are forgotten first (those requests are told `none`).
+pub const ENDED_CAP: usize = 65_536;
+
+/// How long an ended session is remembered at least (longer if `abandon` is).
+pub const ENDED_AGE: Millis = 10 * 60 * 1000;
 
 impl<S: Storage> Sessions<S> {
     pub fn with_storage(
@@ -57,13 +69,21 @@ impl<S: Storage> Sessions<S> {
     ) -> Self {
         Sessions {
             storage,
-            rules,
             binder: Binder::new(),
             deriver: Deriver::new(),
             max_sessions,
             eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
+            ended_cap: ENDED_CAP,
+            ended_age: rules.abandon_for(rules.timeout).max(ENDED_AGE),
+            rules,
         }
+    }
+
+    /// The same store remembering at most `cap` ended sessions (tests of the bound).
+    pub fn with_ended_cap(mut self, cap: usize) -> Self {
+        self.ended_cap = cap;
+        self
     }
 
     /// The storage underneath.
@@ -165,22 +185,18 @@ impl<S: Storage> Sessions<S> {
             self.observer.observe(&SessionEvent::Idle { session });
         }
         match verdict {
-            Verdict::Live(State::Warning) => {
-                if session.transition(State::Active, State::Warning) {
-                    self.observer.observe(&SessionEvent::Warned { session });
-                }
+            Verdict::Live(State::Warning) if session.transition(State::Active, State::Warning) => {
+                self.observer.observe(&SessionEvent::Warned { session });
             }
-            Verdict::Live(State::Active) => {
-                if session.transition(State::Warning, State::Active) {
-                    // The countdown is left: the session is filed for the countdown's
-                    // end, but the new idle period may warn before that (a countdown
-                    // longer than the timeout), so it is filed earlier too — else no
-                    // `warned`, no timeout hook and no `extended` for the next one.
-                    if let Some(due) = session.next_due(&self.rules, now) {
-                        self.storage.file_earlier(session, due);
-                    }
-                    self.observer.observe(&SessionEvent::Extended { session });
+            Verdict::Live(State::Active) if session.transition(State::Warning, State::Active) => {
+                // The countdown is left: the session is filed for the countdown's
+                // end, but the new idle period may warn before that (a countdown
+                // longer than the timeout), so it is filed earlier too — else no
+                // `warned`, no timeout hook and no `extended` for the next one.
+                if let Some(due) = session.next_due(&self.rules, now) {
+                    self.storage.file_earlier(session, due);
                 }
+                self.observer.observe(&SessionEvent::Extended { session });
             }
             _ => {}
         }
@@ -319,8 +335,11 @@ impl<S: Storage> SessionStore for Sessions<S> {
         };
         let handle = session.handle();
         self.storage.remove(&handle);
+        self.storage.remember_ended(handle, now, self.ended_cap);
         if let Some(rotation) = self.storage.remove_rotation(&handle) {
             self.storage.remove_alias(&rotation.current);
+            self.storage
+                .remember_ended(rotation.current, now, self.ended_cap);
         }
         self.storage.release();
         self.observer.observe(&SessionEvent::Ended {
@@ -404,6 +423,15 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn maintain(&self, now: Millis) {
         self.storage.prune_aliases(now);
+        self.storage
+            .forget_ended(now.saturating_sub(self.ended_age));
+    }
+
+    fn ended_recently(&self, token: &Token, now: Millis) -> bool {
+        let derived = self.deriver.handle_of(token);
+        self.storage
+            .ended_at(&derived)
+            .is_some_and(|at| now < at.saturating_add(self.ended_age))
     }
 
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>> {
@@ -906,6 +934,48 @@ mod tests {
         assert_eq!(child.parent_once(), Some(parent.handle()));
         assert_eq!(child.parent_once(), None);
         assert_eq!(parent.parent_once(), None);
+    }
+
+    /// The ended-token table stays at its cap under a flood of ended sessions, the
+    /// oldest going first; entries are forgotten after their age; it keeps digests
+    /// (handles), so a token that was never issued is never "ended".
+    #[tokio::test(start_paused = true)]
+    async fn the_ended_table_is_bounded_and_forgets_the_oldest_first() {
+        const CAP: usize = 64;
+        let w = world(|c| c.max_sessions = 1_000);
+        let store = MemoryStore::new(
+            w.store.rules().clone(),
+            1_000,
+            WhenFull::Reject,
+            w.events.clone(),
+        )
+        .with_ended_cap(CAP);
+        let mut tokens = Vec::new();
+        for _ in 0..CAP * 3 {
+            let created = store
+                .create(&w.key, None, CreatedKind::New, w.clock.now())
+                .unwrap();
+            tokens.push(created.token);
+            store.end(&created.session, EndReason::Ended, w.clock.now());
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(store.storage().ended_len() <= CAP);
+        }
+        let now = w.clock.now();
+        assert_eq!(store.storage().ended_len(), CAP);
+        let remembered: Vec<bool> = tokens
+            .iter()
+            .map(|t| store.ended_recently(t, now))
+            .collect();
+        // Exactly the newest CAP are remembered.
+        assert!(remembered[..CAP * 2].iter().all(|r| !r));
+        assert!(remembered[CAP * 2..].iter().all(|r| *r));
+        assert!(!store.ended_recently(&Token::generate().unwrap(), now));
+        // Past their age, they are not "ended" any more, and maintenance drops them.
+        tokio::time::advance(Duration::from_millis(ENDED_AGE + 1_000)).await;
+        let later = w.clock.now();
+        assert!(!store.ended_recently(&tokens[CAP * 3 - 1], later));
+        store.maintain(later);
+        assert_eq!(store.storage().ended_len(), 0);
     }
 
     mod properties {

@@ -26,7 +26,7 @@ use crate::config::{Config, DuplicateTab};
 use crate::context::{self, Context};
 use crate::lifetime::Lifetime;
 use crate::metrics::Metrics;
-use crate::session::identity::{Carried, Carrier, Resolver};
+use crate::session::identity::{Carried, Carrier, Resolver, SetCookie};
 use crate::session::store::SessionStore;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Clock, EndReason, Session, State, Token, Touch};
@@ -128,11 +128,14 @@ impl Reserved {
             return Err(Refusal::ReservedMethod("GET, HEAD"));
         }
         let now = self.clock.now();
-        let session = self
+        let found = self
             .resolver
             .browser_key(request.headers(), cx.scheme)
-            .and_then(|key| self.identify(cx, request, &key, false, now))
-            .and_then(|caller| caller.session);
+            .and_then(|key| self.identify(cx, request, &key, false, now));
+        let session = found.and_then(|found| {
+            cx.identity.set_cookies.extend(found.set_cookies);
+            found.session
+        });
         let reply = match session {
             None if self.presents_ended(cx, request, now) => {
                 cx.state = Some(State::Ended);
@@ -235,6 +238,11 @@ impl Reserved {
             }
             Err(refusal) => return Err(refusal),
         };
+        if endpoint != "end" {
+            cx.identity
+                .set_cookies
+                .extend(caller.set_cookies.iter().cloned());
+        }
         let body = self.read_body(request).await?;
         let now = self.clock.now();
         let session = &caller.session;
@@ -316,6 +324,7 @@ impl Reserved {
             session: identity.session,
             carrier: identity.carrier,
             new_token: identity.new_token,
+            set_cookies: identity.set_cookies,
         })
     }
 
@@ -360,6 +369,7 @@ impl Reserved {
             session,
             browser,
             new_token: found.new_token,
+            set_cookies: found.set_cookies,
         })
     }
 
@@ -438,6 +448,8 @@ struct Found {
     session: Option<Arc<Session>>,
     carrier: Option<Carrier>,
     new_token: Option<Token>,
+    /// Cookies the reply must set (a rotated token, refreshed persistent cookies).
+    set_cookies: Vec<SetCookie>,
 }
 
 /// The session a reserved request acts on, and what the reply needs to know.
@@ -446,6 +458,8 @@ struct Caller {
     browser: BrowserKey,
     /// The current token when the request presented one that was rotated away.
     new_token: Option<Token>,
+    /// Cookies the reply must set (a rotated token, refreshed persistent cookies).
+    set_cookies: Vec<SetCookie>,
 }
 
 /// `GET agent.js`: the agent. Its URL carries the version, so it may be cached

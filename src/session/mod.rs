@@ -212,6 +212,9 @@ pub struct Session {
     asked_mark: AtomicU64,
     state: AtomicU8,
     flags: AtomicU8,
+    /// When persistent cookies (`session.cookie_lifetime`) were last given to the
+    /// browser for this session: they are refreshed at most once per interval.
+    cookies_at: AtomicU64,
 }
 
 /// `Session::flags`: the parent handle has been sent upstream once.
@@ -248,6 +251,7 @@ impl Session {
             asked_mark: AtomicU64::new(NO_MARK),
             state: AtomicU8::new(0),
             flags: AtomicU8::new(0),
+            cookies_at: AtomicU64::new(now),
         }
     }
 
@@ -357,6 +361,22 @@ impl Session {
         if touch == Touch::Activity {
             self.last_activity.fetch_max(now, Ordering::AcqRel);
         }
+    }
+
+    /// Claims a refresh of the session's persistent cookies: `true` (for exactly one
+    /// caller) if they were last set at least `every` ms before `now`.
+    pub(crate) fn claim_cookie_refresh(&self, every: Millis, now: Millis) -> bool {
+        let last = self.cookies_at.load(Ordering::Acquire);
+        now.saturating_sub(last) >= every
+            && self
+                .cookies_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// How long the session can live at most from `now` (`max_lifetime`), if limited.
+    pub fn lives_at_most(&self, rules: &Lifetime, now: Millis) -> Option<Millis> {
+        self.lifetime_at(rules).map(|end| end.saturating_sub(now))
     }
 
     /// The instant `max_lifetime` ends the session, if it is limited.

@@ -387,3 +387,110 @@ async fn a_late_request_from_an_ended_tab_says_ended() {
     assert_eq!(beat.status(), 200);
     assert_eq!(beat.headers()["x-session-state"], "ended");
 }
+
+// Persistent cookies (`session.cookie_lifetime`).
+
+/// The `Set-Cookie` values of `response`, by cookie name (without attributes' case).
+fn set_cookies(response: &reqwest::Response) -> Vec<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| {
+            let v = v.to_str().unwrap().to_string();
+            let name = v.split('=').next().unwrap().to_string();
+            (name, v)
+        })
+        .collect()
+}
+
+/// The `Max-Age` of one `Set-Cookie` value, if any.
+fn max_age(cookie: &str) -> Option<u64> {
+    cookie
+        .split(';')
+        .map(str::trim)
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .map(|v| v.parse().unwrap())
+}
+
+/// `cookie_lifetime = 0`: both cookies are session cookies, as before.
+#[tokio::test]
+async fn without_a_cookie_lifetime_the_cookies_end_with_the_browser() {
+    let fx = Fixture::start(SessionMode::Browser, |_| {}).await;
+    let first = reqwest::get(fx.url("/")).await.unwrap();
+    let cookies = set_cookies(&first);
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for (name, cookie) in &cookies {
+        assert_eq!(max_age(cookie), None, "{name}: {cookie}");
+        assert!(!cookie.to_ascii_lowercase().contains("expires"), "{cookie}");
+    }
+}
+
+/// A positive `cookie_lifetime` gives both cookies that `Max-Age` — never beyond what
+/// `max_lifetime` leaves — and an answer the session gets anyway (a heartbeat reply)
+/// gives them again once the refresh interval (an hour, or half the lifetime if
+/// shorter) has passed: not before, and only one answer per interval.
+#[tokio::test]
+async fn a_cookie_lifetime_makes_both_cookies_persistent_and_refreshes_them() {
+    let fx = Fixture::start(SessionMode::Browser, |c| {
+        c.session.cookie_lifetime = Cfg::from_secs(86_400);
+    })
+    .await;
+    let first = reqwest::get(fx.url("/")).await.unwrap();
+    let cookies = set_cookies(&first);
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for (name, cookie) in &cookies {
+        assert_eq!(max_age(cookie), Some(86_400), "{name}: {cookie}");
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+    }
+
+    // Capped by what max_lifetime leaves.
+    let capped = Fixture::start(SessionMode::Browser, |c| {
+        c.session.cookie_lifetime = Cfg::from_secs(86_400);
+        c.session.max_lifetime = Cfg::from_secs(600);
+    })
+    .await;
+    let first = reqwest::get(capped.url("/")).await.unwrap();
+    for (name, cookie) in set_cookies(&first) {
+        let age = max_age(&cookie).unwrap();
+        assert!((599..=600).contains(&age), "{name}: {cookie}");
+    }
+
+    // Refreshed by a heartbeat reply: a 4 s lifetime refreshes every 2 s.
+    let short = Fixture::start(SessionMode::Browser, |c| {
+        c.session.cookie_lifetime = Cfg::from_secs(4);
+    })
+    .await;
+    let cookies = crate::common::session_cookies(&short).await;
+    let client = reqwest::Client::new();
+    let beat = || {
+        client
+            .post(short.url("/__sessiongate/heartbeat"))
+            .header("cookie", cookies.clone())
+            .header("x-sessiongate-agent", "1")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let early = beat().await.unwrap();
+    assert_eq!(early.status(), 200);
+    assert!(set_cookies(&early).is_empty(), "refreshed too early");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let due = beat().await.unwrap();
+    assert_eq!(due.status(), 200);
+    let refreshed = set_cookies(&due);
+    assert_eq!(refreshed.len(), 2, "{refreshed:?}");
+    let sent: Vec<&str> = cookies.split("; ").collect();
+    for (name, cookie) in &refreshed {
+        assert_eq!(max_age(cookie), Some(4), "{name}: {cookie}");
+        let pair = cookie.split(';').next().unwrap();
+        assert!(sent.contains(&pair), "the same values again: {pair}");
+    }
+    assert_eq!(
+        due.headers()["cache-control"],
+        "private, no-store",
+        "an answer that sets cookies is never cached"
+    );
+    let again = beat().await.unwrap();
+    assert!(set_cookies(&again).is_empty(), "one answer per interval");
+}

@@ -230,7 +230,9 @@
   const isFiniteNumber = (v) => typeof v === "number" && Number.isFinite(v);
   const isToken = (v) => isString(v) && v.length <= 512 && /^[A-Za-z0-9_-]+$/.test(v);
   const isTicket = (v) => isString(v) && v.length <= 1024 && /^[A-Za-z0-9._~-]+$/.test(v);
-  const clampHeartbeat = (ms) => (isFiniteNumber(ms) && ms > 0 ? Math.min(Math.max(ms, 5000), 600000) : 30000);
+  // The gateway's interval is obeyed down to 1 s (its own floor): a higher floor
+  // here would stretch a short configured interval past `abandon` and end open tabs.
+  const clampHeartbeat = (ms) => (isFiniteNumber(ms) && ms > 0 ? Math.min(Math.max(ms, 1000), 600000) : 30000);
 
   /** Runs `fn`, swallowing any exception: the agent must never break the page. */
   function quietly(fn, ...args) {

@@ -420,3 +420,42 @@ async fn an_open_tab_beats_at_the_configured_interval() {
     browser.assert_no_console_errors("short heartbeat").await;
     browser.close().await;
 }
+
+/// A tab whose session was ended elsewhere (the admin API) is told `ended` by its
+/// next heartbeat — the gateway remembers the ended token — and shows the ended
+/// notice, without a single failed request in the console (a forgotten token got
+/// 401s, logged by the browser as errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_whose_session_was_ended_is_told_ended() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        c.session.timeout = secs(60);
+        c.session.abandon = Some(secs(10));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+
+    let ended = reqwest::Client::new()
+        .delete(gate.admin_url(&format!("/sessions/{handle}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    browser
+        .wait_agent_state("ended", Duration::from_secs(5), "the ended tab")
+        .await;
+    let notice = wait_until("the ended notice", WAIT, || async {
+        let notice = browser.eval(crate::page_truth::NOTICE_JS).await;
+        (!notice.is_null()).then_some(notice)
+    })
+    .await;
+    assert!(notice["height"].as_f64().unwrap() > 0.0, "{notice}");
+    // A few more seconds: nothing keeps knocking with the ended token.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gate.live_sessions(), 0, "nothing started over silently");
+    browser.assert_no_console_errors("ended tab").await;
+    browser.close().await;
+}

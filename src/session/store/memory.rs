@@ -224,7 +224,9 @@ impl Storage for MemoryStorage {
             return;
         }
         let mut table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        while table.at.len() >= cap || table.order.len() >= cap.saturating_mul(2) {
+        // Every entry of `at` has its (newest) twin in `order`, so bounding `order`
+        // bounds both; stale twins of re-remembered digests are dropped with it.
+        while table.order.len() >= cap {
             if table.pop_oldest().is_none() {
                 break;
             }

@@ -52,7 +52,8 @@ pub struct Sessions<S> {
 }
 
 /// How many recently ended sessions the store remembers (by token digest), so that a
-/// late request is told `ended` rather than `none`: about 64 B each, 4 MiB in all.
+/// late request is told `ended` rather than `none`: at the cap the table holds about
+/// 4.7 MiB (hash map 3.2 MiB, age queue 1.5 MiB).
 /// Past the cap the oldest are forgotten first (those requests are told `none`).
 pub const ENDED_CAP: usize = 65_536;
 

@@ -73,7 +73,11 @@ impl Context {
     /// keep a session for others.
     pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers_mut();
-        let state = self.state.map_or("none", State::as_str);
+        // No session, but a token of one that ended recently: `ended`, not `none`.
+        let state = self
+            .state
+            .or(self.identity.ended.then_some(State::Ended))
+            .map_or("none", State::as_str);
         headers.insert(X_SESSION_STATE, HeaderValue::from_static(state));
         let spelling = CookieNames.spelled(self.scheme);
         for cookie in &self.identity.set_cookies {

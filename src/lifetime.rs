@@ -52,6 +52,10 @@ pub struct Lifetime {
     pub max_lifetime: Millis,
     pub activity: Activity,
     beat: Beat,
+    /// How long the app is given to answer the `timeout` hook before the countdown
+    /// starts (0: no `timeout` hook, the countdown starts at the timeout). It is
+    /// `hooks.budget` when a `timeout` hook is configured.
+    pub consult: Millis,
 }
 
 /// Longest duration kept in milliseconds; sums of a few of them never wrap.
@@ -80,7 +84,15 @@ impl Lifetime {
             max_lifetime: millis(max_lifetime),
             activity,
             beat: Beat::Auto,
+            consult: 0,
         }
+    }
+
+    /// The same rules with the app consulted for `consult` (a `timeout` hook with
+    /// this budget) before a countdown starts.
+    pub fn with_consult(mut self, consult: std::time::Duration) -> Self {
+        self.consult = millis(consult);
+        self
     }
 
     /// The same rules with this heartbeat rule.

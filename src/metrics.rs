@@ -352,7 +352,7 @@ impl SessionObserver for Metrics {
                     g.inc();
                 }
             }
-            // Keep mode: the session stays active, so no gauge moves.
+            // The timeout is reached but the session is still active: no gauge moves.
             SessionEvent::Idle { .. } => {}
             SessionEvent::Extended { .. } => {
                 if let Some(g) = self.state_gauge(State::Warning) {
@@ -363,12 +363,14 @@ impl SessionObserver for Metrics {
                 }
                 self.countdowns.with_label_values(&["extended"]).inc();
             }
-            SessionEvent::Handled { .. } => {
-                if let Some(g) = self.state_gauge(State::Warning) {
-                    g.dec();
-                }
-                if let Some(g) = self.state_gauge(State::Active) {
-                    g.inc();
+            SessionEvent::Handled { from_warning, .. } => {
+                if from_warning {
+                    if let Some(g) = self.state_gauge(State::Warning) {
+                        g.dec();
+                    }
+                    if let Some(g) = self.state_gauge(State::Active) {
+                        g.inc();
+                    }
                 }
                 self.countdowns.with_label_values(&["handled"]).inc();
             }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::sessions::SessionApi;
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::hooks::{Hooks, HooksError};
+use crate::hooks::{HookKind, Hooks, HooksError};
 use crate::metrics::Metrics;
 use crate::net::{self, Limits};
 use crate::proxy::tunnel::Tunnels;
@@ -122,8 +122,14 @@ pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartEr
         .with(Arc::clone(&metrics) as _)
         .with(Arc::new(LogObserver))
         .with(Arc::clone(&hooks) as _);
+    // With a `timeout` hook the app is asked first: the countdown waits for its
+    // answer, for `hooks.budget` at most.
+    let mut rules = Lifetime::from_config(&config.session);
+    if hooks.enabled(HookKind::Timeout) {
+        rules = rules.with_consult(config.hooks.budget.get());
+    }
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
-        Lifetime::from_config(&config.session),
+        rules,
         config.session.max_sessions,
         config.session.when_full,
         Arc::new(observers),

@@ -131,15 +131,13 @@ impl SessionApi {
                 )
             }
         };
-        let now = self.clock.now();
-        let rules = self.store.rules();
         // One pass: count every match, and keep the `limit + 1` smallest handles after
         // the cursor in a bounded max-heap (one more than asked tells whether there is
         // a next page).
         let mut count = 0usize;
         let mut heap = BinaryHeap::with_capacity(limit + 2);
         self.store.for_each(&mut |session| {
-            if state.is_some_and(|want| session.state_at(rules, now) != want) {
+            if state.is_some_and(|want| session.stored_state() != want) {
                 return;
             }
             count += 1;
@@ -159,7 +157,7 @@ impl SessionApi {
             sessions.truncate(limit);
             sessions.last().map(|s| s.0)
         });
-        let items: Vec<Value> = sessions.iter().map(|s| self.describe(&s.1, now)).collect();
+        let items: Vec<Value> = sessions.iter().map(|s| self.describe(&s.1)).collect();
         body::json(
             StatusCode::OK,
             &json!({ "sessions": items, "count": count, "next": next.flatten() }),
@@ -172,7 +170,7 @@ impl SessionApi {
             return body::json_error(StatusCode::NOT_FOUND, "no such session");
         };
         match *request.method() {
-            Method::GET | Method::HEAD => body::json(StatusCode::OK, &self.describe(&session, now)),
+            Method::GET | Method::HEAD => body::json(StatusCode::OK, &self.describe(&session)),
             Method::DELETE => {
                 self.store.end(&session, EndReason::Admin, now);
                 body::json(
@@ -211,7 +209,7 @@ impl SessionApi {
                     Err(reason) => return body::json_error(StatusCode::BAD_REQUEST, &reason),
                 };
                 self.store.set_timeout(&session, timeout, now);
-                body::json(StatusCode::OK, &self.describe(&session, now))
+                body::json(StatusCode::OK, &self.describe(&session))
             }
             _ => body::method_not_allowed("GET, HEAD, DELETE, PATCH"),
         }
@@ -219,10 +217,10 @@ impl SessionApi {
 
     /// `{"handle", "state", "mode", "created", "last_activity", "last_seen",
     /// "timeout_ms", "parent"}`: instants in ms since the epoch, the timeout in ms.
-    fn describe(&self, session: &Session, now: Millis) -> Value {
+    fn describe(&self, session: &Session) -> Value {
         json!({
             "handle": session.handle(),
-            "state": session.state_at(self.store.rules(), now).as_str(),
+            "state": session.stored_state().as_str(),
             "mode": self.mode.as_str(),
             "created": self.clock.wall(session.created()),
             "last_activity": self.clock.wall(session.last_activity()),

@@ -230,7 +230,9 @@
   const isFiniteNumber = (v) => typeof v === "number" && Number.isFinite(v);
   const isToken = (v) => isString(v) && v.length <= 512 && /^[A-Za-z0-9_-]+$/.test(v);
   const isTicket = (v) => isString(v) && v.length <= 1024 && /^[A-Za-z0-9._~-]+$/.test(v);
-  const clampHeartbeat = (ms) => (isFiniteNumber(ms) && ms > 0 ? Math.min(Math.max(ms, 5000), 600000) : 30000);
+  // The gateway's interval is obeyed down to 1 s (its own floor): a higher floor
+  // here would stretch a short configured interval past `abandon` and end open tabs.
+  const clampHeartbeat = (ms) => (isFiniteNumber(ms) && ms > 0 ? Math.min(Math.max(ms, 1000), 600000) : 30000);
 
   /** Runs `fn`, swallowing any exception: the agent must never break the page. */
   function quietly(fn, ...args) {
@@ -535,6 +537,15 @@
   /** Handles the answer to a heartbeat or extend sent with `auth`. */
   function settle(result, auth) {
     if (!result.fresh) return;
+    // A token the gateway remembers as ended is answered 200 `ended` (not 401): the
+    // same as a refusal while a newer candidate token may still be this tab's.
+    const gone = result.status === 401 || (result.status === 200 && result.json && result.json.state === "ended");
+    if (gone && TAB && candidate && auth !== candidate) {
+      tokenFailed = true; // the stored token is gone; the header's may be the new one
+      tryCandidate = true;
+      beat();
+      return;
+    }
     if (result.status === 200 && result.json) {
       const current = token();
       if (TAB && auth && auth !== current) {
@@ -551,15 +562,9 @@
       // new token, it is tried once the current one is refused (after its 10 s grace).
       apply(result.json, true);
     } else if (result.status === 401) {
-      if (TAB && candidate && auth !== candidate) {
-        tokenFailed = true; // the stored token is gone; the header's may be the new one
-        tryCandidate = true;
-        beat();
-      } else {
-        candidate = null;
-        tokenFailed = false;
-        toEnded();
-      }
+      candidate = null;
+      tokenFailed = false;
+      toEnded();
     } else {
       retryLater();
     }

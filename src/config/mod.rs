@@ -119,6 +119,10 @@ pub struct SessionConfig {
     pub abandon: Option<Duration>,
     /// Absolute lifetime; zero means none.
     pub max_lifetime: Duration,
+    /// `browser` mode: zero keeps the proxy's cookies session cookies (they end with
+    /// the browser); a positive value gives them this `Max-Age` (never beyond what
+    /// `max_lifetime` leaves), refreshed at most hourly while the session lives.
+    pub cookie_lifetime: Duration,
     pub activity: Activity,
     pub duplicate_tab: DuplicateTab,
     pub max_sessions: usize,
@@ -355,6 +359,7 @@ impl Default for SessionConfig {
             countdown: None,
             abandon: None,
             max_lifetime: Duration::ZERO,
+            cookie_lifetime: Duration::ZERO,
             activity: Activity::Interaction,
             duplicate_tab: DuplicateTab::New,
             max_sessions: 100_000,

@@ -284,10 +284,11 @@ impl SessionObserver for Hooks {
     fn observe(&self, event: &SessionEvent<'_>) {
         let (kind, session, reason, at) = match *event {
             SessionEvent::Started { session, .. } => (HookKind::Start, session, None, None),
-            SessionEvent::Warned { session } | SessionEvent::Idle { session } => {
-                (HookKind::Timeout, session, None, None)
-            }
-            SessionEvent::Extended { .. } | SessionEvent::Handled { .. } => return,
+            // The app is asked when the timeout is reached, before any countdown.
+            SessionEvent::Idle { session } => (HookKind::Timeout, session, None, None),
+            SessionEvent::Warned { .. }
+            | SessionEvent::Extended { .. }
+            | SessionEvent::Handled { .. } => return,
             SessionEvent::Ended {
                 session,
                 reason,

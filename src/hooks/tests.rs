@@ -203,7 +203,7 @@ impl Rig {
     }
 
     fn warn(&self, session: &Session) {
-        self.hooks.observe(&SessionEvent::Warned { session });
+        self.hooks.observe(&SessionEvent::Idle { session });
     }
 
     fn end(&self, session: &Session, reason: EndReason) -> Millis {

@@ -113,12 +113,15 @@ impl Gateway {
         let tickets = Arc::new(Tickets::new(
             config.session.max_sessions.saturating_mul(4).max(65_536),
         )?);
-        let resolver = Arc::new(Resolver::new(
-            Arc::clone(&store),
-            config.session.mode,
-            tickets,
-            CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
-        ));
+        let resolver = Arc::new(
+            Resolver::new(
+                Arc::clone(&store),
+                config.session.mode,
+                tickets,
+                CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
+            )
+            .with_cookie_lifetime(config.session.cookie_lifetime.get()),
+        );
         Ok(Gateway {
             reserved: Reserved::new(
                 config,

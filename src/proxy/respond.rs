@@ -160,7 +160,7 @@ impl Gateway {
                 tracing::error!(%error, session = %session.handle(), "cannot rotate the token");
             }
         }
-        session.state_at(self.store.rules(), now)
+        session.stored_state()
     }
 }
 

@@ -26,7 +26,7 @@ use crate::config::{Config, DuplicateTab};
 use crate::context::{self, Context};
 use crate::lifetime::Lifetime;
 use crate::metrics::Metrics;
-use crate::session::identity::{Carried, Carrier, Resolver};
+use crate::session::identity::{Carried, Carrier, Resolver, SetCookie};
 use crate::session::store::SessionStore;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Clock, EndReason, Session, State, Token, Touch};
@@ -128,15 +128,22 @@ impl Reserved {
             return Err(Refusal::ReservedMethod("GET, HEAD"));
         }
         let now = self.clock.now();
-        let session = self
+        let found = self
             .resolver
             .browser_key(request.headers(), cx.scheme)
-            .and_then(|key| self.identify(cx, request, &key, false, now))
-            .and_then(|caller| caller.session);
+            .and_then(|key| self.identify(cx, request, &key, false, now));
+        let session = found.and_then(|found| {
+            cx.identity.set_cookies.extend(found.set_cookies);
+            found.session
+        });
         let reply = match session {
+            None if self.presents_ended(cx, request, now) => {
+                cx.state = Some(State::Ended);
+                StateReply::gone("ended")
+            }
             None => StateReply::gone("none"),
             Some(session) => {
-                let state = session.state_at(self.store.rules(), now);
+                let state = session.stored_state();
                 cx.state = Some(state);
                 self.describe(&session, state, Vec::new(), None)
             }
@@ -190,7 +197,7 @@ impl Reserved {
             tickets: self.issue_tickets(session, &browser, MAX_TICKETS / 2, now),
             reason,
         };
-        cx.state = Some(session.state_at(self.store.rules(), now));
+        cx.state = Some(session.stored_state());
         Ok(body::json(StatusCode::OK, &reply))
     }
 
@@ -221,7 +228,21 @@ impl Reserved {
         if request.method() != Method::POST {
             return Err(Refusal::ReservedMethod("POST"));
         }
-        let caller = self.authorize(cx, &request, endpoint == "bye")?;
+        let caller = match self.authorize(cx, &request, endpoint == "bye") {
+            Ok(caller) => caller,
+            // A late call with the token of a session that just ended: say so (the
+            // tab shows "ended"), rather than that there is no session at all.
+            Err(Refusal::NoSession) if self.presents_ended(cx, &request, self.clock.now()) => {
+                cx.state = Some(State::Ended);
+                return Ok(body::json(StatusCode::OK, &StateReply::gone("ended")));
+            }
+            Err(refusal) => return Err(refusal),
+        };
+        if endpoint != "end" {
+            cx.identity
+                .set_cookies
+                .extend(caller.set_cookies.iter().cloned());
+        }
         let body = self.read_body(request).await?;
         let now = self.clock.now();
         let session = &caller.session;
@@ -237,7 +258,7 @@ impl Reserved {
             // The page is gone; whether the tab is, only the absence of further
             // signals can tell (a reload sends `bye` too). So nothing changes here.
             "bye" => {
-                cx.state = Some(session.state_at(self.store.rules(), now));
+                cx.state = Some(session.stored_state());
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 Ok(response)
@@ -303,7 +324,19 @@ impl Reserved {
             session: identity.session,
             carrier: identity.carrier,
             new_token: identity.new_token,
+            set_cookies: identity.set_cookies,
         })
+    }
+
+    /// Whether the request presents the token of a session that ended recently.
+    fn presents_ended(&self, cx: &Context, request: &Request<Incoming>, now: u64) -> bool {
+        let carried = Carried {
+            headers: request.headers(),
+            query: None,
+            speculative: false,
+            scheme: cx.scheme,
+        };
+        self.resolver.presents_ended(&carried, now)
     }
 
     /// The session a state-changing request may act on: same origin, a valid
@@ -336,6 +369,7 @@ impl Reserved {
             session,
             browser,
             new_token: found.new_token,
+            set_cookies: found.set_cookies,
         })
     }
 
@@ -414,6 +448,8 @@ struct Found {
     session: Option<Arc<Session>>,
     carrier: Option<Carrier>,
     new_token: Option<Token>,
+    /// Cookies the reply must set (a rotated token, refreshed persistent cookies).
+    set_cookies: Vec<SetCookie>,
 }
 
 /// The session a reserved request acts on, and what the reply needs to know.
@@ -422,6 +458,8 @@ struct Caller {
     browser: BrowserKey,
     /// The current token when the request presented one that was rotated away.
     new_token: Option<Token>,
+    /// Cookies the reply must set (a rotated token, refreshed persistent cookies).
+    set_cookies: Vec<SetCookie>,
 }
 
 /// `GET agent.js`: the agent. Its URL carries the version, so it may be cached

@@ -16,16 +16,23 @@ pub enum SessionEvent<'a> {
         session: &'a Session,
         kind: CreatedKind,
     },
-    /// Idle for its timeout: the countdown starts.
+    /// The countdown starts: the session is now `warning`. Always after the `Idle`
+    /// of its idle period, and, with a `timeout` hook, only once the hook did not
+    /// handle it within `hooks.budget`.
     Warned { session: &'a Session },
-    /// Idle for its timeout under `on_timeout = "keep"`: the session stays active.
-    /// Emitted once per idle period (the `timeout` hook fires on it).
+    /// Idle for its timeout (under `countdown` or `keep`); the session is still
+    /// active. Emitted once per idle period; the `timeout` hook fires on it.
     Idle { session: &'a Session },
     /// Activity during the countdown: back to active.
     Extended { session: &'a Session },
     /// The `timeout` hook answered `{"handled": true}`: the countdown is called off
     /// and the session is kept for this idle period.
-    Handled { session: &'a Session },
+    Handled {
+        session: &'a Session,
+        /// `true` if the countdown had started (the session goes back from
+        /// `warning`); `false` if the hook answered before it did.
+        from_warning: bool,
+    },
     Ended {
         session: &'a Session,
         reason: EndReason,
@@ -79,12 +86,12 @@ impl SessionObserver for LogObserver {
                 tracing::debug!(session = %session.handle(), "session idle: countdown started")
             }
             SessionEvent::Idle { session } => {
-                tracing::debug!(session = %session.handle(), "session idle: kept")
+                tracing::debug!(session = %session.handle(), "session idle: timeout reached")
             }
             SessionEvent::Extended { session } => {
                 tracing::debug!(session = %session.handle(), "session active again")
             }
-            SessionEvent::Handled { session } => {
+            SessionEvent::Handled { session, .. } => {
                 tracing::debug!(session = %session.handle(), "timeout handled by the backend: kept")
             }
             SessionEvent::Ended {

@@ -99,8 +99,14 @@ pub struct Spelling {
 
 impl Spelling {
     /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure under https.
-    /// `None` as the value expires the cookie.
-    pub fn set(&self, name: &'static str, value: Option<String>) -> HeaderValue {
+    /// `None` as the value expires the cookie; `max_age` (seconds) makes it
+    /// persistent, else it is a session cookie.
+    pub fn set(
+        &self,
+        name: &'static str,
+        value: Option<String>,
+        max_age: Option<u64>,
+    ) -> HeaderValue {
         let expire = value.is_none();
         let mut cookie = Cookie::build((name, value.unwrap_or_default()))
             .http_only(true)
@@ -109,6 +115,9 @@ impl Spelling {
             .secure(self.secure);
         if expire {
             cookie = cookie.max_age(cookie::time::Duration::ZERO);
+        } else if let Some(seconds) = max_age {
+            let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+            cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
         }
         // Names are constants and values base64url, so this never fails; an empty
         // header would only mean no cookie.
@@ -139,12 +148,14 @@ pub struct SetCookie {
     pub which: Which,
     /// `None`: expire the cookie.
     pub value: Option<String>,
+    /// `Max-Age` in seconds (`session.cookie_lifetime`); `None`: a session cookie.
+    pub max_age: Option<u64>,
 }
 
 impl SetCookie {
     /// The `Set-Cookie` header value in `spelling`.
     pub fn render(&self, spelling: Spelling) -> HeaderValue {
-        spelling.set(spelling.name(self.which), self.value.clone())
+        spelling.set(spelling.name(self.which), self.value.clone(), self.max_age)
     }
 }
 
@@ -170,6 +181,9 @@ pub struct Identity {
     /// Cookies the response must set (written in the request's spelling when the
     /// answer is finished).
     pub set_cookies: Vec<SetCookie>,
+    /// No session, but the request presented the token of one that ended recently:
+    /// the answer says `X-Session-State: ended`, not `none`.
+    pub ended: bool,
 }
 
 impl Identity {
@@ -179,6 +193,7 @@ impl Identity {
             carrier: Some(carrier),
             new_token: resolved.newer_token,
             set_cookies: Vec::new(),
+            ended: false,
         }
     }
 }
@@ -264,6 +279,10 @@ fn carries_identity(carried: &Carried<'_>) -> bool {
             .is_some_and(|q| query::param(q, TICKET_PARAM).is_some())
 }
 
+/// Persistent cookies (`session.cookie_lifetime`) are given again at most this often
+/// (or at half their lifetime, if that is shorter).
+const COOKIE_REFRESH: Millis = 60 * 60 * 1000;
+
 /// Resolves requests to sessions.
 pub struct Resolver {
     store: Arc<dyn SessionStore>,
@@ -271,6 +290,8 @@ pub struct Resolver {
     pub cookies: CookieNames,
     pub tickets: Arc<Tickets>,
     limiter: CreationLimiter,
+    /// `session.cookie_lifetime` in `browser` mode (0: session cookies).
+    cookie_lifetime: Millis,
 }
 
 impl Resolver {
@@ -286,7 +307,60 @@ impl Resolver {
             cookies: CookieNames,
             tickets,
             limiter,
+            cookie_lifetime: 0,
         }
+    }
+
+    /// The same resolver giving `browser`-mode cookies this lifetime (0: session
+    /// cookies, which end with the browser).
+    pub fn with_cookie_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.cookie_lifetime = if self.mode == SessionMode::Browser {
+            crate::lifetime::millis(lifetime)
+        } else {
+            0
+        };
+        self
+    }
+
+    /// The `Max-Age` (seconds) of `session`'s cookies at `now`: `cookie_lifetime`,
+    /// never beyond what `max_lifetime` leaves; `None` for session cookies.
+    fn cookie_max_age(&self, session: &Session, now: Millis) -> Option<u64> {
+        if self.cookie_lifetime == 0 {
+            return None;
+        }
+        let left = session
+            .lives_at_most(self.store.rules(), now)
+            .map_or(self.cookie_lifetime, |left| left.min(self.cookie_lifetime));
+        Some(left / 1000)
+    }
+
+    /// Both cookies of a `browser`-mode session again, with a fresh `Max-Age`, if
+    /// they are persistent and were last given at least an hour ago (half their
+    /// lifetime, if shorter): one answer per interval carries them.
+    fn refresh_cookies(
+        &self,
+        session: &Session,
+        key: &BrowserKey,
+        token: &Token,
+        now: Millis,
+    ) -> Vec<SetCookie> {
+        let every = COOKIE_REFRESH.min(self.cookie_lifetime / 2).max(1_000);
+        if self.cookie_lifetime == 0 || !session.claim_cookie_refresh(every, now) {
+            return Vec::new();
+        }
+        let max_age = self.cookie_max_age(session, now);
+        vec![
+            SetCookie {
+                which: Which::Browser,
+                value: Some(key.encode()),
+                max_age,
+            },
+            SetCookie {
+                which: Which::Session,
+                value: Some(token.encode()),
+                max_age,
+            },
+        ]
     }
 
     pub fn mode(&self) -> SessionMode {
@@ -311,7 +385,7 @@ impl Resolver {
             return Ok(Outcome::Forward(identity));
         }
         if ask.carried.speculative {
-            return Ok(Outcome::Forward(Identity::default()));
+            return Ok(Outcome::Forward(self.no_session(&ask.carried, now)));
         }
         if self.mode == SessionMode::Tab && ask.write && carries_identity(&ask.carried) {
             return Ok(Outcome::Ended);
@@ -336,8 +410,35 @@ impl Resolver {
                     Outcome::Bootstrap { browser }
                 })
             }
-            _ => Ok(Outcome::Forward(Identity::default())),
+            _ => Ok(Outcome::Forward(self.no_session(&ask.carried, now))),
         }
+    }
+
+    /// A request forwarded without a session: `ended` if it presented the token of
+    /// a session that ended recently.
+    fn no_session(&self, carried: &Carried<'_>, now: Millis) -> Identity {
+        Identity {
+            ended: self.presents_ended(carried, now),
+            ..Identity::default()
+        }
+    }
+
+    /// Whether the request presents (in `X-Session-Token`, or in `browser` mode the
+    /// session cookie) the token of a session that ended recently.
+    pub fn presents_ended(&self, carried: &Carried<'_>, now: Millis) -> bool {
+        if self
+            .header_token(carried.headers)
+            .is_some_and(|token| self.store.ended_recently(&token, now))
+        {
+            return true;
+        }
+        self.mode == SessionMode::Browser
+            && cookie_values(
+                carried.headers,
+                self.cookies.spelled(carried.scheme).session,
+            )
+            .filter_map(Token::parse)
+            .any(|token| self.store.ended_recently(&token, now))
     }
 
     /// The session a request already carries (header, ticket, cookie), never minting.
@@ -358,14 +459,21 @@ impl Resolver {
             });
         }
         if self.mode == SessionMode::Browser {
-            if let Some(resolved) = self.by_cookie(carried, key, now) {
+            if let Some((resolved, presented)) = self.by_cookie(carried, key, now) {
                 let mut identity = Identity::found(resolved, Carrier::Cookie);
-                if let Some(token) = &identity.new_token {
-                    identity.set_cookies.push(SetCookie {
-                        which: Which::Session,
-                        value: Some(token.encode()),
-                    });
+                let session = identity.session.as_deref()?;
+                let current = identity.new_token.as_ref().unwrap_or(&presented);
+                let mut set_cookies = self.refresh_cookies(session, key, current, now);
+                if set_cookies.is_empty() {
+                    if let Some(token) = &identity.new_token {
+                        set_cookies.push(SetCookie {
+                            which: Which::Session,
+                            value: Some(token.encode()),
+                            max_age: self.cookie_max_age(session, now),
+                        });
+                    }
                 }
+                identity.set_cookies = set_cookies;
                 return Some(identity);
             }
         }
@@ -410,13 +518,19 @@ impl Resolver {
         self.store.get_bound(&handle, key, now)
     }
 
-    fn by_cookie(&self, carried: &Carried<'_>, key: &BrowserKey, now: Millis) -> Option<Resolved> {
+    /// The session of the session cookie, and the token the cookie held.
+    fn by_cookie(
+        &self,
+        carried: &Carried<'_>,
+        key: &BrowserKey,
+        now: Millis,
+    ) -> Option<(Resolved, Token)> {
         // Several cookies of the same name can arrive (cookie tossing from a sibling
         // subdomain); the first one that is valid for this browser wins.
         let name = self.cookies.spelled(carried.scheme).session;
         cookie_values(carried.headers, name)
             .filter_map(Token::parse)
-            .find_map(|token| self.store.resolve(&token, key, now))
+            .find_map(|token| Some((self.store.resolve(&token, key, now)?, token)))
     }
 
     /// `POST session` (DESIGN.md §3 rule 5): the bootstrap page of a tab whose
@@ -476,22 +590,26 @@ impl Resolver {
         now: Millis,
     ) -> Result<Identity, SessionError> {
         let mut set_cookies = Vec::with_capacity(2);
-        let key = match key {
-            Some(key) => key,
-            None => {
-                let key = BrowserKey::generate()?;
-                set_cookies.push(SetCookie {
-                    which: Which::Browser,
-                    value: Some(key.encode()),
-                });
-                key
-            }
+        let (key, fresh) = match key {
+            Some(key) => (key, false),
+            None => (BrowserKey::generate()?, true),
         };
         let created = self.create(key, parent, kind, client, now)?;
+        // Persistent cookies: the browser key is given again with the new session's
+        // `Max-Age` (a session cookie left over would end with the browser).
+        let max_age = self.cookie_max_age(&created.session, now);
+        if fresh || max_age.is_some() {
+            set_cookies.push(SetCookie {
+                which: Which::Browser,
+                value: Some(key.encode()),
+                max_age,
+            });
+        }
         if self.mode == SessionMode::Browser {
             set_cookies.push(SetCookie {
                 which: Which::Session,
                 value: Some(created.token.encode()),
+                max_age,
             });
         }
         Ok(Identity {
@@ -499,6 +617,7 @@ impl Resolver {
             carrier: Some(Carrier::Minted),
             new_token: Some(created.token),
             set_cookies,
+            ended: false,
         })
     }
 
@@ -530,6 +649,7 @@ impl Resolver {
             identity.set_cookies.push(SetCookie {
                 which: Which::Session,
                 value: Some(token.encode()),
+                max_age: self.cookie_max_age(session, now),
             });
         }
         identity.new_token = Some(token);
@@ -547,6 +667,7 @@ impl Resolver {
         (self.mode == SessionMode::Browser).then_some(SetCookie {
             which: Which::Session,
             value: None,
+            max_age: None,
         })
     }
 }

@@ -177,7 +177,11 @@ pub enum Verdict {
 /// A session's deadlines, in monotonic milliseconds (`None`: never).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Deadlines {
-    /// When the warning (countdown) starts, or when the timeout ends it.
+    /// When the idle timeout is reached and announced (the `timeout` hook fires),
+    /// unless the timeout ends the session right away.
+    pub idle_at: Option<Millis>,
+    /// When the warning (countdown) starts: the idle timeout, plus the time the app
+    /// is given to answer the `timeout` hook (`consult`).
     pub warn_at: Option<Millis>,
     /// When the session ends if nothing but signals arrive.
     pub end_at: Option<Millis>,
@@ -203,8 +207,14 @@ pub struct Session {
     /// (the `timeout` hook answered `handled`, or `keep` mode reported it); an idle
     /// period ends with the next activity, which makes the mark stale by itself.
     idle_mark: AtomicU64,
+    /// `last_activity` of the idle period whose timeout was already announced (the
+    /// `Idle` event, on which the `timeout` hook fires): once per idle period.
+    asked_mark: AtomicU64,
     state: AtomicU8,
     flags: AtomicU8,
+    /// When persistent cookies (`session.cookie_lifetime`) were last given to the
+    /// browser for this session: they are refreshed at most once per interval.
+    cookies_at: AtomicU64,
 }
 
 /// `Session::flags`: the parent handle has been sent upstream once.
@@ -238,8 +248,10 @@ impl Session {
             timeout: AtomicU64::new(timeout),
             filed_in: AtomicU32::new(expiry::NOT_FILED),
             idle_mark: AtomicU64::new(NO_MARK),
+            asked_mark: AtomicU64::new(NO_MARK),
             state: AtomicU8::new(0),
             flags: AtomicU8::new(0),
+            cookies_at: AtomicU64::new(now),
         }
     }
 
@@ -287,21 +299,29 @@ impl Session {
         self.last_activity() == idle_since
     }
 
-    /// Marks the current idle period as reported; `true` if this call did it.
-    pub(crate) fn report_idle_period(&self) -> bool {
+    /// Marks the current idle period's timeout as announced; `true` if this call did.
+    pub(crate) fn announce_idle_period(&self) -> bool {
         let since = self.last_activity();
-        self.idle_mark.swap(since, Ordering::AcqRel) != since
+        self.asked_mark.swap(since, Ordering::AcqRel) != since
     }
 
-    /// Whether the current idle period was kept or reported (see `idle_mark`).
+    /// Whether the current idle period was kept (see `idle_mark`) or its timeout
+    /// announced (see `asked_mark`).
     pub(crate) fn idle_period_marked(&self) -> bool {
+        let since = self.last_activity();
+        self.idle_mark.load(Ordering::Acquire) == since
+            || self.asked_mark.load(Ordering::Acquire) == since
+    }
+
+    /// Whether the current idle period was kept (the `timeout` hook handled it).
+    fn idle_period_kept(&self) -> bool {
         self.idle_mark.load(Ordering::Acquire) == self.last_activity()
     }
 
     /// What happens at the end of the current idle period: the configured rule,
     /// unless this period has been kept.
     pub fn on_timeout(&self, rules: &Lifetime) -> OnTimeout {
-        if rules.on_timeout == OnTimeout::Countdown && self.idle_period_marked() {
+        if rules.on_timeout == OnTimeout::Countdown && self.idle_period_kept() {
             OnTimeout::Keep
         } else {
             rules.on_timeout
@@ -312,7 +332,9 @@ impl Session {
         self.binding == binding
     }
 
-    /// The state last recorded by the store (events are emitted on its changes).
+    /// The session's state: the one the store last recorded, with the event of every
+    /// change emitted. Every reader reports this (the store settles a session on each
+    /// lookup and touch, and the sweeper on its deadlines).
     pub fn stored_state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -341,6 +363,22 @@ impl Session {
         }
     }
 
+    /// Claims a refresh of the session's persistent cookies: `true` (for exactly one
+    /// caller) if they were last set at least `every` ms before `now`.
+    pub(crate) fn claim_cookie_refresh(&self, every: Millis, now: Millis) -> bool {
+        let last = self.cookies_at.load(Ordering::Acquire);
+        now.saturating_sub(last) >= every
+            && self
+                .cookies_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// How long the session can live at most from `now` (`max_lifetime`), if limited.
+    pub fn lives_at_most(&self, rules: &Lifetime, now: Millis) -> Option<Millis> {
+        self.lifetime_at(rules).map(|end| end.saturating_sub(now))
+    }
+
     /// The instant `max_lifetime` ends the session, if it is limited.
     fn lifetime_at(&self, rules: &Lifetime) -> Option<Millis> {
         (rules.max_lifetime > 0).then(|| self.created.saturating_add(rules.max_lifetime))
@@ -354,6 +392,7 @@ impl Session {
         let lifetime_at = self.lifetime_at(rules);
         if timeout == 0 {
             return Deadlines {
+                idle_at: None,
                 warn_at: None,
                 end_at: lifetime_at,
                 abandon_at: None,
@@ -361,14 +400,16 @@ impl Session {
         }
         let idle_at = self.last_activity().saturating_add(timeout);
         let on_timeout = self.on_timeout(rules);
+        let countdown_at = idle_at.saturating_add(rules.consult);
         let timeout_end = match on_timeout {
-            OnTimeout::Countdown => Some(idle_at.saturating_add(rules.countdown_for(timeout))),
+            OnTimeout::Countdown => Some(countdown_at.saturating_add(rules.countdown_for(timeout))),
             OnTimeout::End => Some(idle_at),
             OnTimeout::Keep => None,
         };
         let abandon_at = self.last_seen().saturating_add(rules.abandon_for(timeout));
         Deadlines {
-            warn_at: (on_timeout != OnTimeout::End).then_some(idle_at),
+            idle_at: (on_timeout != OnTimeout::End).then_some(idle_at),
+            warn_at: (on_timeout == OnTimeout::Countdown).then_some(countdown_at),
             end_at: min_opt(timeout_end, lifetime_at),
             abandon_at: Some(abandon_at),
         }
@@ -391,31 +432,32 @@ impl Session {
             return Verdict::Due(EndReason::Abandoned);
         }
         let idle_at = self.last_activity().saturating_add(timeout);
+        let countdown_at = idle_at.saturating_add(rules.consult);
         match self.on_timeout(rules) {
             OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
-            OnTimeout::Countdown if now >= idle_at.saturating_add(rules.countdown_for(timeout)) => {
+            OnTimeout::Countdown
+                if now >= countdown_at.saturating_add(rules.countdown_for(timeout)) =>
+            {
                 Verdict::Due(EndReason::Timeout)
             }
-            OnTimeout::Countdown if now >= idle_at => Verdict::Live(State::Warning),
+            OnTimeout::Countdown if now >= countdown_at => Verdict::Live(State::Warning),
             _ => Verdict::Live(State::Active),
         }
     }
 
-    /// The state at `now` as browsers see it: a session past a deadline is `Ended`
-    /// even before anyone has ended it.
-    pub fn state_at(&self, rules: &Lifetime, now: Millis) -> State {
-        match self.verdict(rules, now) {
-            Verdict::Live(state) => state,
-            Verdict::Due(_) => State::Ended,
-        }
+    /// Whether the idle timeout of the current idle period has been reached at `now`
+    /// (what the `Idle` event announces), under a rule that does not end it at once.
+    pub(crate) fn idle_reached(&self, rules: &Lifetime, now: Millis) -> bool {
+        self.deadlines(rules).idle_at.is_some_and(|at| now >= at)
     }
 
     /// The next instant after `now` at which the verdict can change, if any.
     pub fn next_due(&self, rules: &Lifetime, now: Millis) -> Option<Millis> {
         let d = self.deadlines(rules);
-        // Before the warning starts, the warning itself is the next event.
+        // Before the idle timeout and the warning, those are the next events.
+        let idle = d.idle_at.filter(|&w| w > now);
         let warn = d.warn_at.filter(|&w| w > now);
-        min_opt(min_opt(warn, d.end_at), d.abandon_at)
+        min_opt(min_opt(min_opt(idle, warn), d.end_at), d.abandon_at)
     }
 }
 
@@ -471,11 +513,12 @@ mod tests {
             return Verdict::Due(EndReason::Abandoned);
         }
         let idle_at = sum(session.last_activity(), timeout);
-        let countdown_end = idle_at + u128::from(rules.countdown_for(timeout));
+        let countdown_at = idle_at + u128::from(rules.consult);
+        let countdown_end = countdown_at + u128::from(rules.countdown_for(timeout));
         match session.on_timeout(rules) {
             OnTimeout::End if now >= idle_at => Verdict::Due(EndReason::Timeout),
             OnTimeout::Countdown if now >= countdown_end => Verdict::Due(EndReason::Timeout),
-            OnTimeout::Countdown if now >= idle_at => Verdict::Live(State::Warning),
+            OnTimeout::Countdown if now >= countdown_at => Verdict::Live(State::Warning),
             _ => Verdict::Live(State::Active),
         }
     }
@@ -533,7 +576,7 @@ mod tests {
                 prop_assert_eq!(verdict, exact_verdict(&session, &rules, now));
             }
             // No deadline lies before the instants it is counted from.
-            for at in [deadlines.warn_at, deadlines.end_at, deadlines.abandon_at]
+            for at in [deadlines.idle_at, deadlines.warn_at, deadlines.end_at, deadlines.abandon_at]
                 .into_iter()
                 .flatten()
             {

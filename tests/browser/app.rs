@@ -242,6 +242,10 @@ async fn handle(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Ap
             ),
         ),
         (_, "/shadow") => html(shadow_page(&hit)),
+        // A `timeout` hook that keeps the session (Wisej's handled `SessionTimeout`).
+        ("POST", "/hook/handled") => {
+            respond(StatusCode::OK, "application/json", r#"{"handled": true}"#)
+        }
         (_, "/favicon.ico") => respond(StatusCode::NO_CONTENT, "image/x-icon", ""),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
     }

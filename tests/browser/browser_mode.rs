@@ -90,3 +90,44 @@ async fn countdown_shows_in_every_tab_and_stay_in_one_extends_all() {
         .await;
     browser.close().await;
 }
+
+/// `session.cookie_lifetime`: a `browser`-mode session survives closing Chromium and
+/// opening it again with the same profile directory; with the default (`0`, session
+/// cookies) the reopened browser gets a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_browser_restart_with_a_cookie_lifetime() {
+    async fn across_restart(gate: &Gate, context: &str) -> (String, String) {
+        let profile = tempfile::Builder::new()
+            .prefix("sessiongate-profile-")
+            .tempdir()
+            .expect("a profile directory");
+        let browser = Browser::launch_with_profile(profile.path()).await;
+        browser.goto(&gate.url("/page")).await;
+        let (before, _) = browser.wait_handle(None, context).await;
+        browser.wait_agent(context).await;
+        browser.assert_no_console_errors(context).await;
+        browser.close().await;
+        // Chromium writes its cookie store on the way out; wait until it is gone.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let browser = Browser::launch_with_profile(profile.path()).await;
+        browser.goto(&gate.url("/page")).await;
+        let (after, _) = browser.wait_handle(None, context).await;
+        browser.wait_agent(context).await;
+        browser.assert_no_console_errors(context).await;
+        browser.close().await;
+        (before, after)
+    }
+
+    let gate = Gate::start(SessionMode::Browser, |c| {
+        c.session.cookie_lifetime = Duration::from_secs(86_400).into();
+    })
+    .await;
+    let (before, after) = across_restart(&gate, "cookie_lifetime = 1d").await;
+    assert_eq!(before, after, "the session did not survive the restart");
+    assert_eq!(gate.live_sessions(), 1);
+
+    let gate = Gate::start(SessionMode::Browser, |_| {}).await;
+    let (before, after) = across_restart(&gate, "cookie_lifetime = 0").await;
+    assert_ne!(before, after, "session cookies must end with the browser");
+}

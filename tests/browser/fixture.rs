@@ -53,7 +53,7 @@ impl Gate {
         let store = &self.gateway.store;
         let now = self.gateway.clock.now();
         let session = store.get(&handle, now)?;
-        Some(session.state_at(store.rules(), now).as_str())
+        Some(session.stored_state().as_str())
     }
 
     /// How many live sessions the gateway holds.

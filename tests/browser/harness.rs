@@ -286,6 +286,17 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a fresh Chromium profile with console logging on.
     pub async fn launch() -> Browser {
+        Browser::launch_in(None).await
+    }
+
+    /// Starts chromedriver and Chromium with the profile (user data) directory
+    /// `profile`, which the caller keeps: a second launch with the same directory is
+    /// the same browser reopened (cookies, storage), as after closing it.
+    pub async fn launch_with_profile(profile: &Path) -> Browser {
+        Browser::launch_in(Some(profile)).await
+    }
+
+    async fn launch_in(user_data: Option<&Path>) -> Browser {
         let chrome = binary("CHROME", DEFAULT_CHROME);
         let profile = tempfile::Builder::new()
             .prefix("sessiongate-browser-")
@@ -294,11 +305,9 @@ impl Browser {
         let mut driver = Driver::spawn(profile.path());
         driver.ready().await;
 
+        let user_data = user_data.map_or_else(|| profile.path().join("profile"), Path::to_path_buf);
         let mut args: Vec<String> = CHROME_ARGS.iter().map(|a| a.to_string()).collect();
-        args.push(format!(
-            "--user-data-dir={}",
-            profile.path().join("profile").display()
-        ));
+        args.push(format!("--user-data-dir={}", user_data.display()));
         let mut caps = Capabilities::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(

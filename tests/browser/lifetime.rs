@@ -278,3 +278,184 @@ async fn a_mouse_click_on_stay_counts_as_extended_every_time() {
     browser.assert_no_console_errors("mouse Stay").await;
     browser.close().await;
 }
+
+/// `hooks.timeout` answering `{"handled": true}` (Wisej's handled `SessionTimeout`):
+/// across three idle periods (a key press starts each next one) the countdown window
+/// never appears, the page's own `warning` listener is never called, the session
+/// never leaves `active`, and each period counts as `countdowns_total{outcome="handled"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handled_timeout_hook_keeps_the_countdown_away() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        short_timeout(c);
+        c.hooks.timeout = "/hook/handled".into();
+        c.hooks.budget = secs(1);
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+    browser.eval(RECORD_EVENTS_JS).await;
+
+    for period in 1..=3u32 {
+        let context = format!("idle period #{period}");
+        // timeout 2 s, then the hook (answering at once, 1 s budget): a window that
+        // was going to show would show within 4 s; watch for 4.5 s.
+        let watched = tokio::time::Instant::now() + Duration::from_millis(4_500);
+        while tokio::time::Instant::now() < watched {
+            let shown = dialog(&browser).await;
+            assert!(
+                shown["hosts"].as_array().unwrap().is_empty(),
+                "{context}: the countdown window appeared: {shown}"
+            );
+            assert!(
+                shown["events"].as_array().unwrap().is_empty(),
+                "{context}: the page's listeners were called: {shown}"
+            );
+            assert_eq!(
+                browser.agent_state().await.as_deref(),
+                Some("active"),
+                "{context}"
+            );
+            assert_eq!(gate.session_state(&handle), Some("active"), "{context}");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(
+            gate.metric(r#"sessiongate_countdowns_total{outcome="handled"}"#)
+                .await,
+            f64::from(period),
+            "{context}: the hook's answer is counted once per idle period"
+        );
+        assert_eq!(
+            gate.metric(r#"sessiongate_sessions_active{state="warning"}"#)
+                .await,
+            0.0,
+            "{context}"
+        );
+        // Activity: the next idle period starts.
+        browser.press(Key::Shift).await;
+    }
+    browser.assert_no_console_errors("handled timeout").await;
+    browser.close().await;
+}
+
+/// Without a `timeout` hook the countdown window appears, and at the moment it
+/// shows the server already counts the session as `warning` (the gauge is 1, the
+/// store says `warning`) — read once, with no waiting for them to catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_countdown_shows_only_while_the_server_says_warning() {
+    let gate = Gate::start(SessionMode::Tab, short_timeout).await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+    browser.eval(RECORD_EVENTS_JS).await;
+
+    let shown = wait_until("the countdown window", Duration::from_secs(8), || async {
+        let shown = dialog(&browser).await;
+        (!shown["hosts"].as_array().unwrap().is_empty()).then_some(shown)
+    })
+    .await;
+    assert_eq!(
+        gate.metric(r#"sessiongate_sessions_active{state="warning"}"#)
+            .await,
+        1.0,
+        "the window shows while the warning gauge says 0: {shown}"
+    );
+    assert_eq!(gate.session_state(&handle), Some("warning"));
+    assert!(
+        dialog(&browser).await["events"]
+            .as_array()
+            .unwrap()
+            .contains(&Json::from("warning:warning")),
+        "the page's warning listener was not called"
+    );
+    assert_eq!(
+        gate.metric(r#"sessiongate_countdowns_total{outcome="handled"}"#)
+            .await,
+        0.0
+    );
+    // "Stay": the gauge goes back to 0.
+    browser.press(Key::Escape).await;
+    browser
+        .wait_agent_state("active", Duration::from_secs(3), "after Stay")
+        .await;
+    assert_eq!(
+        gate.metric(r#"sessiongate_sessions_active{state="warning"}"#)
+            .await,
+        0.0
+    );
+    browser
+        .assert_no_console_errors("countdown without a hook")
+        .await;
+    browser.close().await;
+}
+
+/// The agent beats as often as the gateway says, down to 1 s: with `heartbeat = 1s`
+/// and `abandon = 3s` an open, idle tab keeps its session for well past `abandon`.
+/// (The agent used to stretch any interval to at least 5 s, so a tab whose
+/// configured beat was within `abandon` was abandoned while open — the cause of
+/// `closed_tab_is_abandoned`'s flakiness, where abandon is 5 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tab_beats_at_the_configured_interval() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        c.session.timeout = secs(60);
+        c.session.abandon = Some(secs(3));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+    let before = gate.metric("sessiongate_heartbeats_total").await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        gate.session_state(&handle),
+        Some("active"),
+        "an open tab was abandoned"
+    );
+    let beats = gate.metric("sessiongate_heartbeats_total").await - before;
+    assert!(beats >= 5.0, "{beats} heartbeats in 7 s at a 1 s interval");
+    browser.assert_no_console_errors("short heartbeat").await;
+    browser.close().await;
+}
+
+/// A tab whose session was ended elsewhere (the admin API) is told `ended` by its
+/// next heartbeat — the gateway remembers the ended token — and shows the ended
+/// notice, without a single failed request in the console (a forgotten token got
+/// 401s, logged by the browser as errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_whose_session_was_ended_is_told_ended() {
+    let gate = Gate::start(SessionMode::Tab, |c| {
+        c.session.timeout = secs(60);
+        c.session.abandon = Some(secs(10));
+        c.browser.heartbeat = Heartbeat::Every(secs(1));
+    })
+    .await;
+    let browser = Browser::launch().await;
+    browser.goto(&gate.url("/page")).await;
+    let (handle, _) = browser.wait_handle(None, "the tab").await;
+    browser.wait_agent("the tab").await;
+
+    let ended = reqwest::Client::new()
+        .delete(gate.admin_url(&format!("/sessions/{handle}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    browser
+        .wait_agent_state("ended", Duration::from_secs(5), "the ended tab")
+        .await;
+    let notice = wait_until("the ended notice", WAIT, || async {
+        let notice = browser.eval(crate::page_truth::NOTICE_JS).await;
+        (!notice.is_null()).then_some(notice)
+    })
+    .await;
+    assert!(notice["height"].as_f64().unwrap() > 0.0, "{notice}");
+    // A few more seconds: nothing keeps knocking with the ended token.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gate.live_sessions(), 0, "nothing started over silently");
+    browser.assert_no_console_errors("ended tab").await;
+    browser.close().await;
+}

@@ -79,7 +79,7 @@ async fn countdown_speaks_the_pages_language_with_configured_overrides() {
 
 /// What a tab's UI shows of the ended notice: its host (a custom element), where it
 /// sits against the page's heading, and whether it has the focus.
-const NOTICE_JS: &str = r#"
+pub const NOTICE_JS: &str = r#"
 const host = Array.from(document.querySelectorAll("body > *")).find(e => e.localName.includes("-"));
 if (!host) return null;
 const box = host.getBoundingClientRect();

@@ -21,6 +21,7 @@ mod reserved;
 mod responses;
 mod tab;
 mod tls;
+mod transitions;
 mod trust;
 mod tunnels;
 mod upgrade;

@@ -9,9 +9,9 @@
 //! DashMap guards are never held across another map operation: values are copied
 //! out first (`Arc`, `Copy`), which keeps the storage deadlock-free.
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -54,9 +54,31 @@ pub struct MemoryStorage {
     rotations: DashMap<Handle, Rotation>,
     aliases: DashMap<Handle, Alias>,
     index: DeadlineIndex,
+    /// Recently ended sessions (see [`Storage::remember_ended`]).
+    ended: Mutex<EndedTable>,
     /// Slots taken (see [`Storage::reserve`]). Every create and end writes it, so it
     /// sits on lines of its own, away from what every lookup reads.
     live: OwnLines<AtomicUsize>,
+}
+
+/// Recently ended sessions: digest → end instant, and the digests in the order they
+/// ended (ends are recorded with a monotonic clock, so that order is by age too).
+/// Only the end path and late lookups take the lock.
+#[derive(Default)]
+struct EndedTable {
+    at: HashMap<Handle, Millis>,
+    order: VecDeque<(Handle, Millis)>,
+}
+
+impl EndedTable {
+    /// Drops the oldest entry; stale order entries (re-remembered digests) skip.
+    fn pop_oldest(&mut self) -> Option<Millis> {
+        let (handle, at) = self.order.pop_front()?;
+        if self.at.get(&handle) == Some(&at) {
+            self.at.remove(&handle);
+        }
+        Some(at)
+    }
 }
 
 /// A value on cache lines of its own: 128 B, as CPUs prefetch lines in pairs.
@@ -195,5 +217,41 @@ impl Storage for MemoryStorage {
 
     fn remove_rotation(&self, handle: &Handle) -> Option<Rotation> {
         self.rotations.remove(handle).map(|(_, rotation)| rotation)
+    }
+
+    fn remember_ended(&self, derived: Handle, at: Millis, cap: usize) {
+        if cap == 0 {
+            return;
+        }
+        let mut table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        // Every entry of `at` has its (newest) twin in `order`, so bounding `order`
+        // bounds both; stale twins of re-remembered digests are dropped with it.
+        while table.order.len() >= cap {
+            if table.pop_oldest().is_none() {
+                break;
+            }
+        }
+        table.at.insert(derived, at);
+        table.order.push_back((derived, at));
+    }
+
+    fn ended_at(&self, derived: &Handle) -> Option<Millis> {
+        let table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        table.at.get(derived).copied()
+    }
+
+    fn forget_ended(&self, before: Millis) {
+        let mut table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while table.order.front().is_some_and(|&(_, at)| at < before) {
+            table.pop_oldest();
+        }
+    }
+
+    fn ended_len(&self) -> usize {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .at
+            .len()
     }
 }

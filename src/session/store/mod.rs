@@ -8,7 +8,7 @@
 //!   on top of it, the store the gateway runs.
 //! - [`Sessions`] (`policy.rs`): the lifetime policy, written once over any storage:
 //!   transitions and their events, verdicts on lookup, `max_sessions`, rotation
-//!   grace, sweeping.
+//!   grace, sweeping, and the memory of recently ended tokens.
 //!
 //! The request path only talks to the trait, so a shared store (several gateway
 //! replicas, DESIGN.md §10) is another [`Storage`], without touching it.
@@ -20,7 +20,7 @@ mod storage;
 use std::sync::Arc;
 
 pub use memory::{MemoryStorage, MemoryStore};
-pub use policy::Sessions;
+pub use policy::{Sessions, ENDED_AGE, ENDED_CAP};
 pub use storage::{Alias, Rotation, Storage};
 
 use super::{
@@ -94,7 +94,11 @@ pub trait SessionStore: Send + Sync {
     /// Handles up to `max` due deadlines; returns how many entries it looked at.
     fn sweep(&self, now: Millis, max: usize) -> usize;
 
-    /// Periodic housekeeping of side tables (retired tokens).
+    /// Whether `token` belonged to a session that ended recently (it is remembered
+    /// by digest for a while, boundedly): a late request with it is told `ended`.
+    fn ended_recently(&self, token: &Token, now: Millis) -> bool;
+
+    /// Periodic housekeeping of side tables (retired tokens, ended sessions).
     fn maintain(&self, now: Millis);
 
     /// Live sessions ordered by handle, starting after `after`.

@@ -45,7 +45,20 @@ pub struct Sessions<S> {
     /// when filed (a stamp never above its current `last_seen`), smallest first.
     eviction: Option<Mutex<EvictionHeap>>,
     observer: Arc<dyn SessionObserver>,
+    /// At most this many recently ended tokens are remembered ([`ENDED_CAP`]).
+    ended_cap: usize,
+    /// For this long: `abandon` of the configured timeout, at least [`ENDED_AGE`].
+    ended_age: Millis,
 }
+
+/// How many recently ended sessions the store remembers (by token digest), so that a
+/// late request is told `ended` rather than `none`: at the cap the table holds about
+/// 4.7 MiB (hash map 3.2 MiB, age queue 1.5 MiB).
+/// Past the cap the oldest are forgotten first (those requests are told `none`).
+pub const ENDED_CAP: usize = 65_536;
+
+/// How long an ended session is remembered at least (longer if `abandon` is).
+pub const ENDED_AGE: Millis = 10 * 60 * 1000;
 
 impl<S: Storage> Sessions<S> {
     pub fn with_storage(
@@ -57,13 +70,21 @@ impl<S: Storage> Sessions<S> {
     ) -> Self {
         Sessions {
             storage,
-            rules,
             binder: Binder::new(),
             deriver: Deriver::new(),
             max_sessions,
             eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
+            ended_cap: ENDED_CAP,
+            ended_age: rules.abandon_for(rules.timeout).max(ENDED_AGE),
+            rules,
         }
+    }
+
+    /// The same store remembering at most `cap` ended sessions (tests of the bound).
+    pub fn with_ended_cap(mut self, cap: usize) -> Self {
+        self.ended_cap = cap;
+        self
     }
 
     /// The storage underneath.
@@ -136,16 +157,56 @@ impl<S: Storage> Sessions<S> {
         }
     }
 
-    /// Applies the verdict at `now`: ends a session that is past a deadline.
-    fn check(&self, session: Arc<Session>, now: Millis) -> Option<Arc<Session>> {
-        match session.verdict(&self.rules, now) {
-            Verdict::Live(State::Ended) => None,
-            Verdict::Live(_) => Some(session),
+    /// The one place a session changes state on time: brings the stored state to
+    /// what the rules say at `now`, emitting each transition's event, and returns
+    /// the stored state afterwards — the state every reader (responses, heartbeats,
+    /// status, admin, gauges) reports. Lookups, touches, timeout changes and the
+    /// sweeper all come through here, so no reply can say `warning` before its
+    /// `warned` event was emitted: a reply reports the stored state, and the stored
+    /// state becomes `warning` only by the compare-and-swap whose winner emits it.
+    ///
+    /// Order within an idle period: `Idle` when the timeout is reached (the `timeout`
+    /// hook fires on it), then — under `countdown`, once the hook had `consult` ms to
+    /// answer and did not handle it — `Warned`. Activity (or a raised timeout) during
+    /// the countdown moves it back with `Extended`.
+    fn settle(&self, session: &Session, now: Millis) -> State {
+        let verdict = session.verdict(&self.rules, now);
+        match verdict {
             Verdict::Due(reason) => {
-                self.end(&session, reason, now);
-                None
+                self.end(session, reason, now);
+                return State::Ended;
             }
+            Verdict::Live(State::Ended) => return State::Ended,
+            Verdict::Live(_) => {}
         }
+        // Announced where someone listens for it: under `keep`, or when a `timeout`
+        // hook is asked before the countdown (`consult`).
+        let announce = self.rules.on_timeout == OnTimeout::Keep || self.rules.consult > 0;
+        if announce && session.idle_reached(&self.rules, now) && session.announce_idle_period() {
+            self.observer.observe(&SessionEvent::Idle { session });
+        }
+        match verdict {
+            Verdict::Live(State::Warning) if session.transition(State::Active, State::Warning) => {
+                self.observer.observe(&SessionEvent::Warned { session });
+            }
+            Verdict::Live(State::Active) if session.transition(State::Warning, State::Active) => {
+                // The countdown is left: the session is filed for the countdown's
+                // end, but the new idle period may warn before that (a countdown
+                // longer than the timeout), so it is filed earlier too — else no
+                // `warned`, no timeout hook and no `extended` for the next one.
+                if let Some(due) = session.next_due(&self.rules, now) {
+                    self.storage.file_earlier(session, due);
+                }
+                self.observer.observe(&SessionEvent::Extended { session });
+            }
+            _ => {}
+        }
+        session.stored_state()
+    }
+
+    /// Settles a looked-up session: `None` if it is (or just was) ended.
+    fn check(&self, session: Arc<Session>, now: Millis) -> Option<Arc<Session>> {
+        (self.settle(&session, now) != State::Ended).then_some(session)
     }
 
     /// The session handle a token stands for at `now`, and the newer token if it was
@@ -178,26 +239,8 @@ impl<S: Storage> Sessions<S> {
         if !entry.is_current(&session) {
             return; // a leftover entry: the session is filed earlier elsewhere
         }
-        match session.verdict(&self.rules, now) {
-            Verdict::Due(reason) => {
-                self.end(&session, reason, now);
-                return;
-            }
-            Verdict::Live(State::Warning) => {
-                if session.transition(State::Active, State::Warning) {
-                    self.observer
-                        .observe(&SessionEvent::Warned { session: &session });
-                }
-            }
-            Verdict::Live(_) => {
-                let timeout = session.timeout();
-                let idle = timeout > 0 && now >= session.last_activity() + timeout;
-                if idle && self.rules.on_timeout == OnTimeout::Keep && session.report_idle_period()
-                {
-                    self.observer
-                        .observe(&SessionEvent::Idle { session: &session });
-                }
-            }
+        if self.settle(&session, now) == State::Ended {
+            return;
         }
         self.storage
             .refile(&session, entry.bucket, session.next_due(&self.rules, now));
@@ -270,6 +313,10 @@ impl<S: Storage> SessionStore for Sessions<S> {
             self.end(session, reason, now);
             return State::Ended;
         }
+        // Whatever was due before this touch happens first (the `Idle` and `Warned`
+        // of a period the touch ends), so that a touch in the countdown is counted
+        // as `extended` even if the sweeper had not got to the session yet.
+        self.settle(session, now);
         // Activity after a kept (or reported) idle period starts a new one whose
         // warning is due before whatever the session is filed for: the one case where
         // a touch moves a deadline earlier, so the one case it writes the index.
@@ -280,17 +327,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
                 self.storage.file_earlier(session, due);
             }
         }
-        if touch == Touch::Activity && session.transition(State::Warning, State::Active) {
-            // The countdown is left: the session is filed for the countdown's end, but
-            // the new idle period warns before that (a countdown longer than the
-            // timeout), so it is filed earlier too — else no `warned`, no timeout
-            // hook and no `extended` for the next countdown.
-            if let Some(due) = session.next_due(&self.rules, now) {
-                self.storage.file_earlier(session, due);
-            }
-            self.observer.observe(&SessionEvent::Extended { session });
-        }
-        session.state_at(&self.rules, now)
+        self.settle(session, now)
     }
 
     fn end(&self, session: &Session, reason: EndReason, now: Millis) -> bool {
@@ -299,8 +336,11 @@ impl<S: Storage> SessionStore for Sessions<S> {
         };
         let handle = session.handle();
         self.storage.remove(&handle);
+        self.storage.remember_ended(handle, now, self.ended_cap);
         if let Some(rotation) = self.storage.remove_rotation(&handle) {
             self.storage.remove_alias(&rotation.current);
+            self.storage
+                .remember_ended(rotation.current, now, self.ended_cap);
         }
         self.storage.release();
         self.observer.observe(&SessionEvent::Ended {
@@ -317,6 +357,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         if let Some(due) = session.next_due(&self.rules, now) {
             self.storage.file_earlier(session, due);
         }
+        self.settle(session, now);
     }
 
     fn rotate(&self, session: &Session, now: Millis) -> Result<Token, SessionError> {
@@ -360,11 +401,16 @@ impl<S: Storage> SessionStore for Sessions<S> {
         let Some(session) = self.get(handle, now) else {
             return;
         };
-        if session.keep_idle_period(idle_since) && session.transition(State::Warning, State::Active)
-        {
-            self.observer
-                .observe(&SessionEvent::Handled { session: &session });
+        if !session.keep_idle_period(idle_since) {
+            return;
         }
+        // Answered within the budget: the countdown never starts. Answered later:
+        // it is called off.
+        let from_warning = session.transition(State::Warning, State::Active);
+        self.observer.observe(&SessionEvent::Handled {
+            session: &session,
+            from_warning,
+        });
     }
 
     fn sweep(&self, now: Millis, max: usize) -> usize {
@@ -378,6 +424,15 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn maintain(&self, now: Millis) {
         self.storage.prune_aliases(now);
+        self.storage
+            .forget_ended(now.saturating_sub(self.ended_age));
+    }
+
+    fn ended_recently(&self, token: &Token, now: Millis) -> bool {
+        let derived = self.deriver.handle_of(token);
+        self.storage
+            .ended_at(&derived)
+            .is_some_and(|at| now < at.saturating_add(self.ended_age))
     }
 
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>> {
@@ -420,7 +475,7 @@ mod tests {
                 SessionEvent::Warned { session } => ("warned", session.handle(), None, 0),
                 SessionEvent::Idle { session } => ("idle", session.handle(), None, 0),
                 SessionEvent::Extended { session } => ("extended", session.handle(), None, 0),
-                SessionEvent::Handled { session } => ("handled", session.handle(), None, 0),
+                SessionEvent::Handled { session, .. } => ("handled", session.handle(), None, 0),
                 SessionEvent::Ended {
                     session,
                     reason,
@@ -488,8 +543,11 @@ mod tests {
             while self.store.sweep(self.clock.now(), 1024) == 1024 {}
         }
 
+        /// The state a reader sees now (a lookup settles the session first).
         fn state(&self, session: &Session) -> State {
-            session.state_at(self.store.rules(), self.clock.now())
+            self.store
+                .get(&session.handle(), self.clock.now())
+                .map_or(State::Ended, |s| s.stored_state())
         }
     }
 
@@ -877,6 +935,48 @@ mod tests {
         assert_eq!(child.parent_once(), Some(parent.handle()));
         assert_eq!(child.parent_once(), None);
         assert_eq!(parent.parent_once(), None);
+    }
+
+    /// The ended-token table stays at its cap under a flood of ended sessions, the
+    /// oldest going first; entries are forgotten after their age; it keeps digests
+    /// (handles), so a token that was never issued is never "ended".
+    #[tokio::test(start_paused = true)]
+    async fn the_ended_table_is_bounded_and_forgets_the_oldest_first() {
+        const CAP: usize = 64;
+        let w = world(|c| c.max_sessions = 1_000);
+        let store = MemoryStore::new(
+            w.store.rules().clone(),
+            1_000,
+            WhenFull::Reject,
+            w.events.clone(),
+        )
+        .with_ended_cap(CAP);
+        let mut tokens = Vec::new();
+        for _ in 0..CAP * 3 {
+            let created = store
+                .create(&w.key, None, CreatedKind::New, w.clock.now())
+                .unwrap();
+            tokens.push(created.token);
+            store.end(&created.session, EndReason::Ended, w.clock.now());
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(store.storage().ended_len() <= CAP);
+        }
+        let now = w.clock.now();
+        assert_eq!(store.storage().ended_len(), CAP);
+        let remembered: Vec<bool> = tokens
+            .iter()
+            .map(|t| store.ended_recently(t, now))
+            .collect();
+        // Exactly the newest CAP are remembered.
+        assert!(remembered[..CAP * 2].iter().all(|r| !r));
+        assert!(remembered[CAP * 2..].iter().all(|r| *r));
+        assert!(!store.ended_recently(&Token::generate().unwrap(), now));
+        // Past their age, they are not "ended" any more, and maintenance drops them.
+        tokio::time::advance(Duration::from_millis(ENDED_AGE + 1_000)).await;
+        let later = w.clock.now();
+        assert!(!store.ended_recently(&tokens[CAP * 3 - 1], later));
+        store.maintain(later);
+        assert_eq!(store.storage().ended_len(), 0);
     }
 
     mod properties {

@@ -116,4 +116,22 @@ pub trait Storage: Send + Sync {
     fn update_rotation(&self, handle: &Handle, change: impl FnOnce(&mut Rotation));
 
     fn remove_rotation(&self, handle: &Handle) -> Option<Rotation>;
+
+    // Recently ended sessions, by the handle a token of theirs derives to: a keyed
+    // digest of the token, never the token. A late request with that token is then
+    // told `ended` rather than `none`. The table is bounded: at most `cap` entries,
+    // the oldest going first.
+
+    /// Remembers that the token deriving to `derived` belonged to a session that
+    /// ended at `at`; with `cap` entries already, the oldest is forgotten first.
+    fn remember_ended(&self, derived: Handle, at: Millis, cap: usize);
+
+    /// When the session of the token deriving to `derived` ended, if remembered.
+    fn ended_at(&self, derived: &Handle) -> Option<Millis>;
+
+    /// Forgets every session that ended before `before`.
+    fn forget_ended(&self, before: Millis);
+
+    /// Entries in the ended table.
+    fn ended_len(&self) -> usize;
 }

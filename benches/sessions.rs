@@ -421,7 +421,8 @@ fn memory(sessions: usize, epoch: Instant) -> Result<(Population, MemoryReport)>
         config.max_sessions,
         config.when_full,
         ends.clone(),
-    ));
+    )
+    .expect("entropy"));
     // The bench's own tables, subtracted below: sized exactly, filled completely.
     let mut arcs = Vec::with_capacity(sessions);
     let mut credentials = Vec::with_capacity(sessions);

@@ -39,6 +39,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
 }
 
 impl StartError {
@@ -127,7 +129,7 @@ pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartEr
         config.session.max_sessions,
         config.session.when_full,
         Arc::new(observers),
-    ));
+    )?);
     // The store reaches the hooks through its observers, so the hooks hold the store
     // weakly: no reference cycle.
     let weak_store = Arc::downgrade(&store);

@@ -54,16 +54,16 @@ impl<S: Storage> Sessions<S> {
         max_sessions: usize,
         when_full: WhenFull,
         observer: Arc<dyn SessionObserver>,
-    ) -> Self {
-        Sessions {
+    ) -> Result<Self, SessionError> {
+        Ok(Sessions {
             storage,
             rules,
-            binder: Binder::new(),
-            deriver: Deriver::new(),
+            binder: Binder::new()?,
+            deriver: Deriver::new()?,
             max_sessions,
             eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
-        }
+        })
     }
 
     /// The storage underneath.
@@ -466,7 +466,8 @@ mod tests {
             config.max_sessions,
             config.when_full,
             events.clone(),
-        );
+        )
+        .unwrap();
         World {
             store,
             events,

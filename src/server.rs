@@ -124,12 +124,15 @@ pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartEr
         .with(Arc::clone(&metrics) as _)
         .with(Arc::new(LogObserver))
         .with(Arc::clone(&hooks) as _);
-    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
-        Lifetime::from_config(&config.session),
-        config.session.max_sessions,
-        config.session.when_full,
-        Arc::new(observers),
-    )?);
+    let store: Arc<dyn SessionStore> = Arc::new(
+        MemoryStore::new(
+            Lifetime::from_config(&config.session),
+            config.session.max_sessions,
+            config.session.when_full,
+            Arc::new(observers),
+        )?
+        .with_max_per_client(config.session.max_per_client),
+    );
     // The store reaches the hooks through its observers, so the hooks hold the store
     // weakly: no reference cycle.
     let weak_store = Arc::downgrade(&store);

@@ -590,7 +590,8 @@ mod tests {
             config.when_full,
             events.clone(),
         )
-        .unwrap();
+        .unwrap()
+        .with_max_per_client(config.max_per_client);
         World {
             store,
             events,
@@ -982,6 +983,88 @@ mod tests {
         assert_eq!(c.stored_state(), State::Ended);
         assert_eq!(a.stored_state(), State::Active);
         assert_eq!(w.store.len(), 3);
+    }
+
+    fn create_for(w: &World, client: &str) -> Result<Created, SessionError> {
+        let client: IpAddr = client.parse().unwrap();
+        w.store
+            .create(&w.key, None, CreatedKind::New, Some(client), w.clock.now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_sessions_per_client_are_capped_and_given_back_on_every_end() {
+        let w = world(|c| {
+            c.max_per_client = 2;
+            c.on_timeout = OnTimeout::End;
+        });
+        let a = create_for(&w, "10.0.0.1").unwrap().session;
+        let _b = create_for(&w, "10.0.0.1").unwrap().session;
+        assert!(matches!(
+            create_for(&w, "10.0.0.1"),
+            Err(SessionError::PerClient(2))
+        ));
+        assert!(matches!(
+            w.store.client_room("10.0.0.1".parse().unwrap()),
+            Err(SessionError::PerClient(2))
+        ));
+        // Another address is unaffected, and a refusal reserves no slot.
+        assert!(create_for(&w, "10.0.0.2").is_ok());
+        assert_eq!(w.store.len(), 3);
+        // An explicit end gives one back...
+        w.store.end(&a, EndReason::Ended, w.clock.now());
+        let c = create_for(&w, "10.0.0.1").unwrap().session;
+        assert!(create_for(&w, "10.0.0.1").is_err());
+        // ...and so does a timeout ended by the sweeper.
+        w.advance(10_500).await;
+        assert_eq!(c.stored_state(), State::Ended);
+        assert_eq!(w.store.live_for("10.0.0.1".parse().unwrap()), 0);
+        assert_eq!(w.store.clients(), 0, "empty counts are dropped");
+        assert!(create_for(&w, "10.0.0.1").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_takes_the_client_over_its_share_first() {
+        let w = world(|c| {
+            c.max_sessions = 10;
+            c.max_per_client = 0;
+            c.when_full = WhenFull::Evict;
+        });
+        // A real user, created first (so least recently seen of all)...
+        let user = create_for(&w, "192.0.2.7").unwrap().session;
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // ...then a flood from one address fills the table and goes on.
+        for _ in 0..50 {
+            create_for(&w, "10.0.0.1").unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(user.stored_state(), State::Active, "the flooder went first");
+        assert_eq!(w.store.len(), 10);
+        assert_eq!(w.store.live_for("10.0.0.1".parse().unwrap()), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_eviction_heap_stays_proportional_to_live_sessions() {
+        let w = world(|c| {
+            c.max_sessions = 100_000;
+            c.when_full = WhenFull::Evict;
+        });
+        let mut kept = Vec::new();
+        for i in 0..20_000 {
+            let session = w.create().session;
+            if i % 100 == 0 {
+                kept.push(session);
+            } else {
+                w.store.end(&session, EndReason::Ended, w.clock.now());
+            }
+        }
+        assert_eq!(w.store.len(), 200);
+        let bound = 2 * w.store.len() + HEAP_SLACK + 1;
+        assert!(
+            w.store.eviction_len() <= bound,
+            "{} heap entries for {} live sessions",
+            w.store.eviction_len(),
+            w.store.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]

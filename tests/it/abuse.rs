@@ -212,3 +212,47 @@ async fn challenge_issuance_is_rate_limited_per_client_address() {
     user.navigate(&fx, "/").await;
     challenge_of(user.navigate(&fx, "/").await).await;
 }
+
+#[tokio::test]
+async fn a_token_less_admin_listener_answers_only_loopback_host_names() {
+    use crate::common::{raw_exchange, status_of};
+    let ask = |addr, host: &str, path: &str| {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        async move { status_of(&raw_exchange(addr, raw.as_bytes()).await) }
+    };
+    let fx = Fixture::start(SessionMode::Tab, |_| {}).await;
+    let admin = fx.gateway.admin_addr;
+    for host in [
+        "127.0.0.1:9090",
+        "localhost",
+        "LOCALHOST.:1",
+        "127.8.9.10",
+        "[::1]:9090",
+    ] {
+        assert_eq!(ask(admin, host, "/metrics").await, 200, "{host}");
+    }
+    // A DNS name rebound to 127.0.0.1 carries the attacker page's host name.
+    for path in ["/metrics", "/healthz", "/sessions"] {
+        for host in [
+            "evil.example",
+            "evil.example:9090",
+            "127.0.0.1.evil.example",
+            "10.0.0.1",
+        ] {
+            assert_eq!(ask(admin, host, path).await, 403, "{host}{path}");
+        }
+    }
+    // With a token, Prometheus may scrape by any address.
+    let fx = Fixture::start(SessionMode::Tab, |c| {
+        c.admin.token = "s3cret-admin-token".into()
+    })
+    .await;
+    assert_eq!(
+        ask(fx.gateway.admin_addr, "10.1.2.3:9090", "/metrics").await,
+        200
+    );
+    assert_eq!(
+        ask(fx.gateway.admin_addr, "10.1.2.3:9090", "/sessions").await,
+        401
+    );
+}

@@ -322,7 +322,7 @@ fn flood(attempts: u32, max_sessions: usize) -> (u64, u64, u64) {
     // Five attempts per address, from 10.0.0.0/8 (IPv4) and 2001:db8::/32 (IPv6 /64s).
     let address = |i: u32| -> IpAddr {
         let n = i / 5;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)))
         } else {
             let mut segments = [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1];

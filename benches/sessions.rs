@@ -416,12 +416,15 @@ fn memory(sessions: usize, epoch: Instant) -> Result<(Population, MemoryReport)>
     let ends = Arc::new(EndCounter::new(epoch));
     let clock = Clock::new();
     let before = Usage::now();
-    let store = Arc::new(MemoryStore::new(
-        Lifetime::from_config(&config),
-        config.max_sessions,
-        config.when_full,
-        ends.clone(),
-    ));
+    let store = Arc::new(
+        MemoryStore::new(
+            Lifetime::from_config(&config),
+            config.max_sessions,
+            config.when_full,
+            ends.clone(),
+        )
+        .expect("entropy"),
+    );
     // The bench's own tables, subtracted below: sized exactly, filled completely.
     let mut arcs = Vec::with_capacity(sessions);
     let mut credentials = Vec::with_capacity(sessions);
@@ -430,7 +433,7 @@ fn memory(sessions: usize, epoch: Instant) -> Result<(Population, MemoryReport)>
     let started = Instant::now();
     for _ in 0..sessions {
         let key = BrowserKey::generate()?;
-        let created = store.create(&key, None, CreatedKind::New, clock.now())?;
+        let created = store.create(&key, None, CreatedKind::New, None, clock.now())?;
         arcs.push(created.session);
         credentials.push((created.token, key));
     }
@@ -876,7 +879,7 @@ fn gateway_expiry(sessions: usize, epoch: Instant) -> Result<ExpiryReport> {
     let mut credentials = Vec::new();
     for i in 0..sessions {
         let key = BrowserKey::generate()?;
-        let created = store.create(&key, None, CreatedKind::New, clock.now())?;
+        let created = store.create(&key, None, CreatedKind::New, None, clock.now())?;
         if expires(i) {
             expiring.push(created.session);
         } else if i % 100 == 1 {

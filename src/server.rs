@@ -39,6 +39,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
 }
 
 impl StartError {
@@ -128,12 +130,15 @@ pub async fn start_with(config: Config, binds: Binds) -> Result<Running, StartEr
     if hooks.enabled(HookKind::Timeout) {
         rules = rules.with_consult(config.hooks.budget.get());
     }
-    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(
-        rules,
-        config.session.max_sessions,
-        config.session.when_full,
-        Arc::new(observers),
-    ));
+    let store: Arc<dyn SessionStore> = Arc::new(
+        MemoryStore::new(
+            rules,
+            config.session.max_sessions,
+            config.session.when_full,
+            Arc::new(observers),
+        )?
+        .with_max_per_client(config.session.max_per_client),
+    );
     // The store reaches the hooks through its observers, so the hooks hold the store
     // weakly: no reference cycle.
     let weak_store = Arc::downgrade(&store);

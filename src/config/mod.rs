@@ -131,6 +131,9 @@ pub struct SessionConfig {
     /// size); 0 = no limit. Keeps a flood from one address from filling
     /// `max_sessions` or evicting real users.
     pub new_per_client: u32,
+    /// Live sessions one client address (IPv4 address, IPv6 /64) may hold at once;
+    /// a new one over it gets 429. 0 = no limit.
+    pub max_per_client: u32,
     /// Path prefixes that must carry a session (else 401).
     pub require: Vec<String>,
 }
@@ -365,6 +368,7 @@ impl Default for SessionConfig {
             max_sessions: 100_000,
             when_full: WhenFull::Reject,
             new_per_client: 120,
+            max_per_client: 200,
             require: Vec::new(),
         }
     }

@@ -95,8 +95,17 @@ pub enum GatewayError {
     TrustedProxies(#[from] crate::config::CidrError),
 }
 
-/// Client addresses tracked by the session-creation limit at once.
+/// Client addresses tracked by the session-creation and challenge limits at once
+/// (each; least recently seen out).
 const LIMITER_CAPACITY: usize = 65_536;
+
+/// Browsers whose redeemed tickets and challenges are remembered at once (see
+/// `session::ticket`; least recently redeeming out).
+const SPENT_BROWSERS: usize = 32_768;
+
+/// Bootstrap pages (challenges) per minute per client address, as a multiple of
+/// `session.new_per_client` (0 = no limit, like it).
+const CHALLENGES_PER_CREATION: u32 = 4;
 
 impl Gateway {
     pub fn new(
@@ -108,17 +117,20 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
-        // Remembered redeemed tickets: a few per live session is far more than tabs
-        // navigate within a ticket's lifetime.
-        let tickets = Arc::new(Tickets::new(
-            config.session.max_sessions.saturating_mul(4).max(65_536),
-        )?);
+        let tickets = Arc::new(Tickets::new(SPENT_BROWSERS)?);
         let resolver = Arc::new(
             Resolver::new(
                 Arc::clone(&store),
                 config.session.mode,
                 tickets,
                 CreationLimiter::new(config.session.new_per_client, LIMITER_CAPACITY),
+                CreationLimiter::new(
+                    config
+                        .session
+                        .new_per_client
+                        .saturating_mul(CHALLENGES_PER_CREATION),
+                    LIMITER_CAPACITY,
+                ),
             )
             .with_cookie_lifetime(config.session.cookie_lifetime.get()),
         );

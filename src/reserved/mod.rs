@@ -26,7 +26,7 @@ use crate::config::{Config, DuplicateTab};
 use crate::context::{self, Context};
 use crate::lifetime::Lifetime;
 use crate::metrics::Metrics;
-use crate::session::identity::{Carried, Carrier, Resolver, SetCookie};
+use crate::session::identity::{BootstrapFailed, Carried, Carrier, Resolver, SetCookie};
 use crate::session::store::SessionStore;
 use crate::session::ticket::Kind;
 use crate::session::{BrowserKey, Clock, EndReason, Session, State, Token, Touch};
@@ -171,12 +171,11 @@ impl Reserved {
         let body = self.read_body(request).await?;
         let asked: SessionBody = serde_json::from_slice(&body).map_err(|_| Refusal::BadJson)?;
         let now = self.clock.now();
-        self.resolver
-            .tickets
-            .redeem(Kind::Challenge, &asked.challenge, &browser, now)
-            .map_err(|_| Refusal::BadChallenge)?;
+        // The challenge is checked here but spent only once the per-client limits
+        // have answered (see `Resolver::bootstrap`).
         let found = match self.resolver.bootstrap(
             browser,
+            &asked.challenge,
             presented,
             asked.duplicate,
             self.duplicate_tab,
@@ -184,7 +183,8 @@ impl Reserved {
             now,
         ) {
             Ok(found) => found,
-            Err(error) => return Ok(context::refuse_session(&error)),
+            Err(BootstrapFailed::Challenge) => return Err(Refusal::BadChallenge),
+            Err(BootstrapFailed::Session(error)) => return Ok(context::refuse_session(&error)),
         };
         let reason = found.reason.as_str();
         self.metrics.bootstraps.with_label_values(&[reason]).inc();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use cookie::{Cookie, SameSite};
 use http::{HeaderMap, HeaderValue};
 
-use super::limit::CreationLimiter;
+use super::limit::{self, CreationLimiter};
 use super::store::{Created, Resolved, SessionStore};
 use super::ticket::{Kind, Tickets};
 use super::{BrowserKey, CreatedKind, Handle, Millis, Session, SessionError, Token, Touch};
@@ -292,6 +292,21 @@ pub struct Resolver {
     limiter: CreationLimiter,
     /// `session.cookie_lifetime` in `browser` mode (0: session cookies).
     cookie_lifetime: Millis,
+    /// Bootstrap pages (challenges) per client address group: each one can be
+    /// redeemed once, so issuing them freely would let one address spend without
+    /// limit (see [`Tickets`]).
+    challenges: CreationLimiter,
+}
+
+/// Why `POST session` got no session.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapFailed {
+    /// The challenge was malformed, forged, expired, already spent, or its browser
+    /// redeemed too many values recently.
+    #[error("the challenge was not accepted")]
+    Challenge,
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 impl Resolver {
@@ -300,6 +315,7 @@ impl Resolver {
         mode: SessionMode,
         tickets: Arc<Tickets>,
         limiter: CreationLimiter,
+        challenges: CreationLimiter,
     ) -> Self {
         Resolver {
             store,
@@ -308,6 +324,7 @@ impl Resolver {
             tickets,
             limiter,
             cookie_lifetime: 0,
+            challenges,
         }
     }
 
@@ -404,11 +421,13 @@ impl Resolver {
                     .and_then(|q| query::param(q, HOP_PARAM))
                     .and_then(|v| v.parse::<u32>().ok())
                     .unwrap_or(0);
-                Ok(if hops >= MAX_HOPS {
-                    Outcome::Loop
-                } else {
-                    Outcome::Bootstrap { browser }
-                })
+                if hops >= MAX_HOPS {
+                    return Ok(Outcome::Loop);
+                }
+                self.challenges
+                    .admit(ask.client, now)
+                    .map_err(|retry| SessionError::Limited(retry.0))?;
+                Ok(Outcome::Bootstrap { browser })
             }
             _ => Ok(Outcome::Forward(self.no_session(&ask.carried, now))),
         }
@@ -538,21 +557,37 @@ impl Resolver {
     /// stored (if any). The one place that decides between resuming it, forking it
     /// (a duplicated tab under `duplicate_tab = "new"`), replacing an expired one,
     /// and minting a first one.
+    ///
+    /// `challenge` is the page's challenge; it is checked first and spent only once
+    /// the per-client limits have let the request through, so a refused request
+    /// spends nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn bootstrap(
         &self,
         browser: BrowserKey,
+        challenge: &str,
         presented: Option<Token>,
         duplicate: bool,
         duplicate_tab: DuplicateTab,
         client: IpAddr,
         now: Millis,
-    ) -> Result<Bootstrapped, SessionError> {
+    ) -> Result<Bootstrapped, BootstrapFailed> {
+        self.tickets
+            .peek(Kind::Challenge, challenge, &browser, now)
+            .map_err(|_| BootstrapFailed::Challenge)?;
+        let spend = || {
+            self.tickets
+                .redeem(Kind::Challenge, challenge, &browser, now)
+                .map(drop)
+                .map_err(|_| BootstrapFailed::Challenge)
+        };
         let resolved = presented
             .as_ref()
             .and_then(|token| self.store.resolve(token, &browser, now));
         let fork = duplicate && duplicate_tab == DuplicateTab::New;
         let (reason, parent, kind) = match resolved {
             Some(resolved) if !fork => {
+                spend()?;
                 // A reload or navigation of the tab: the user is there.
                 self.store.touch(&resolved.session, Touch::Activity, now);
                 return Ok(Bootstrapped {
@@ -571,7 +606,11 @@ impl Resolver {
             }
             None => (BootstrapReason::New, None, CreatedKind::New),
         };
-        let minted = self.create(browser, parent, kind, client, now)?;
+        self.admit(client, now)?;
+        spend()?;
+        let minted = self
+            .store
+            .create(&browser, parent, kind, Some(limit::group(client)), now)?;
         Ok(Bootstrapped {
             reason,
             session: minted.session,
@@ -630,10 +669,18 @@ impl Resolver {
         client: IpAddr,
         now: Millis,
     ) -> Result<Created, SessionError> {
+        self.admit(client, now)?;
+        self.store
+            .create(&browser, parent, kind, Some(limit::group(client)), now)
+    }
+
+    /// The per-client limits on creation: the rate (`session.new_per_client`), then
+    /// the live count (`session.max_per_client`).
+    fn admit(&self, client: IpAddr, now: Millis) -> Result<(), SessionError> {
+        self.store.client_room(limit::group(client))?;
         self.limiter
             .admit(client, now)
-            .map_err(|retry| SessionError::Limited(retry.0))?;
-        self.store.create(&browser, parent, kind, now)
+            .map_err(|retry| SessionError::Limited(retry.0))
     }
 
     /// Rotates a session's token (`X-Session-Rotate`) and records the new token on
@@ -660,6 +707,7 @@ impl Resolver {
     pub fn maintain(&self, now: Millis) {
         self.tickets.prune(now);
         self.limiter.forget_full(now);
+        self.challenges.forget_full(now);
     }
 
     /// The cookie that forgets an ended `browser`-mode session.

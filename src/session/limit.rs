@@ -6,16 +6,24 @@
 //! continuously; IPv6 addresses are grouped by their /64, which is what one host or
 //! home network usually gets.
 //!
-//! The table is bounded: when it reaches its capacity, buckets that have refilled
-//! completely (they carry no information) are dropped; if it is still full, a new
-//! address is admitted without a bucket rather than refused, since under a flood from
-//! that many addresses a per-address limit protects nothing anyway, while refusing
-//! would lock out real users arriving during it.
+//! IPv6 grouping: one bucket per /64. A client holding a whole /48 (or more) can
+//! spread over up to 65,536 buckets; that is what the table's bound and
+//! `session.max_per_client` / `max_sessions` (and, with `when_full = "evict"`, the
+//! fair-share eviction) are for. The client address is the peer's, or behind
+//! `listen.trusted_proxies` the one they name ([`crate::web::forwarded`]); behind a
+//! load balancer that is not trusted, every client shares its address's bucket.
+//!
+//! The table is bounded: it keeps the `capacity` most recently admitting addresses
+//! (LRU, O(1) per admission); a new address over it pushes out the least recently
+//! seen one, which comes back with a full bucket. Nobody is ever admitted without a
+//! bucket, and nobody is refused because the table is full. Buckets that have
+//! refilled completely carry no information and are dropped periodically.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
 
-use dashmap::DashMap;
+use lru::LruCache;
 
 use super::Millis;
 
@@ -29,9 +37,7 @@ struct Bucket {
 /// The per-address creation limiter.
 pub struct CreationLimiter {
     per_minute: u64,
-    buckets: DashMap<IpAddr, Bucket>,
-    len: AtomicUsize,
-    capacity: usize,
+    buckets: Mutex<LruCache<IpAddr, Bucket>>,
 }
 
 /// A refused creation: how long until the address may create again.
@@ -43,9 +49,9 @@ impl CreationLimiter {
     pub fn new(per_minute: u32, capacity: usize) -> Self {
         CreationLimiter {
             per_minute: u64::from(per_minute),
-            buckets: DashMap::new(),
-            len: AtomicUsize::new(0),
-            capacity: capacity.max(1),
+            buckets: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -55,23 +61,13 @@ impl CreationLimiter {
             return Ok(());
         }
         let client = group(client);
-        let full = self.per_minute * 1000;
-        if !self.buckets.contains_key(&client) && self.len.load(Ordering::Acquire) >= self.capacity
-        {
-            self.forget_full(now);
-            if self.len.load(Ordering::Acquire) >= self.capacity {
-                return Ok(());
-            }
-        }
-        let mut entry = self.buckets.entry(client).or_insert_with(|| {
-            self.len.fetch_add(1, Ordering::AcqRel);
-            Bucket {
-                milli_tokens: full,
-                at: now,
-            }
+        let full = self.per_minute.saturating_mul(1000);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.get_or_insert_mut(client, || Bucket {
+            milli_tokens: full,
+            at: now,
         });
-        let bucket = entry.value_mut();
-        bucket.milli_tokens = self.refilled(*bucket, now);
+        bucket.milli_tokens = refilled(self.per_minute, *bucket, now);
         bucket.at = bucket.at.max(now);
         if bucket.milli_tokens >= 1000 {
             bucket.milli_tokens -= 1000;
@@ -85,7 +81,7 @@ impl CreationLimiter {
 
     /// How many addresses are tracked.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,31 +90,32 @@ impl CreationLimiter {
 
     /// Drops buckets that have refilled: they would behave exactly like new ones.
     pub fn forget_full(&self, now: Millis) {
-        let full = self.per_minute * 1000;
-        self.buckets.retain(|_, bucket| {
-            let keep = self.refilled(*bucket, now) < full;
-            if !keep {
-                self.len.fetch_sub(1, Ordering::AcqRel);
-            }
-            keep
-        });
-    }
-
-    fn refilled(&self, bucket: Bucket, now: Millis) -> u64 {
-        // per_minute tokens per 60 000 ms = per_minute / 60 milli-tokens per ms.
-        let gained = now
-            .saturating_sub(bucket.at)
-            .saturating_mul(self.per_minute)
-            / 60;
-        bucket
-            .milli_tokens
-            .saturating_add(gained)
-            .min(self.per_minute * 1000)
+        let full = self.per_minute.saturating_mul(1000);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let refilled_ones: Vec<IpAddr> = buckets
+            .iter()
+            .filter(|(_, bucket)| refilled(self.per_minute, **bucket, now) >= full)
+            .map(|(address, _)| *address)
+            .collect();
+        for address in &refilled_ones {
+            buckets.pop(address);
+        }
     }
 }
 
-/// The unit a limit applies to: an IPv4 address, or an IPv6 /64.
-fn group(address: IpAddr) -> IpAddr {
+/// A bucket's milli-tokens at `now`: per_minute tokens per 60 000 ms = per_minute /
+/// 60 milli-tokens per ms, up to a full bucket.
+fn refilled(per_minute: u64, bucket: Bucket, now: Millis) -> u64 {
+    let gained = now.saturating_sub(bucket.at).saturating_mul(per_minute) / 60;
+    bucket
+        .milli_tokens
+        .saturating_add(gained)
+        .min(per_minute.saturating_mul(1000))
+}
+
+/// The unit a limit applies to: an IPv4 address, or an IPv6 /64 (an IPv4-mapped
+/// IPv6 address counts as its IPv4 address).
+pub(crate) fn group(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -166,15 +163,20 @@ mod tests {
     }
 
     #[test]
-    fn the_table_stays_bounded() {
+    fn the_table_stays_bounded_and_never_fails_open() {
         let limiter = CreationLimiter::new(1, 10);
         for i in 0..1000u32 {
             let _ = limiter.admit(IpAddr::from(i.to_be_bytes()), 0);
         }
         assert_eq!(limiter.len(), 10);
+        // A table full of others' buckets still limits a recent address: the
+        // least recently seen entry goes, not the limit.
+        assert!(limiter.admit(ip("10.9.9.9"), 0).is_ok());
+        assert!(limiter.admit(ip("10.9.9.9"), 0).is_err());
+        assert_eq!(limiter.len(), 10);
         // After a minute every bucket is full again and can be forgotten.
-        let _ = limiter.admit(ip("192.0.2.1"), 60_000);
-        assert_eq!(limiter.len(), 1);
+        limiter.forget_full(60_000);
+        assert!(limiter.is_empty());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum SessionError {
     Full(usize),
     #[error("too many new sessions from this client address; retry in {0} ms")]
     Limited(Millis),
+    #[error("this client address holds its limit of {0} live sessions")]
+    PerClient(usize),
 }
 
 impl SessionError {
@@ -55,6 +57,8 @@ impl SessionError {
             SessionError::Limited(retry_ms) => Refusal::Limited {
                 retry_ms: *retry_ms,
             },
+            // Sessions end by themselves; a minute is a fair time to look again.
+            SessionError::PerClient(_) => Refusal::Limited { retry_ms: 60_000 },
         }
     }
 }
@@ -215,6 +219,9 @@ pub struct Session {
     /// When persistent cookies (`session.cookie_lifetime`) were last given to the
     /// browser for this session: they are refreshed at most once per interval.
     cookies_at: AtomicU64,
+    /// The client address group that created it (see [`limit::group`]), counted
+    /// against `session.max_per_client` until it ends; `None`: not counted.
+    client: Option<std::net::IpAddr>,
 }
 
 /// `Session::flags`: the parent handle has been sent upstream once.
@@ -252,7 +259,19 @@ impl Session {
             state: AtomicU8::new(0),
             flags: AtomicU8::new(0),
             cookies_at: AtomicU64::new(now),
+            client: None,
         }
+    }
+
+    /// The same session, counted against its creating client's address group.
+    pub(crate) fn with_client(mut self, client: Option<std::net::IpAddr>) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The client address group that created it, if counted.
+    pub(crate) fn client(&self) -> Option<std::net::IpAddr> {
+        self.client
     }
 
     pub fn handle(&self) -> Handle {

@@ -10,16 +10,31 @@
 //! browser, after its expiry, or once altered — and issuing one costs no memory, which
 //! matters for challenges: anyone may load a page.
 //!
-//! Single use needs memory, but only for values actually redeemed: their MAC goes into
-//! a "spent" set until it would have expired anyway. The set is capped; when it is
-//! full of live entries, redemption fails closed (the browser falls back to the
-//! bootstrap page, which still works).
+//! Single use needs memory, but only for values actually redeemed: their MAC is
+//! remembered until it would have expired anyway. So that no client can exhaust that
+//! memory for others, it is partitioned by the browser key the value is bound to
+//! (which its MAC already proves):
+//!
+//! - each browser remembers at most [`SPENT_PER_BROWSER`] live spent values; past
+//!   that, *that browser's* redemptions fail closed until its oldest expire (a real
+//!   tab redeems a handful per navigation; a script that spends hundreds of values a
+//!   minute under one key only locks itself out);
+//! - at most `max_browsers` browsers are remembered (least recently redeeming first
+//!   out, O(1) each). Forgetting a browser's partition can only let *that same
+//!   browser* — a value is worthless under any other browser key — replay one of
+//!   its own values within the value's remaining lifetime (≤ 2 min); nobody is ever
+//!   refused because the table is full.
+//!
+//! Memory: at most `max_browsers × SPENT_PER_BROWSER` MACs (24 bytes each with
+//! their expiry) plus about 100 bytes per browser; pruning expired entries is
+//! periodic and never on the request path.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use dashmap::DashMap;
+use lru::LruCache;
 use ring::hmac;
 
 use super::token::constant_time_eq;
@@ -27,6 +42,9 @@ use super::{BrowserKey, Handle, Millis, SessionError};
 
 /// How long an unused ticket or challenge stays valid (DESIGN.md §2: ≤ 2 min).
 pub const TICKET_TTL: Millis = 120_000;
+
+/// Live spent values one browser key may have at once (see the module doc).
+pub const SPENT_PER_BROWSER: usize = 64;
 
 const MAC_BYTES: usize = 16;
 const RAW_BYTES: usize = 1 + 16 + 8 + 8 + MAC_BYTES;
@@ -50,30 +68,30 @@ pub enum Rejected {
     Expired,
     #[error("already used")]
     Spent,
-    #[error("too many values redeemed recently")]
+    #[error("this browser redeemed too many values recently")]
     Full,
 }
+
+/// Per browser key: (MAC, expiry) of its redeemed, not yet expired values.
+type SpentByBrowser = LruCache<BrowserKey, Vec<([u8; MAC_BYTES], Millis)>>;
 
 /// Issues and redeems tickets and challenges.
 pub struct Tickets {
     key: hmac::Key,
-    /// MAC → expiry of every redeemed, not yet expired value.
-    spent: DashMap<[u8; MAC_BYTES], Millis>,
-    spent_len: AtomicUsize,
-    max_spent: usize,
+    spent: Mutex<SpentByBrowser>,
 }
 
 impl Tickets {
-    /// A new issuer with a fresh secret; at most `max_spent` redeemed values are
-    /// remembered at once.
-    pub fn new(max_spent: usize) -> Result<Self, SessionError> {
+    /// A new issuer with a fresh secret; the spent values of at most `max_browsers`
+    /// browsers are remembered at once.
+    pub fn new(max_browsers: usize) -> Result<Self, SessionError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| SessionError::Entropy(e.to_string()))?;
         Ok(Tickets {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            spent: DashMap::new(),
-            spent_len: AtomicUsize::new(0),
-            max_spent: max_spent.max(1),
+            spent: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_browsers).unwrap_or(NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -113,36 +131,55 @@ impl Tickets {
         now: Millis,
     ) -> Result<Handle, Rejected> {
         let (handle, expires, mac) = self.verify(kind, text, browser, now)?;
-        if self.spent_len.load(Ordering::Acquire) >= self.max_spent {
-            self.prune(now);
-            if self.spent_len.load(Ordering::Acquire) >= self.max_spent {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        // `push` makes room by dropping the least recently redeeming browser.
+        let values = match spent.get_mut(browser) {
+            Some(values) => values,
+            None => {
+                spent.push(*browser, Vec::new());
+                spent.get_mut(browser).ok_or(Rejected::Full)?
+            }
+        };
+        if values.iter().any(|(seen, _)| constant_time_eq(seen, &mac)) {
+            return Err(Rejected::Spent);
+        }
+        if values.len() >= SPENT_PER_BROWSER {
+            values.retain(|(_, until)| *until > now);
+            if values.len() >= SPENT_PER_BROWSER {
                 return Err(Rejected::Full);
             }
         }
-        match self.spent.entry(mac) {
-            dashmap::Entry::Occupied(_) => Err(Rejected::Spent),
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(expires);
-                self.spent_len.fetch_add(1, Ordering::AcqRel);
-                Ok(handle)
-            }
-        }
+        values.push((mac, expires));
+        Ok(handle)
     }
 
-    /// Forgets spent values that have expired anyway (called periodically).
+    /// Forgets spent values that have expired anyway, and browsers left with none
+    /// (called periodically, off the request path).
     pub fn prune(&self, now: Millis) {
-        self.spent.retain(|_, expires| {
-            let keep = *expires > now;
-            if !keep {
-                self.spent_len.fetch_sub(1, Ordering::AcqRel);
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut empty = Vec::new();
+        for (browser, values) in spent.iter_mut() {
+            values.retain(|(_, until)| *until > now);
+            if values.is_empty() {
+                empty.push(*browser);
+            } else {
+                values.shrink_to_fit();
             }
-            keep
-        });
+        }
+        for browser in &empty {
+            spent.pop(browser);
+        }
     }
 
     /// How many redeemed values are remembered.
     pub fn spent_len(&self) -> usize {
-        self.spent_len.load(Ordering::Acquire)
+        let spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        spent.iter().map(|(_, values)| values.len()).sum()
+    }
+
+    /// How many browsers have spent values remembered.
+    pub fn browsers(&self) -> usize {
+        self.spent.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn verify(
@@ -257,17 +294,45 @@ mod tests {
     }
 
     #[test]
-    fn the_spent_set_is_bounded_and_pruned() {
-        let t = Tickets::new(2).unwrap();
-        let (h, k) = (Handle::new_v4(), key());
-        let a = t.issue(Kind::Ticket, h, &k, 0);
-        let b = t.issue(Kind::Ticket, h, &k, 0);
-        let c = t.issue(Kind::Ticket, h, &k, 10);
-        assert!(t.redeem(Kind::Ticket, &a, &k, 1).is_ok());
-        assert!(t.redeem(Kind::Ticket, &b, &k, 1).is_ok());
-        assert_eq!(t.redeem(Kind::Ticket, &c, &k, 1), Err(Rejected::Full));
-        // Once a and b have expired, pruning frees their slots.
-        assert!(t.redeem(Kind::Ticket, &c, &k, TICKET_TTL + 1).is_ok());
-        assert_eq!(t.spent_len(), 1);
+    fn one_browser_filling_its_partition_locks_out_only_itself() {
+        let t = Tickets::new(1000).unwrap();
+        let h = Handle::new_v4();
+        let (greedy, other) = (key(), key());
+        for _ in 0..SPENT_PER_BROWSER {
+            let value = t.issue(Kind::Challenge, h, &greedy, 0);
+            assert!(t.redeem(Kind::Challenge, &value, &greedy, 1).is_ok());
+        }
+        let one_more = t.issue(Kind::Challenge, h, &greedy, 0);
+        assert_eq!(
+            t.redeem(Kind::Challenge, &one_more, &greedy, 1),
+            Err(Rejected::Full)
+        );
+        let theirs = t.issue(Kind::Challenge, h, &other, 0);
+        assert_eq!(t.redeem(Kind::Challenge, &theirs, &other, 1), Ok(h));
+        // Once the greedy browser's values expire, it may redeem again.
+        let later = t.issue(Kind::Challenge, h, &greedy, TICKET_TTL);
+        assert!(t
+            .redeem(Kind::Challenge, &later, &greedy, TICKET_TTL + 1)
+            .is_ok());
+        t.prune(TICKET_TTL + 1);
+        assert_eq!((t.spent_len(), t.browsers()), (1, 1));
+    }
+
+    #[test]
+    fn the_browser_table_is_bounded_and_never_refuses_a_new_browser() {
+        let t = Tickets::new(10).unwrap();
+        let h = Handle::new_v4();
+        let mine = key();
+        let kept = t.issue(Kind::Ticket, h, &mine, 0);
+        assert!(t.redeem(Kind::Ticket, &kept, &mine, 1).is_ok());
+        for _ in 0..1000 {
+            let k = key();
+            let value = t.issue(Kind::Challenge, h, &k, 0);
+            assert!(t.redeem(Kind::Challenge, &value, &k, 1).is_ok());
+        }
+        assert_eq!(t.browsers(), 10);
+        assert_eq!(t.spent_len(), 10);
+        t.prune(TICKET_TTL);
+        assert_eq!(t.browsers(), 0);
     }
 }

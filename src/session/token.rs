@@ -6,10 +6,11 @@
 //! nor put in a URL or a metric.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use ring::hmac;
+use subtle::ConstantTimeEq;
 
 use super::SessionError;
 
@@ -79,52 +80,84 @@ secret_type!(
     BrowserKey
 );
 
-/// Turns browser keys into compact bindings stored with each session.
-///
-/// A session keeps a 64-bit keyed hash of its browser key instead of the key itself
-/// (8 bytes instead of 32 per session). The hash key is random per process, so an
-/// attacker holding a stolen token cannot compute a matching browser key offline and
-/// would have to guess among 2^64 values online.
-#[derive(Debug, Clone, Default)]
-pub struct Binder(RandomState);
+/// The per-process key under which handles and bindings are derived: 256 bits from
+/// the OS CSPRNG, never stored or logged, so derived values cannot be computed (or
+/// inverted) offline and mean nothing to another process.
+#[derive(Clone)]
+struct DerivationKey(hmac::Key);
 
-impl Binder {
-    pub fn new() -> Self {
-        Binder(RandomState::new())
+impl DerivationKey {
+    fn generate() -> Result<Self, SessionError> {
+        random_secret().map(|secret| DerivationKey(hmac::Key::new(hmac::HMAC_SHA256, &secret)))
     }
 
-    pub fn bind(&self, key: &BrowserKey) -> u64 {
-        self.0.hash_one(key.0)
+    /// HMAC-SHA256 over a domain label and `secret`, truncated to 128 bits. The label
+    /// keeps handles and bindings of the same bytes unrelated.
+    fn derive(&self, label: &[u8], secret: &[u8; SECRET_BYTES]) -> [u8; 16] {
+        let mut context = hmac::Context::with_key(&self.0);
+        context.update(label);
+        context.update(secret);
+        let tag = context.sign();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
     }
 }
 
-/// Compares two secrets without an early exit, so the time taken tells an attacker
-/// nothing about how much of a guess was right.
+impl fmt::Debug for DerivationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DerivationKey(<redacted>)")
+    }
+}
+
+/// Turns browser keys into compact bindings stored with each session.
+///
+/// A session keeps a 64-bit keyed MAC of its browser key instead of the key itself
+/// (8 bytes instead of 32 per session): HMAC-SHA256 under a random per-process key,
+/// truncated. So an attacker holding a stolen token cannot compute a matching
+/// browser key offline and would have to guess among 2^64 values online.
+#[derive(Debug, Clone)]
+pub struct Binder(DerivationKey);
+
+impl Binder {
+    pub fn new() -> Result<Self, SessionError> {
+        DerivationKey::generate().map(Binder)
+    }
+
+    pub fn bind(&self, key: &BrowserKey) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.0.derive(b"sessiongate binding", &key.0)[..8]);
+        u64::from_le_bytes(bytes)
+    }
+}
+
+/// Compares two secrets without an early exit (`subtle`), so the time taken tells an
+/// attacker nothing about how much of a guess was right. Only the length, which is
+/// public (fixed formats, or the configured token's length), may leak.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// Derives a session's handle from its token.
 ///
 /// The store keeps no token at all: a session is filed under the handle its token
-/// derives to, so a lookup is "derive, then find the handle". The derivation is a
-/// 128-bit keyed hash (two independent SipHash keys, random per process): without
-/// the keys nobody can compute it offline, a handle (which the upstream sees) reveals
+/// derives to, so a lookup is "derive, then find the handle". The derivation is
+/// HMAC-SHA256 under one random 256-bit per-process key from the OS CSPRNG,
+/// truncated to 128 bits (with a v4 UUID's version and variant bits set): without the
+/// key nobody can compute it offline, a handle (which the upstream sees) reveals
 /// nothing about the token, and the table holds 48 bytes less per session than a
 /// token → handle map would.
-#[derive(Debug, Clone, Default)]
-pub struct Deriver(RandomState, RandomState);
+#[derive(Debug, Clone)]
+pub struct Deriver(DerivationKey);
 
 impl Deriver {
-    pub fn new() -> Self {
-        Deriver(RandomState::new(), RandomState::new())
+    pub fn new() -> Result<Self, SessionError> {
+        DerivationKey::generate().map(Deriver)
     }
 
     /// The handle `token` stands for.
     pub fn handle_of(&self, token: &Token) -> uuid::Uuid {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.0.hash_one(token.0).to_le_bytes());
-        bytes[8..].copy_from_slice(&self.1.hash_one(token.0).to_le_bytes());
+        let bytes = self.0.derive(b"sessiongate handle", &token.0);
         // Pseudo-random bytes with the version and variant bits of a v4 UUID.
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
@@ -163,19 +196,44 @@ mod tests {
     #[test]
     fn handles_derive_stably_and_differ_per_token_and_process() {
         let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
-        let deriver = Deriver::new();
+        let deriver = Deriver::new().unwrap();
         assert_eq!(deriver.handle_of(&a), deriver.handle_of(&a));
         assert_ne!(deriver.handle_of(&a), deriver.handle_of(&b));
-        assert_ne!(deriver.handle_of(&a), Deriver::new().handle_of(&a));
+        assert_ne!(deriver.handle_of(&a), Deriver::new().unwrap().handle_of(&a));
         assert_eq!(deriver.handle_of(&a).get_version_num(), 4);
     }
 
     #[test]
     fn binding_depends_on_the_key() {
-        let binder = Binder::new();
+        let binder = Binder::new().unwrap();
         let a = BrowserKey::generate().unwrap();
         let b = BrowserKey::generate().unwrap();
         assert_eq!(binder.bind(&a), binder.bind(&a));
         assert_ne!(binder.bind(&a), binder.bind(&b));
+        assert_ne!(binder.bind(&a), Binder::new().unwrap().bind(&a));
+    }
+
+    #[test]
+    fn handles_are_hmac_sha256_of_the_token_truncated() {
+        // Same key, same bytes: the derivation is exactly HMAC-SHA256 over the label
+        // and the token, truncated to 128 bits with the v4 bits set.
+        let secret = [7u8; SECRET_BYTES];
+        let key = DerivationKey(hmac::Key::new(hmac::HMAC_SHA256, &secret));
+        let token = Token([9u8; SECRET_BYTES]);
+        let mut message = b"sessiongate handle".to_vec();
+        message.extend_from_slice(&token.0);
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), &message);
+        let mut expected = [0u8; 16];
+        expected.copy_from_slice(&tag.as_ref()[..16]);
+        let expected = uuid::Builder::from_random_bytes(expected).into_uuid();
+        assert_eq!(Deriver(key).handle_of(&token), expected);
+    }
+
+    #[test]
+    fn constant_time_eq_compares_content_and_length() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 }

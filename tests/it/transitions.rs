@@ -220,7 +220,7 @@ fn run(rules: Lifetime, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let observers = Observers::new()
             .with(Arc::clone(&metrics) as _)
             .with(Arc::clone(&model) as _);
-        let store = MemoryStore::new(rules, 8, WhenFull::Reject, Arc::new(observers));
+        let store = MemoryStore::new(rules, 8, WhenFull::Reject, Arc::new(observers)).unwrap();
         let clock = Clock::new();
         let key = BrowserKey::generate().unwrap();
         let mut sessions: Vec<(Token, Arc<Session>)> = Vec::new();
@@ -230,7 +230,7 @@ fn run(rules: Lifetime, ops: Vec<Op>) -> Result<(), TestCaseError> {
             // A state some reader reported, and the session it is about.
             let reported: Option<(Arc<Session>, State)> = match op {
                 Op::Create => {
-                    if let Ok(created) = store.create(&key, None, CreatedKind::New, now) {
+                    if let Ok(created) = store.create(&key, None, CreatedKind::New, None, now) {
                         sessions.push((created.token, created.session));
                     }
                     None

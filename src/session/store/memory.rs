@@ -20,7 +20,7 @@ use super::storage::{Alias, Rotation, Storage};
 use crate::config::WhenFull;
 use crate::session::events::SessionObserver;
 use crate::session::expiry::{Bucket, DeadlineIndex, DueEntry};
-use crate::session::{Handle, Lifetime, Millis, Session};
+use crate::session::{Handle, Lifetime, Millis, Session, SessionError};
 
 /// The lifetime policy over in-memory storage: the store the gateway runs.
 pub type MemoryStore = Sessions<MemoryStorage>;
@@ -31,7 +31,7 @@ impl MemoryStore {
         max_sessions: usize,
         when_full: WhenFull,
         observer: Arc<dyn SessionObserver>,
-    ) -> Self {
+    ) -> Result<Self, SessionError> {
         Sessions::with_storage(
             MemoryStorage::default(),
             rules,

@@ -52,14 +52,25 @@ pub trait SessionStore: Send + Sync {
     /// The lifetime rules every session follows.
     fn rules(&self) -> &Lifetime;
 
-    /// Creates a session bound to `browser`.
+    /// Creates a session bound to `browser`, counted against `client` (an address
+    /// group, see [`crate::session::limit::group`]) under `session.max_per_client`
+    /// until it ends; `None` is not counted.
     fn create(
         &self,
         browser: &BrowserKey,
         parent: Option<Handle>,
         kind: CreatedKind,
+        client: Option<std::net::IpAddr>,
         now: Millis,
     ) -> Result<Created, SessionError>;
+
+    /// Whether `client` (an address group) may hold one more live session under
+    /// `session.max_per_client` — asked before anything single-use is spent on a
+    /// creation; [`SessionStore::create`] enforces it again.
+    fn client_room(&self, client: std::net::IpAddr) -> Result<(), SessionError> {
+        let _ = client;
+        Ok(())
+    }
 
     /// The live session for `token`, if the token is known (or replaced less than
     /// [`ROTATION_GRACE`] ago), bound to `browser`, and its session is within its

@@ -5,7 +5,9 @@
 //! each transition to the [`SessionObserver`] exactly once (the caller that wins the
 //! session's atomic state change), ends a session found past a deadline on lookup
 //! (lookups never depend on the sweeper being on time), enforces `max_sessions`
-//! (reject, or evict the least recently seen exactly), gives rotated tokens their
+//! (reject, or evict the least recently seen — preferring a client over its fair
+//! share), counts live sessions per client address (`session.max_per_client`),
+//! gives rotated tokens their
 //! grace, keeps an idle period the `timeout` hook handled, and sweeps what the
 //! deadline index says is due.
 //!
@@ -15,7 +17,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
 
 use super::storage::{Alias, Rotation, Storage};
 use super::{Created, Resolved, SessionStore, ROTATION_GRACE};
@@ -31,6 +36,14 @@ use crate::session::{
 /// `(stamp, handle)` pairs, smallest stamp on top.
 type EvictionHeap = BinaryHeap<Reverse<(Millis, Handle)>>;
 
+/// Least recently seen sessions an eviction looks at for one whose client is over
+/// its fair share before it takes the least recently seen of all.
+const EVICTION_CANDIDATES: usize = 32;
+
+/// Slack over twice the live sessions the eviction heap may reach before entries of
+/// ended sessions are pruned from it (so pruning is amortised O(1) per creation).
+const HEAP_SLACK: usize = 1024;
+
 /// Sessions following the lifetime rules, kept in `S`.
 ///
 /// Sessions are filed under the handle their token derives to ([`Deriver`]), so
@@ -43,12 +56,19 @@ pub struct Sessions<S> {
     max_sessions: usize,
     /// Only under `when_full = "evict"`: every session with the `last_seen` it had
     /// when filed (a stamp never above its current `last_seen`), smallest first.
+    /// Its size stays O(live sessions): entries of ended sessions are pruned once it
+    /// exceeds twice the live sessions (plus [`HEAP_SLACK`]).
     eviction: Option<Mutex<EvictionHeap>>,
     observer: Arc<dyn SessionObserver>,
     /// At most this many recently ended tokens are remembered ([`ENDED_CAP`]).
     ended_cap: usize,
     /// For this long: `abandon` of the configured timeout, at least [`ENDED_AGE`].
     ended_age: Millis,
+    /// `session.max_per_client`; 0 = no limit.
+    max_per_client: usize,
+    /// Live sessions per client address group; an entry exists only while its group
+    /// has a live session, so it never holds more than `max_sessions` entries.
+    per_client: DashMap<IpAddr, usize>,
 }
 
 /// How many recently ended sessions the store remembers (by token digest), so that a
@@ -67,18 +87,83 @@ impl<S: Storage> Sessions<S> {
         max_sessions: usize,
         when_full: WhenFull,
         observer: Arc<dyn SessionObserver>,
-    ) -> Self {
-        Sessions {
+    ) -> Result<Self, SessionError> {
+        Ok(Sessions {
             storage,
-            binder: Binder::new(),
-            deriver: Deriver::new(),
+            binder: Binder::new()?,
+            deriver: Deriver::new()?,
             max_sessions,
             eviction: (when_full == WhenFull::Evict).then(|| Mutex::new(BinaryHeap::new())),
             observer,
+            max_per_client: 0,
+            per_client: DashMap::new(),
             ended_cap: ENDED_CAP,
             ended_age: rules.abandon_for(rules.timeout).max(ENDED_AGE),
             rules,
+        })
+    }
+
+    /// The same store with `session.max_per_client` live sessions per client
+    /// address group (0 = no limit).
+    pub fn with_max_per_client(mut self, max_per_client: u32) -> Self {
+        self.max_per_client = usize::try_from(max_per_client).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// Live sessions counted for `client` (an address group).
+    pub fn live_for(&self, client: IpAddr) -> usize {
+        self.per_client.get(&client).map_or(0, |count| *count)
+    }
+
+    /// How many client address groups hold live sessions.
+    pub fn clients(&self) -> usize {
+        self.per_client.len()
+    }
+
+    /// Entries in the eviction heap (0 without `when_full = "evict"`).
+    pub fn eviction_len(&self) -> usize {
+        self.eviction.as_ref().map_or(0, |heap| {
+            heap.lock().unwrap_or_else(|e| e.into_inner()).len()
+        })
+    }
+
+    /// Counts a new session for `client`, or refuses it over `max_per_client`.
+    fn count_client(&self, client: Option<IpAddr>) -> Result<(), SessionError> {
+        let Some(client) = client else {
+            return Ok(());
+        };
+        let mut count = self.per_client.entry(client).or_insert(0);
+        if self.max_per_client > 0 && *count >= self.max_per_client {
+            let empty = *count == 0;
+            drop(count);
+            if empty {
+                self.per_client.remove_if(&client, |_, n| *n == 0);
+            }
+            return Err(SessionError::PerClient(self.max_per_client));
         }
+        *count = count.saturating_add(1);
+        Ok(())
+    }
+
+    /// Gives back a session counted for `client`.
+    fn uncount_client(&self, client: Option<IpAddr>) {
+        let Some(client) = client else {
+            return;
+        };
+        if let Some(mut count) = self.per_client.get_mut(&client) {
+            *count = count.saturating_sub(1);
+        }
+        self.per_client.remove_if(&client, |_, n| *n == 0);
+    }
+
+    /// Whether `session`'s client holds more than its fair share of `max_sessions`
+    /// (an equal part for every client address group with live sessions).
+    fn over_fair_share(&self, session: &Session) -> bool {
+        let Some(client) = session.client() else {
+            return false;
+        };
+        let share = self.max_sessions / self.per_client.len().max(1);
+        self.live_for(client) > share.max(1)
     }
 
     /// The same store remembering at most `cap` ended sessions (tests of the bound).
@@ -102,20 +187,26 @@ impl<S: Storage> Sessions<S> {
         Ok(())
     }
 
-    /// Ends the least recently seen session, exactly: pop the smallest stamp; a
-    /// session seen since it was stamped goes back with its new `last_seen`; the
-    /// first one whose stamp is still its `last_seen` has the smallest `last_seen` of
-    /// all (every other stamp, and so every other `last_seen`, is at least as large).
-    /// Touches never write the heap; each one costs at most one re-push here.
+    /// Ends the least recently seen session — or, among the [`EVICTION_CANDIDATES`]
+    /// least recently seen, the first whose client holds more than its fair share.
+    ///
+    /// Exactly least recently seen: pop the smallest stamp; a session seen since it
+    /// was stamped goes back with its new `last_seen`; the first one whose stamp is
+    /// still its `last_seen` has the smallest `last_seen` of all (every other stamp,
+    /// and so every other `last_seen`, is at least as large). Touches never write the
+    /// heap; each one costs at most one re-push here. Candidates passed over go back
+    /// with their stamps.
     fn evict_one(&self, now: Millis) -> bool {
         let Some(heap) = &self.eviction else {
             return false;
         };
         let victim = {
             let mut heap = heap.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
+            let mut candidates: Vec<(Millis, Arc<Session>)> = Vec::new();
+            let mut chosen = None;
+            while candidates.len() < EVICTION_CANDIDATES {
                 let Some(Reverse((stamp, handle))) = heap.pop() else {
-                    break None;
+                    break;
                 };
                 let Some(session) = self.storage.get(&handle) else {
                     continue; // ended meanwhile
@@ -123,12 +214,36 @@ impl<S: Storage> Sessions<S> {
                 let last_seen = session.last_seen();
                 if last_seen > stamp {
                     heap.push(Reverse((last_seen, handle)));
+                } else if self.over_fair_share(&session) {
+                    chosen = Some(session);
+                    break;
                 } else {
-                    break Some(session);
+                    candidates.push((stamp, session));
                 }
             }
+            if chosen.is_none() && !candidates.is_empty() {
+                chosen = Some(candidates.remove(0).1);
+            }
+            for (stamp, session) in candidates {
+                heap.push(Reverse((stamp, session.handle())));
+            }
+            chosen
         };
         victim.is_some_and(|session| self.end(&session, EndReason::Evicted, now))
+    }
+
+    /// Files a new session in the eviction heap; drops the entries of ended
+    /// sessions once the heap holds more than twice the live sessions.
+    fn file_for_eviction(&self, session: &Session, now: Millis) {
+        let Some(heap) = &self.eviction else {
+            return;
+        };
+        let mut heap = heap.lock().unwrap_or_else(|e| e.into_inner());
+        heap.push(Reverse((now, session.handle())));
+        let live = self.storage.len();
+        if heap.len() > live.saturating_mul(2).saturating_add(HEAP_SLACK) {
+            heap.retain(|Reverse((_, handle))| self.storage.contains(handle));
+        }
     }
 
     /// Stores a new session under the handle a fresh token derives to.
@@ -136,19 +251,16 @@ impl<S: Storage> Sessions<S> {
         &self,
         browser: &BrowserKey,
         parent: Option<Handle>,
+        client: Option<IpAddr>,
         now: Millis,
     ) -> Result<Created, SessionError> {
         let binding = self.binder.bind(browser);
         loop {
             let token = Token::generate()?;
             let handle = self.deriver.handle_of(&token);
-            let session = Arc::new(Session::new(
-                handle,
-                parent,
-                binding,
-                self.rules.timeout,
-                now,
-            ));
+            let session = Arc::new(
+                Session::new(handle, parent, binding, self.rules.timeout, now).with_client(client),
+            );
             // A collision of 122-bit handles will not happen, but if it did, the
             // existing session must not be replaced.
             if self.storage.insert(Arc::clone(&session)) {
@@ -257,13 +369,20 @@ impl<S: Storage> SessionStore for Sessions<S> {
         browser: &BrowserKey,
         parent: Option<Handle>,
         kind: CreatedKind,
+        client: Option<IpAddr>,
         now: Millis,
     ) -> Result<Created, SessionError> {
-        self.reserve_slot(now)?;
-        let created = match self.insert_new(browser, parent, now) {
+        // The per-client limit answers before anything is reserved or evicted.
+        self.count_client(client)?;
+        if let Err(error) = self.reserve_slot(now) {
+            self.uncount_client(client);
+            return Err(error);
+        }
+        let created = match self.insert_new(browser, parent, client, now) {
             Ok(created) => created,
             Err(error) => {
                 self.storage.release();
+                self.uncount_client(client);
                 return Err(error);
             }
         };
@@ -271,14 +390,17 @@ impl<S: Storage> SessionStore for Sessions<S> {
         if let Some(due) = session.next_due(&self.rules, now) {
             self.storage.file_earlier(session, due);
         }
-        if let Some(heap) = &self.eviction {
-            heap.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Reverse((now, session.handle())));
-        }
+        self.file_for_eviction(session, now);
         self.observer
             .observe(&SessionEvent::Started { session, kind });
         Ok(created)
+    }
+
+    fn client_room(&self, client: IpAddr) -> Result<(), SessionError> {
+        if self.max_per_client > 0 && self.live_for(client) >= self.max_per_client {
+            return Err(SessionError::PerClient(self.max_per_client));
+        }
+        Ok(())
     }
 
     fn resolve(&self, token: &Token, browser: &BrowserKey, now: Millis) -> Option<Resolved> {
@@ -343,6 +465,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
                 .remember_ended(rotation.current, now, self.ended_cap);
         }
         self.storage.release();
+        self.uncount_client(session.client());
         self.observer.observe(&SessionEvent::Ended {
             session,
             reason,
@@ -521,7 +644,9 @@ mod tests {
             config.max_sessions,
             config.when_full,
             events.clone(),
-        );
+        )
+        .unwrap()
+        .with_max_per_client(config.max_per_client);
         World {
             store,
             events,
@@ -533,7 +658,7 @@ mod tests {
     impl World {
         fn create(&self) -> Created {
             self.store
-                .create(&self.key, None, CreatedKind::New, self.clock.now())
+                .create(&self.key, None, CreatedKind::New, None, self.clock.now())
                 .unwrap()
         }
 
@@ -770,7 +895,7 @@ mod tests {
         w.create();
         assert!(matches!(
             w.store
-                .create(&w.key, None, CreatedKind::New, w.clock.now()),
+                .create(&w.key, None, CreatedKind::New, None, w.clock.now()),
             Err(SessionError::Full(2))
         ));
 
@@ -794,7 +919,7 @@ mod tests {
         let w = world(|c| c.on_timeout = OnTimeout::End);
         let store: Arc<dyn SessionStore> = Arc::new(w.store);
         let session = store
-            .create(&w.key, None, CreatedKind::New, w.clock.now())
+            .create(&w.key, None, CreatedKind::New, None, w.clock.now())
             .unwrap()
             .session;
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -918,6 +1043,88 @@ mod tests {
         assert_eq!(w.store.len(), 3);
     }
 
+    fn create_for(w: &World, client: &str) -> Result<Created, SessionError> {
+        let client: IpAddr = client.parse().unwrap();
+        w.store
+            .create(&w.key, None, CreatedKind::New, Some(client), w.clock.now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_sessions_per_client_are_capped_and_given_back_on_every_end() {
+        let w = world(|c| {
+            c.max_per_client = 2;
+            c.on_timeout = OnTimeout::End;
+        });
+        let a = create_for(&w, "10.0.0.1").unwrap().session;
+        let _b = create_for(&w, "10.0.0.1").unwrap().session;
+        assert!(matches!(
+            create_for(&w, "10.0.0.1"),
+            Err(SessionError::PerClient(2))
+        ));
+        assert!(matches!(
+            w.store.client_room("10.0.0.1".parse().unwrap()),
+            Err(SessionError::PerClient(2))
+        ));
+        // Another address is unaffected, and a refusal reserves no slot.
+        assert!(create_for(&w, "10.0.0.2").is_ok());
+        assert_eq!(w.store.len(), 3);
+        // An explicit end gives one back...
+        w.store.end(&a, EndReason::Ended, w.clock.now());
+        let c = create_for(&w, "10.0.0.1").unwrap().session;
+        assert!(create_for(&w, "10.0.0.1").is_err());
+        // ...and so does a timeout ended by the sweeper.
+        w.advance(10_500).await;
+        assert_eq!(c.stored_state(), State::Ended);
+        assert_eq!(w.store.live_for("10.0.0.1".parse().unwrap()), 0);
+        assert_eq!(w.store.clients(), 0, "empty counts are dropped");
+        assert!(create_for(&w, "10.0.0.1").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_takes_the_client_over_its_share_first() {
+        let w = world(|c| {
+            c.max_sessions = 10;
+            c.max_per_client = 0;
+            c.when_full = WhenFull::Evict;
+        });
+        // A real user, created first (so least recently seen of all)...
+        let user = create_for(&w, "192.0.2.7").unwrap().session;
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // ...then a flood from one address fills the table and goes on.
+        for _ in 0..50 {
+            create_for(&w, "10.0.0.1").unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(user.stored_state(), State::Active, "the flooder went first");
+        assert_eq!(w.store.len(), 10);
+        assert_eq!(w.store.live_for("10.0.0.1".parse().unwrap()), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_eviction_heap_stays_proportional_to_live_sessions() {
+        let w = world(|c| {
+            c.max_sessions = 100_000;
+            c.when_full = WhenFull::Evict;
+        });
+        let mut kept = Vec::new();
+        for i in 0..20_000 {
+            let session = w.create().session;
+            if i % 100 == 0 {
+                kept.push(session);
+            } else {
+                w.store.end(&session, EndReason::Ended, w.clock.now());
+            }
+        }
+        assert_eq!(w.store.len(), 200);
+        let bound = 2 * w.store.len() + HEAP_SLACK + 1;
+        assert!(
+            w.store.eviction_len() <= bound,
+            "{} heap entries for {} live sessions",
+            w.store.eviction_len(),
+            w.store.len()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_fork_names_its_parent_once() {
         let w = world(|_| {});
@@ -928,6 +1135,7 @@ mod tests {
                 &w.key,
                 Some(parent.handle()),
                 CreatedKind::Fork,
+                None,
                 w.clock.now(),
             )
             .unwrap()
@@ -950,11 +1158,12 @@ mod tests {
             WhenFull::Reject,
             w.events.clone(),
         )
+        .unwrap()
         .with_ended_cap(CAP);
         let mut tokens = Vec::new();
         for _ in 0..CAP * 3 {
             let created = store
-                .create(&w.key, None, CreatedKind::New, w.clock.now())
+                .create(&w.key, None, CreatedKind::New, None, w.clock.now())
                 .unwrap();
             tokens.push(created.token);
             store.end(&created.session, EndReason::Ended, w.clock.now());
@@ -1055,7 +1264,7 @@ mod tests {
                     match op {
                         Op::Create => {
                             if let Ok(created) =
-                                w.store.create(&w.key, None, CreatedKind::New, now())
+                                w.store.create(&w.key, None, CreatedKind::New, None, now())
                             {
                                 tracked.push(Tracked {
                                     token: created.token,

@@ -274,27 +274,9 @@ fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::headers::tests::{map, values};
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (k, v) in pairs {
-            headers.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        headers
-    }
-
-    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-        headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect()
-    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

@@ -400,11 +400,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of `(name, value)` pairs, in order (shared with `web::forwarded`).
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (k, v) in pairs {
             headers.append(
@@ -415,7 +416,8 @@ mod tests {
         headers
     }
 
-    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    /// Every value of `name`, in order.
+    pub(crate) fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         headers
             .get_all(name)
             .iter()

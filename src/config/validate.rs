@@ -11,7 +11,7 @@ use std::path::Path;
 
 use http::uri::{Authority, Uri};
 
-use super::{Cidr, Config, Duration, Heartbeat, OnTimeout, LANGUAGES};
+use super::{Cidr, Config, Duration, Heartbeat, OnTimeout, SessionMode, LANGUAGES};
 use crate::lifetime::millis;
 use std::time::Duration as StdDuration;
 
@@ -29,6 +29,11 @@ const MIN_TOKEN_CHARS: usize = 16;
 const MAX_TEXT_CHARS: usize = 300;
 /// WCAG 2.2 SC 2.2.1 (Timing Adjustable): at least 20 seconds to extend a time limit.
 const MIN_COUNTDOWN: StdDuration = StdDuration::from_secs(20);
+
+/// The heartbeat intervals the agent keeps (`src/agent/PROTOCOL.md`): a configured
+/// interval outside them would silently not be the one in force.
+const HEARTBEAT_RANGE: std::ops::RangeInclusive<StdDuration> =
+    StdDuration::from_secs(1)..=StdDuration::from_secs(600);
 
 /// Checks `config` and returns every problem found as `(key, reason)`, in key order.
 /// An empty vector means the configuration is usable.
@@ -306,8 +311,11 @@ fn check_browser(config: &Config, p: &mut Problems) {
         let abandon = Duration::from(StdDuration::from_millis(
             config.lifetime().abandon_for(millis(timeout)),
         ));
-        if every.is_zero() {
-            p.add("browser.heartbeat", "must be greater than 0s (or \"auto\")");
+        if !HEARTBEAT_RANGE.contains(&every.get()) {
+            p.add(
+                "browser.heartbeat",
+                format!("{every} is outside what the agent keeps: use 1s to 10m (or \"auto\")"),
+            );
         } else if !timeout.is_zero() && every.get().saturating_mul(2) > abandon.get() {
             // Tabs signal only by heartbeat while the user is away; with fewer than two
             // beats per abandon period one delayed beat ends a session whose tab is open.
@@ -409,6 +417,12 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
                 ),
             );
         }
+    }
+    if config.session.mode == SessionMode::Tab && !session.cookie_lifetime.is_zero() {
+        warnings.add(
+            "session.cookie_lifetime",
+            "is ignored in tab mode (a tab's session lives in the tab, not in a cookie)",
+        );
     }
     warnings.0
 }
@@ -762,10 +776,31 @@ mod tests {
         assert!(keys(&c).is_empty());
         c.browser.heartbeat = Heartbeat::Every(Duration::ZERO);
         assert_eq!(keys(&c), ["browser.heartbeat"]);
-        // timeout = 0: never abandoned, any positive interval is fine.
-        c.session.timeout = Duration::ZERO;
-        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(3600));
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_millis(999));
+        assert_eq!(
+            keys(&c),
+            ["browser.heartbeat"],
+            "under what the agent keeps"
+        );
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(1));
         assert!(keys(&c).is_empty());
+        // timeout = 0: never abandoned, any interval the agent keeps is fine.
+        c.session.timeout = Duration::ZERO;
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(600));
+        assert!(keys(&c).is_empty());
+        c.browser.heartbeat = Heartbeat::Every(Duration::from_secs(601));
+        assert_eq!(keys(&c), ["browser.heartbeat"], "over what the agent keeps");
+    }
+
+    #[test]
+    fn a_cookie_lifetime_in_tab_mode_is_warned_about() {
+        let mut c = Config::default();
+        c.session.cookie_lifetime = Duration::from_secs(86_400);
+        let warned = warnings(&c);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(warned[0].0, "session.cookie_lifetime");
+        c.session.mode = SessionMode::Browser;
+        assert!(warnings(&c).is_empty());
     }
 
     #[test]

@@ -88,6 +88,11 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok::<_, prometheus::Error>(g)
         };
+        let level = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(c.clone()))?;
@@ -145,22 +150,14 @@ impl Metrics {
             upstream_errors,
             client_errors,
             hot,
-            upstream_waiting: {
-                let g = IntGauge::new(
-                    "sessiongate_upstream_waiting",
-                    "Requests waiting for a free upstream slot (upstream.max_in_flight).",
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            tunnels_open: {
-                let g = IntGauge::new(
-                    "sessiongate_tunnels_open",
-                    "Upgraded (WebSocket) tunnels open now.",
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            upstream_waiting: level(
+                "sessiongate_upstream_waiting",
+                "Requests waiting for a free upstream slot (upstream.max_in_flight).",
+            )?,
+            tunnels_open: level(
+                "sessiongate_tunnels_open",
+                "Upgraded (WebSocket) tunnels open now.",
+            )?,
             hook_dropped: counter(
                 "sessiongate_hook_dropped_total",
                 "Hook jobs not made because a queue bound was reached (timeout) or merged into a queued one, by hook.",

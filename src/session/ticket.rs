@@ -132,14 +132,8 @@ impl Tickets {
     ) -> Result<Handle, Rejected> {
         let (handle, expires, mac) = self.verify(kind, text, browser, now)?;
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-        // `push` makes room by dropping the least recently redeeming browser.
-        let values = match spent.get_mut(browser) {
-            Some(values) => values,
-            None => {
-                spent.push(*browser, Vec::new());
-                spent.get_mut(browser).ok_or(Rejected::Full)?
-            }
-        };
+        // A new browser makes room by pushing out the least recently redeeming one.
+        let values = spent.get_or_insert_mut(*browser, Vec::new);
         if values.iter().any(|(seen, _)| constant_time_eq(seen, &mac)) {
             return Err(Rejected::Spent);
         }

@@ -132,13 +132,10 @@ impl<S: Storage> Sessions<S> {
         let Some(client) = client else {
             return Ok(());
         };
+        // A refused client already has an entry (its count is at the limit, so above
+        // zero): nothing is left behind.
         let mut count = self.per_client.entry(client).or_insert(0);
         if self.max_per_client > 0 && *count >= self.max_per_client {
-            let empty = *count == 0;
-            drop(count);
-            if empty {
-                self.per_client.remove_if(&client, |_, n| *n == 0);
-            }
             return Err(SessionError::PerClient(self.max_per_client));
         }
         *count = count.saturating_add(1);
@@ -431,14 +428,12 @@ impl<S: Storage> SessionStore for Sessions<S> {
     }
 
     fn touch(&self, session: &Session, touch: Touch, now: Millis) -> State {
-        if let Verdict::Due(reason) = session.verdict(&self.rules, now) {
-            self.end(session, reason, now);
+        // Whatever was due before this touch happens first (an end, or the `Idle` and
+        // `Warned` of a period the touch ends), so that a touch in the countdown is
+        // counted as `extended` even if the sweeper had not got to the session yet.
+        if self.settle(session, now) == State::Ended {
             return State::Ended;
         }
-        // Whatever was due before this touch happens first (the `Idle` and `Warned`
-        // of a period the touch ends), so that a touch in the countdown is counted
-        // as `extended` even if the sweeper had not got to the session yet.
-        self.settle(session, now);
         // Activity after a kept (or reported) idle period starts a new one whose
         // warning is due before whatever the session is filed for: the one case where
         // a touch moves a deadline earlier, so the one case it writes the index.

@@ -612,8 +612,13 @@ mod tests {
                 .into_iter()
                 .flatten()
                 .min();
-            let early = earliest.map_or(now, |at| at.saturating_sub(1).min(now));
-            if early >= session.last_seen() {
+            // (A deadline at instant 0 has no instant before it.)
+            let early = match earliest {
+                Some(0) => None,
+                Some(at) => Some((at - 1).min(now)),
+                None => Some(now),
+            };
+            if let Some(early) = early.filter(|&early| early >= session.last_seen()) {
                 prop_assert!(
                     !matches!(session.verdict(&rules, early), Verdict::Due(_)),
                     "due at {early} before its deadline {earliest:?}"

@@ -2,6 +2,7 @@
 //! loopback ports, and raw-socket helpers for adversarial input.
 #![allow(dead_code)]
 
+pub mod faulty;
 pub mod scripted;
 pub mod upstream;
 

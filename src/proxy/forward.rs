@@ -17,6 +17,21 @@
 //! client is still uploading. A body the client stalls or breaks off is the client's
 //! failure (`sessiongate_client_errors_total`): 408 (or 400) and the connection
 //! closed, never an upstream error.
+//!
+//! Retries ([`Replay`]): a request hyper never wrote (the pooled connection was found
+//! closed as it was checked out) is sent again by hyper-util itself, whatever its
+//! method: nothing reached the upstream. A request that was written and whose
+//! connection then closed or reset before a complete response head is sent once
+//! more, on a new connection, only if it is idempotent (GET, HEAD, OPTIONS, PUT,
+//! DELETE; RFC 9110 §9.2.2) and has no body — the keep-alive race where the upstream
+//! closes an idle connection just as a request arrives on it. A POST, or any request
+//! with a body, is never sent twice: the client gets 502. The failed attempt is
+//! counted like any other.
+//!
+//! Every failure is sorted into one kind of `sessiongate_upstream_errors_total` by
+//! [`classify`], whether it ends the exchange before the response head (the client
+//! gets the gateway's 502/504) or breaks off the response body (the client's response
+//! is cut off; see [`Slot::hold`]).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -26,7 +41,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -55,6 +70,8 @@ pub struct BadUpstreamUrl {
 /// The upstream application and the client that reaches it.
 pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
+    /// Keeps no idle connection: a [`Replay`] always goes on a new one.
+    fresh: Client<HttpConnector, ProxyBody>,
     scheme: Scheme,
     authority: Authority,
     /// Path prefix of `upstream.url` without a trailing slash ("" for none).
@@ -87,8 +104,10 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/').to_string();
 
         let client = client::pooled(config.connect_timeout.get(), MAX_IDLE_PER_HOST);
+        let fresh = client::pooled(config.connect_timeout.get(), 0);
         Ok(Upstream {
             client,
+            fresh,
             scheme,
             authority,
             base_path,
@@ -132,6 +151,7 @@ impl Upstream {
         metrics: &Arc<Metrics>,
     ) -> Result<(Response<Incoming>, Slot), Response<ProxyBody>> {
         let permit = self.slot(metrics).await?;
+        let replay = Replay::of(&request);
         // Counted where the body fails: the upstream connection's task reads it, and
         // this request's task is gone if the client closed its connection.
         let counted = Arc::clone(metrics);
@@ -139,8 +159,24 @@ impl Upstream {
         let timeout = self.body_timeout;
         let watched = Arc::clone(&progress);
         let request = request.map(|body| Deadline::new(body, timeout, watched).boxed_unsync());
+        let exchange = async {
+            let first = self.client.request(request).await;
+            match (first, replay) {
+                (Err(error), Some(replay)) if replay.worth_it(&error) => {
+                    let kind = classify(&error);
+                    metrics.upstream_error(kind);
+                    tracing::info!(
+                        error = %error_chain(&error),
+                        kind = %kind.as_str(),
+                        "upstream connection closed before answering; sending the request once more on a new connection"
+                    );
+                    self.fresh.request(replay.request()).await
+                }
+                (first, _) => first,
+            }
+        };
         let outcome = tokio::select! {
-            sent = self.client.request(request) => Some(sent),
+            sent = exchange => Some(sent),
             () = progress.quiet_for(self.response_timeout) => None,
         };
         match outcome {
@@ -148,7 +184,13 @@ impl Upstream {
                 metrics.upstream_latency(
                     Instant::now().saturating_duration_since(progress.last_moved()),
                 );
-                Ok((response, Slot(Some(permit))))
+                Ok((
+                    response,
+                    Slot {
+                        permit: Some(permit),
+                        metrics: Arc::clone(metrics),
+                    },
+                ))
             }
             Some(Err(error)) => {
                 if let Some(failure) = progress.failure() {
@@ -216,13 +258,61 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What is needed to send a request once more: an idempotent request without a body
+/// (and no upgrade), as it was before it was sent.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// The replay of `request`, if it may be sent twice.
+    fn of(request: &Request<ProxyBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        (idempotent && !upgrade && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    /// Whether `error` is a connection that closed or reset after the request was
+    /// written and before a response head: neither a connect failure, nor a timeout,
+    /// nor an answer that made no sense.
+    fn worth_it(&self, error: &hyper_util::client::legacy::Error) -> bool {
+        !error.is_connect() && classify(error) == UpstreamError::Reset
+    }
+
+    fn request(self) -> Request<ProxyBody> {
+        let mut request = Request::new(crate::web::body::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
 /// A request's place among the `upstream.max_in_flight`: given back when the
 /// response body it is [held](Slot::hold) by ends, fails or is dropped.
-#[derive(Debug)]
-pub struct Slot(Option<OwnedSemaphorePermit>);
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Where a response body the upstream breaks off is counted.
+    metrics: Arc<Metrics>,
+}
 
 impl Slot {
-    /// The response body, holding this slot until it is done.
+    /// The response body, holding this slot until it is done. A body that fails (the
+    /// upstream reset the connection, closed it early, or garbled the framing) is
+    /// counted in `sessiongate_upstream_errors_total` by its [kind](classify), and
+    /// its error ends the client's response abnormally.
     pub fn hold(self, body: ProxyBody) -> ProxyBody {
         Holding {
             inner: body,
@@ -252,8 +342,21 @@ impl Body for Holding {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.slot.0 = None;
+        match &poll {
+            Poll::Ready(None) => self.slot.permit = None,
+            Poll::Ready(Some(Err(error))) => {
+                // Counted once: the slot is taken when it is given back.
+                if self.slot.permit.take().is_some() {
+                    let kind = classify(error.as_ref());
+                    self.slot.metrics.upstream_error(kind);
+                    tracing::warn!(
+                        error = %error_chain(error.as_ref()),
+                        kind = %kind.as_str(),
+                        "upstream response body broke off"
+                    );
+                }
+            }
+            _ => {}
         }
         poll
     }
@@ -267,16 +370,26 @@ impl Body for Holding {
     }
 }
 
-/// Sorts a client error into the metric's kinds.
-fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+/// Sorts an upstream failure into the metric's kinds: the one mapping for a failed
+/// exchange (hyper-util's client error) and a broken-off response body (hyper's body
+/// error, possibly inside the injection's decoder), by the first cause that tells:
+///
+/// - a timeout (the connect timeout included) → `timeout`;
+/// - a response that does not parse (status line, head, chunk sizes, content coding)
+///   → `protocol`;
+/// - a connection closed or reset before the message was complete → `reset`;
+/// - otherwise a failure to connect → `connect`, anything else → `reset`.
+pub(crate) fn classify(error: &(dyn StdError + 'static)) -> UpstreamError {
+    let mut connect = false;
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout;
-            }
+        if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connect |= client.is_connect();
         }
         if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_timeout() {
+                return UpstreamError::Timeout;
+            }
             if hyper_error.is_parse() || hyper_error.is_parse_status() {
                 return UpstreamError::Protocol;
             }
@@ -284,9 +397,25 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
                 return UpstreamError::Reset;
             }
         }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut => return UpstreamError::Timeout,
+                InvalidData | InvalidInput => return UpstreamError::Protocol,
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof if !connect => {
+                    return UpstreamError::Reset
+                }
+                _ => {}
+            }
+            // `io::Error::source` skips the error it wraps; look at that one too.
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner as &(dyn StdError + 'static));
+                continue;
+            }
+        }
         source = cause.source();
     }
-    if error.is_connect() {
+    if connect {
         UpstreamError::Connect
     } else {
         UpstreamError::Reset

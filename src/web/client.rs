@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pooled `http://` client: connect timeout, `TCP_NODELAY`, pool and protocol
-/// timers, and at most `max_idle_per_host` idle connections.
+/// timers, and at most `max_idle_per_host` idle connections (0: every request on a
+/// new connection, closed after it).
 pub fn pooled<B>(connect_timeout: Duration, max_idle_per_host: usize) -> Client<HttpConnector, B>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -34,6 +35,11 @@ where
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle_per_host)
+        // A request never written because its pooled connection turned out closed is
+        // sent again on another (hyper-util's default, made explicit): nothing of it
+        // reached the upstream, so this is safe for any method. Requests that were
+        // written are never retried here; `proxy::forward` decides those.
+        .retry_canceled_requests(true)
         // Bounds the read buffer (hyper's default grows to ~400 KiB), and so what a
         // stalled client's response can hold on the upstream side.
         .http1_max_buf_size(crate::web::body::STREAM_BUFFER)

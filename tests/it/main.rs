@@ -12,6 +12,7 @@ mod bodies;
 mod cli;
 mod documents;
 mod ended;
+mod faults;
 mod forwarding;
 mod framing;
 mod hooks;

@@ -189,6 +189,7 @@ impl Upstream {
                     Slot {
                         permit: Some(permit),
                         metrics: Arc::clone(metrics),
+                        request_body: progress,
                     },
                 ))
             }
@@ -306,12 +307,16 @@ pub struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     /// Where a response body the upstream breaks off is counted.
     metrics: Arc<Metrics>,
+    /// The request body: when the client failed it, the exchange (and so the
+    /// response body) breaks off by the client's fault, already counted as such.
+    request_body: Arc<Progress>,
 }
 
 impl Slot {
     /// The response body, holding this slot until it is done. A body that fails (the
     /// upstream reset the connection, closed it early, or garbled the framing) is
-    /// counted in `sessiongate_upstream_errors_total` by its [kind](classify), and
+    /// counted in `sessiongate_upstream_errors_total` by its [kind](classify) —
+    /// unless the client failed its request body, which is the client's error — and
     /// its error ends the client's response abnormally.
     pub fn hold(self, body: ProxyBody) -> ProxyBody {
         Holding {
@@ -345,8 +350,11 @@ impl Body for Holding {
         match &poll {
             Poll::Ready(None) => self.slot.permit = None,
             Poll::Ready(Some(Err(error))) => {
-                // Counted once: the slot is taken when it is given back.
-                if self.slot.permit.take().is_some() {
+                // Counted once (the slot is taken when it is given back), and only
+                // when the client did not cause it.
+                let counted =
+                    self.slot.permit.take().is_some() && self.slot.request_body.failure().is_none();
+                if counted {
                     let kind = classify(error.as_ref());
                     self.slot.metrics.upstream_error(kind);
                     tracing::warn!(

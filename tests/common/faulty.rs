@@ -41,6 +41,9 @@ pub enum Fault {
     /// Writes these bytes as soon as the request head is in, without reading the
     /// body, then closes.
     Early(Vec<u8>),
+    /// Writes these bytes as soon as the request head is in and keeps the connection
+    /// (reading and dropping whatever comes) until the gateway closes it.
+    EarlyOpen(Vec<u8>),
 }
 
 /// One request the upstream read.
@@ -248,6 +251,15 @@ async fn serve(
         };
         nth += 1;
         let fault = script(&request);
+        if let Fault::EarlyOpen(bytes) = &fault {
+            seen.lock().unwrap().push(request);
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.flush().await;
+            let mut sink = [0u8; 8192];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         if let Fault::Early(bytes) = &fault {
             seen.lock().unwrap().push(request);
             let _ = stream.write_all(bytes).await;
@@ -303,7 +315,7 @@ async fn serve(
                 let _ = stream.shutdown().await;
                 return;
             }
-            Fault::Early(_) => unreachable!("answered above"),
+            Fault::Early(_) | Fault::EarlyOpen(_) => unreachable!("answered above"),
         }
         let _ = stream.flush().await;
     }

@@ -525,3 +525,39 @@ async fn an_early_answer_reaches_the_client_and_nothing_is_smuggled() {
     assert_counted(&gateway, "reset", 0.0);
     assert_same_session_upstream(&gateway, &upstream, &live).await;
 }
+
+/// The upstream starts answering before the body is in, and then the client stalls
+/// its upload: the exchange is the client's failure (`body_timeout`), not the
+/// upstream's, though the response body breaks off because of it.
+#[tokio::test]
+async fn a_client_stalling_after_an_early_answer_is_not_an_upstream_error() {
+    let early = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nstarted";
+    let upstream = faulty(Fault::EarlyOpen(early.as_bytes().to_vec())).await;
+    let gateway = gateway_for(&upstream.url(), SessionMode::Browser, |config| {
+        config.listen.body_timeout = CfgDuration::from_millis(300);
+    })
+    .await;
+    let live = live(&gateway).await;
+    let mut stream = TcpStream::connect(gateway.public_addr).await.unwrap();
+    let head = format!(
+        "POST /fault/upload HTTP/1.1\r\nHost: gw\r\nCookie: {}\r\nContent-Length: 1000\r\n\r\npart",
+        live.cookie
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut stream)
+        .await
+        .expect("the stalled exchange ended");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    if !answer.is_empty() && status_of(&answer) == 200 {
+        assert!(body_of(&answer).len() < 100, "complete? {answer}");
+    }
+    assert_eq!(
+        metric(
+            &gateway,
+            "sessiongate_client_errors_total{kind=\"body_timeout\"}"
+        ),
+        1.0
+    );
+    assert_counted(&gateway, "reset", 0.0);
+    assert_same_session_upstream(&gateway, &upstream, &live).await;
+}

@@ -55,7 +55,10 @@ impl Context {
         let headers = request.headers();
         let arrival = trust.arrival(headers, conn.peer.ip(), conn.scheme == "https");
         Context {
-            id: headers::request_id(headers),
+            id: request
+                .extensions()
+                .get::<headers::RequestId>()
+                .map_or_else(|| headers::request_id(headers), |id| id.0.clone()),
             conn,
             fetch: Fetch::of(request.method(), headers),
             client: arrival.client,

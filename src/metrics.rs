@@ -60,6 +60,8 @@ pub struct Metrics {
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
     pub refusals: IntCounterVec,
+    /// Requests whose handling (or response body) panicked.
+    pub panics: IntCounter,
     hot: Hot,
 }
 
@@ -222,6 +224,14 @@ impl Metrics {
                 "Requests the gateway refused or failed on itself, by reason.",
                 &["reason"],
             )?,
+            panics: {
+                let c = IntCounter::new(
+                    "sessiongate_panics_total",
+                    "Requests whose handling or response body panicked (answered 500, or the response broken off).",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
 
@@ -297,6 +307,11 @@ impl Metrics {
         } else {
             self.hot.skipped.inc();
         }
+    }
+
+    /// Counts a request whose handling (or response body) panicked.
+    pub fn panicked(&self) {
+        self.panics.inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
@@ -408,6 +423,7 @@ mod tests {
         metrics.request(Route::Proxy, http::StatusCode::SWITCHING_PROTOCOLS);
         metrics.upstream_error(UpstreamError::Reset);
         metrics.client_error(ClientFailure::Aborted);
+        metrics.panicked();
         let page = metrics.render();
         for sample in [
             "sessiongate_requests_total{code=\"4xx\",route=\"reserved\"} 1",
@@ -418,6 +434,7 @@ mod tests {
             "sessiongate_client_errors_total{kind=\"body_aborted\"} 1",
             "sessiongate_client_errors_total{kind=\"body_timeout\"} 0",
             "sessiongate_upstream_waiting 0",
+            "sessiongate_panics_total 1",
         ] {
             assert!(
                 page.lines().any(|line| line == sample),

@@ -102,6 +102,10 @@ impl Admin {
 }
 
 impl Handler for Admin {
+    fn panicked(&self) {
+        self.metrics.panicked();
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,

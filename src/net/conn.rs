@@ -10,15 +10,30 @@
 //!   gracefully (a response still streaming finishes first) — and closed once no
 //!   byte has moved for twice that;
 //! - on shutdown it is asked to finish and close; past the drain deadline, dropped.
+//!
+//! A panic while a request is handled is caught here, for every handler: before the
+//! response exists, the client gets the gateway's 500 ([`Refusal::Internal`]); while
+//! its body streams, the body breaks off (the client sees an incomplete response,
+//! never a clean end). Either way it is logged at error level with the request id
+//! (never a token), counted ([`Handler::panicked`], `sessiongate_panics_total`), and
+//! the connection's other requests, other connections and the process carry on.
+//! (This needs the default `panic = "unwind"`; a profile with `panic = "abort"` would
+//! take the process down.)
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,7 +45,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Handler, Lease, Limits};
-use crate::web::body::STREAM_BUFFER;
+use crate::web::body::{self, BoxError, ProxyBody, STREAM_BUFFER};
+use crate::web::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::web::refusal::Refusal;
 
 /// What the watchdog knows about a connection: when bytes last moved, when a
 /// request last started or got its answer, and how many wait for their answer.
@@ -259,10 +276,41 @@ async fn drive<H, I>(
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::start(&lease.activity);
         request.extensions_mut().insert(lease.clone());
+        // Settled before the handler runs, so that a panic is logged with the id the
+        // handler would have used.
+        let id = request_id(request.headers());
+        request.extensions_mut().insert(RequestId(id.clone()));
         let handler = Arc::clone(&handler);
         async move {
-            let response = handler.handle(request, info).await;
+            let handled = AssertUnwindSafe(Arc::clone(&handler).handle(request, info))
+                .catch_unwind()
+                .await;
             drop(in_flight);
+            let response = match handled {
+                Ok(response) => response.map(|body| Guarded {
+                    inner: body,
+                    handler,
+                    id,
+                    broken: false,
+                }),
+                Err(panic) => {
+                    panicked(
+                        &*handler,
+                        &id,
+                        &*panic,
+                        "handling the request panicked; answered 500",
+                    );
+                    let mut response = Refusal::Internal.into_response();
+                    response.headers_mut().insert(X_REQUEST_ID, id.clone());
+                    body::mark_own(response.headers_mut());
+                    response.map(|body| Guarded {
+                        inner: body,
+                        handler,
+                        id,
+                        broken: false,
+                    })
+                }
+            };
             Ok::<_, std::convert::Infallible>(response)
         }
     });
@@ -305,5 +353,289 @@ async fn drive<H, I>(
                 }
             }
         }
+    }
+}
+
+/// Counts and logs a panic of request `id`'s handling.
+fn panicked<H: Handler>(handler: &H, id: &HeaderValue, payload: &(dyn Any + Send), what: &str) {
+    handler.panicked();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(id = id.to_str().unwrap_or(""), panic = message, "{what}");
+}
+
+/// The error a response body ends with when producing it panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("producing the response body panicked")]
+struct BodyPanicked;
+
+/// A response body whose panics are caught: the body ends with an error (the client's
+/// response breaks off) and the panic is counted and logged with the request id.
+struct Guarded<H> {
+    inner: ProxyBody,
+    handler: Arc<H>,
+    id: HeaderValue,
+    /// It panicked: never polled again.
+    broken: bool,
+}
+
+impl<H: Handler> Body for Guarded<H> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.broken {
+            return Poll::Ready(None);
+        }
+        let inner = &mut this.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_frame(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                this.broken = true;
+                panicked(
+                    &*this.handler,
+                    &this.id,
+                    &*panic,
+                    "producing the response body panicked; response broken off",
+                );
+                Poll::Ready(Some(Err(Box::new(BodyPanicked))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.broken || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.broken {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Panics on `/panic` before answering, and in the body on `/body`.
+    #[derive(Default)]
+    struct Panicky {
+        panics: AtomicUsize,
+    }
+
+    impl Handler for Panicky {
+        async fn handle(
+            self: Arc<Self>,
+            request: Request<Incoming>,
+            _: ConnInfo,
+        ) -> Response<ProxyBody> {
+            match request.uri().path() {
+                "/panic" => panic!("boom in the handler"),
+                "/body" => Response::new(PanicsAfterOneFrame(false).boxed_unsync()),
+                _ => body::text(StatusCode::OK, "fine"),
+            }
+        }
+
+        fn panicked(&self) {
+            self.panics.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A body that yields one frame, then panics.
+    struct PanicsAfterOneFrame(bool);
+
+    impl Body for PanicsAfterOneFrame {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.0 {
+                panic!("boom in the body");
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first part;")))))
+        }
+    }
+
+    /// Serves `handler` with the real accept loop on a loopback port.
+    async fn serving(handler: Arc<Panicky>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(1),
+            max_connections: 16,
+            max_header_bytes: 16 * 1024,
+            max_streams: 16,
+        };
+        tokio::spawn(super::super::serve(
+            listener,
+            None,
+            handler,
+            limits,
+            CancellationToken::new(),
+        ));
+        addr
+    }
+
+    /// Reads one response with a `Content-Length` body from a kept-alive stream.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut buffer = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buffer.len() >= end + 4 + length {
+                    return String::from_utf8_lossy(&buffer).into_owned();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {:?}",
+                String::from_utf8_lossy(&buffer)
+            );
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Log lines written while the guard lives (on this thread: the tests run on a
+    /// current-thread runtime, so every task logs here).
+    fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        #[derive(Clone)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Sink {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(Arc::clone(&logs));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_everything_else_carries_on() {
+        let (logs, _guard) = capture_logs();
+        let handler = Arc::new(Panicky::default());
+        let addr = serving(Arc::clone(&handler)).await;
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /panic HTTP/1.1\r\nHost: gw\r\nX-Request-Id: trace-42\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+        assert!(answer.contains("x-request-id: trace-42\r\n"), "{answer}");
+        assert!(answer.contains("500 Internal Server Error"), "{answer}");
+        assert_eq!(handler.panics.load(Ordering::SeqCst), 1);
+
+        // The same connection serves its next request, and so does another one.
+        stream
+            .write_all(b"GET /fine HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other
+            .write_all(b"GET /fine HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut other).await.starts_with("HTTP/1.1 200 "));
+
+        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let line = logs
+            .lines()
+            .find(|line| line.contains("panicked"))
+            .unwrap_or_else(|| panic!("no panic logged: {logs}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(
+            line.contains("id=\"trace-42\"") || line.contains("id=trace-42"),
+            "{line}"
+        );
+        assert!(line.contains("boom in the handler"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_response_body_breaks_the_response_off() {
+        let (logs, _guard) = capture_logs();
+        let handler = Arc::new(Panicky::default());
+        let addr = serving(Arc::clone(&handler)).await;
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /body HTTP/1.1\r\nHost: gw\r\nX-Request-Id: body-7\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the broken response closed its connection")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        // hyper may not have flushed the head and first chunk yet (then nothing came);
+        // if it had, the last chunk never comes.
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 200 "),
+            "{answer}"
+        );
+        assert!(!answer.ends_with("0\r\n\r\n"), "ended cleanly: {answer:?}");
+        assert_eq!(handler.panics.load(Ordering::SeqCst), 1);
+
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other
+            .write_all(b"GET /fine HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut other).await.starts_with("HTTP/1.1 200 "));
+        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("body-7") && line.contains("boom in the body")),
+            "{logs}"
+        );
     }
 }

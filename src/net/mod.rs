@@ -71,6 +71,11 @@ pub trait Handler: Send + Sync + 'static {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// Told when handling a request, or producing its response body, panicked (the
+    /// connection has answered 500 or broken the response off, and logged it): to
+    /// count it (`sessiongate_panics_total`).
+    fn panicked(&self);
 }
 
 /// Connection-level limits and timeouts.

@@ -348,6 +348,10 @@ impl Gateway {
 }
 
 impl Handler for Gateway {
+    fn panicked(&self) {
+        self.metrics.panicked();
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,

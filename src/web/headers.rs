@@ -375,6 +375,11 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// A request's id, settled as the request arrives (see [`request_id`]) and kept in
+/// its extensions, so that whoever serves or logs the request uses the same one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
 /// The request id to send upstream and log: the client's first `X-Request-Id` when
 /// it is 1–128 characters of `[A-Za-z0-9._-]`, else a fresh hyphenated UUID v4.
 ///

@@ -101,7 +101,8 @@ pub enum Refusal {
     SessionsFull,
     /// Too many new sessions from this client address; retry after so many ms.
     Limited { retry_ms: u64 },
-    /// The OS random number generator failed.
+    /// The gateway failed itself: the OS random number generator failed, or handling
+    /// the request panicked (`net::conn`).
     Internal,
     /// The upstream failed.
     Upstream(UpstreamError),

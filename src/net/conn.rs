@@ -599,6 +599,33 @@ mod tests {
         assert!(line.contains("boom in the handler"), "{line}");
     }
 
+    /// Over HTTP/2 each stream is its own task: a panicking one is answered 500 and
+    /// the connection's other streams are served.
+    #[tokio::test]
+    async fn a_panicking_http2_stream_is_answered_500_and_the_connection_carries_on() {
+        let handler = Arc::new(Panicky::default());
+        let addr = serving(Arc::clone(&handler)).await;
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let get = |path: &str| {
+            Request::get(format!("http://{addr}{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let response = sender.send_request(get("/panic")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key(X_REQUEST_ID));
+        let response = sender.send_request(get("/fine")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"fine\n");
+        assert_eq!(handler.panics.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn a_panicking_response_body_breaks_the_response_off() {
         let (logs, _guard) = capture_logs();

@@ -429,3 +429,47 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> UpstreamError {
         UpstreamError::Reset
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// What the integration tests cannot build: io errors wrapped the way the
+    /// injection's decoder and the body plumbing wrap them.
+    #[test]
+    fn io_causes_are_sorted_into_kinds_even_when_wrapped() {
+        let kind = |error: io::Error| classify(&error);
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionReset.into()),
+            UpstreamError::Reset
+        );
+        assert_eq!(
+            kind(io::ErrorKind::UnexpectedEof.into()),
+            UpstreamError::Reset
+        );
+        assert_eq!(kind(io::ErrorKind::TimedOut.into()), UpstreamError::Timeout);
+        assert_eq!(
+            kind(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")),
+            UpstreamError::Protocol
+        );
+        // `io::Error::other(inner)`: `source()` skips `inner`; the kind is found anyway.
+        assert_eq!(
+            kind(io::Error::other(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "corrupt deflate stream"
+            ))),
+            UpstreamError::Protocol
+        );
+        assert_eq!(
+            kind(io::Error::other(io::Error::from(io::ErrorKind::BrokenPipe))),
+            UpstreamError::Reset
+        );
+        // Nothing that tells: a reset (the exchange broke), never a connect failure.
+        assert_eq!(
+            kind(io::Error::other("something else")),
+            UpstreamError::Reset
+        );
+    }
+}

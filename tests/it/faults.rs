@@ -561,3 +561,36 @@ async fn a_client_stalling_after_an_early_answer_is_not_an_upstream_error() {
     assert_counted(&gateway, "reset", 0.0);
     assert_same_session_upstream(&gateway, &upstream, &live).await;
 }
+
+/// A page whose compressed body is corrupt: the agent's injection decodes it and
+/// fails; the client's page is cut off (never a clean end) and the fault is the
+/// upstream's `protocol`.
+#[tokio::test]
+async fn a_corrupt_compressed_page_is_cut_off_and_counted_as_protocol() {
+    let garbage = "this is not gzip at all, not even its magic bytes....";
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\n\r\n{garbage}",
+        garbage.len()
+    );
+    let upstream = faulty(Fault::Answer(answer.into_bytes())).await;
+    let gateway = gateway_for(&upstream.url(), SessionMode::Browser, |_| {}).await;
+    let live = live(&gateway).await;
+    let raw = format!(
+        "GET /fault/page HTTP/1.1\r\nHost: gw\r\nCookie: {}\r\nAccept: text/html\r\n\
+         Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n\r\n",
+        live.cookie
+    );
+    let mut stream = TcpStream::connect(gateway.public_addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut stream)
+        .await
+        .expect("the broken page closed its connection");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    if !answer.is_empty() {
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(!body_of(&answer).ends_with("0\r\n\r\n"), "{answer:?}");
+    }
+    assert_counted(&gateway, "protocol", 1.0);
+    assert_same_session_upstream(&gateway, &upstream, &live).await;
+}

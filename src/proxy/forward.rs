@@ -14,7 +14,9 @@
 //!
 //! The request body is sent under `listen.body_timeout` ([`Deadline`]), and the
 //! response timeout counts from the moment the body has been sent, not while the
-//! client is still uploading. A body the client stalls or breaks off is the client's
+//! client is still uploading. It also bounds each pause of the response body while
+//! the gateway waits for it ([`BodyStalled`]): an upstream that stops mid-body would
+//! otherwise hold the client (an HTTP/2 stream for ever) and its slot. A body the client stalls or breaks off is the client's
 //! failure (`sessiongate_client_errors_total`): 408 (or 400) and the connection
 //! closed, never an upstream error.
 //!
@@ -34,6 +36,7 @@
 //! is cut off; see [`Slot::hold`]).
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,7 +51,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
 use crate::metrics::{ClientFailure, Metrics, UpstreamError};
@@ -190,6 +193,7 @@ impl Upstream {
                         permit: Some(permit),
                         metrics: Arc::clone(metrics),
                         request_body: progress,
+                        stall_after: self.response_timeout,
                     },
                 ))
             }
@@ -310,11 +314,15 @@ pub struct Slot {
     /// The request body: when the client failed it, the exchange (and so the
     /// response body) breaks off by the client's fault, already counted as such.
     request_body: Arc<Progress>,
+    /// `upstream.response_timeout`: the longest the upstream may keep the response
+    /// body waiting.
+    stall_after: Duration,
 }
 
 impl Slot {
     /// The response body, holding this slot until it is done. A body that fails (the
-    /// upstream reset the connection, closed it early, or garbled the framing) is
+    /// upstream reset the connection, closed it early, garbled the framing, or sent
+    /// nothing of it for `upstream.response_timeout` while it was waited for) is
     /// counted in `sessiongate_upstream_errors_total` by its [kind](classify) —
     /// unless the client failed its request body, which is the client's error — and
     /// its error ends the client's response abnormally.
@@ -322,6 +330,8 @@ impl Slot {
         Holding {
             inner: body,
             slot: self,
+            stall: None,
+            armed: false,
         }
         .boxed_unsync()
     }
@@ -332,10 +342,52 @@ impl Slot {
     }
 }
 
-/// A body that gives its [`Slot`] back as soon as it is done.
+/// The error a response body fails with when the upstream sends nothing of it for
+/// `upstream.response_timeout` while the gateway waits for it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the upstream sent nothing of its response body for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// A body that gives its [`Slot`] back as soon as it is done, and fails when the
+/// upstream stalls it.
 struct Holding {
     inner: ProxyBody,
     slot: Slot,
+    /// Runs while the body waits for the upstream (not while the client is slow to
+    /// read: then the body is not polled and waits for nothing).
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Holding {
+    /// Whether the upstream has now kept the body waiting for `response_timeout`
+    /// (time the client spent moving its request body, as in an early answer to an
+    /// upload, counts as activity). Arms the timer on the first wait of a pause.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.slot.stall_after;
+        if !self.armed {
+            let Some(deadline) = Instant::now().checked_add(idle) else {
+                return false;
+            };
+            match &mut self.stall {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let Some(sleep) = self.stall.as_mut() else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            match self.slot.request_body.last_moved().checked_add(idle) {
+                Some(resume) if resume > Instant::now() => sleep.as_mut().reset(resume),
+                _ => return true,
+            }
+        }
+    }
 }
 
 impl Body for Holding {
@@ -346,7 +398,14 @@ impl Body for Holding {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if poll.is_pending() {
+            if !self.stalled(cx) {
+                return Poll::Pending;
+            }
+            poll = Poll::Ready(Some(Err(Box::new(BodyStalled(self.slot.stall_after)))));
+        }
+        self.armed = false;
         match &poll {
             Poll::Ready(None) => self.slot.permit = None,
             Poll::Ready(Some(Err(error))) => {
@@ -382,7 +441,7 @@ impl Body for Holding {
 /// exchange (hyper-util's client error) and a broken-off response body (hyper's body
 /// error, possibly inside the injection's decoder), by the first cause that tells:
 ///
-/// - a timeout (the connect timeout included) → `timeout`;
+/// - a timeout (the connect timeout, a stalled response body included) → `timeout`;
 /// - a response that does not parse (status line, head, chunk sizes, content coding)
 ///   → `protocol`;
 /// - a connection closed or reset before the message was complete → `reset`;
@@ -391,6 +450,9 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> UpstreamError {
     let mut connect = false;
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(cause) = source {
+        if cause.is::<BodyStalled>() {
+            return UpstreamError::Timeout;
+        }
         if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
             connect |= client.is_connect();
         }

@@ -1,7 +1,7 @@
 //! A scripted faulty upstream: a loopback listener whose behaviour is chosen per
 //! request (by connection and by request on that connection), for the upstream-fault
 //! tests. Besides answering with exact bytes it can stay silent, trickle an answer
-//! byte by byte, reset the connection (`SO_LINGER` 0) after part of an answer, close a
+//! byte by byte (head and all, or the body only), reset the connection (`SO_LINGER` 0) after part of an answer, close a
 //! kept-alive connection when it is reused, and answer before reading the request
 //! body. [`closed_port`] and [`Blackhole`] stand for an upstream that refuses, and one
 //! whose connect never completes (a listener whose accept queue is full: Linux drops
@@ -33,6 +33,13 @@ pub enum Fault {
     /// Reads the request, writes these bytes one at a time with a pause before each,
     /// then keeps the connection.
     Trickle(Vec<u8>, Duration),
+    /// Reads the request, writes `head` at once, then `body` one byte at a time with
+    /// a pause before each, then keeps the connection.
+    Drip {
+        head: Vec<u8>,
+        body: Vec<u8>,
+        pause: Duration,
+    },
     /// Reads the request, writes these bytes, then resets the connection (RST).
     ResetAfter(Vec<u8>),
     /// Reads the request and closes the connection without a byte (what a server
@@ -297,6 +304,17 @@ async fn serve(
             }
             Fault::Trickle(bytes, pause) => {
                 for byte in bytes {
+                    tokio::time::sleep(pause).await;
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Fault::Drip { head, body, pause } => {
+                if stream.write_all(&head).await.is_err() {
+                    return;
+                }
+                for byte in body {
                     tokio::time::sleep(pause).await;
                     if stream.write_all(&[byte]).await.is_err() {
                         return;

@@ -7,6 +7,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sessiongate::config::{Duration as CfgDuration, SessionMode};
 use sessiongate::server::Running;
 use sessiongate::session::State;
@@ -592,5 +595,98 @@ async fn a_corrupt_compressed_page_is_cut_off_and_counted_as_protocol() {
         assert!(!body_of(&answer).ends_with("0\r\n\r\n"), "{answer:?}");
     }
     assert_counted(&gateway, "protocol", 1.0);
+    assert_same_session_upstream(&gateway, &upstream, &live).await;
+}
+
+/// An upstream that sends the head and part of the body, then nothing: the body is
+/// broken off after `upstream.response_timeout` of waiting (counted as `timeout`), over
+/// HTTP/1.1 and HTTP/2 alike, and its upstream slot is given back. Without this an
+/// HTTP/2 stream (whose connection stays busy with pings) waited for ever.
+#[tokio::test]
+async fn a_stalled_upstream_body_is_broken_off_after_the_response_timeout() {
+    let partial =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789";
+    let upstream = faulty(Fault::Answer(partial.as_bytes().to_vec())).await;
+    let gateway = gateway_for(&upstream.url(), SessionMode::Browser, |config| {
+        config.upstream.response_timeout = CfgDuration::from_millis(300);
+        // One slot: a stalled body that kept it would starve the next request.
+        config.upstream.max_in_flight = 1;
+    })
+    .await;
+    let live = live(&gateway).await;
+
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gateway.public_addr).await.unwrap();
+    let request = format!(
+        "GET /fault HTTP/1.1\r\nHost: gw\r\nCookie: {}\r\n\r\n",
+        live.cookie
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut stream)
+        .await
+        .expect("the stalled response was broken off");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(body_of(&answer), "0123456789", "{answer}");
+    assert_counted(&gateway, "timeout", 1.0);
+
+    let started = Instant::now();
+    let stream = TcpStream::connect(gateway.public_addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/fault", gateway.public_addr))
+        .header("cookie", &live.cookie)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the stalled HTTP/2 stream ended");
+    assert!(body.is_err(), "a stalled body must not end cleanly");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_counted(&gateway, "timeout", 2.0);
+
+    // The one upstream slot is free again.
+    assert_same_session_upstream(&gateway, &upstream, &live).await;
+}
+
+/// A body that keeps coming, slowly, is no stall: each pause is shorter than the
+/// response timeout, the whole takes longer, and it is passed on whole.
+#[tokio::test]
+async fn a_slow_steady_upstream_body_longer_than_the_response_timeout_is_passed_whole() {
+    let upstream = faulty(Fault::Drip {
+        head: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n".to_vec(),
+        body: b"drip by drip".to_vec(),
+        pause: Duration::from_millis(100),
+    })
+    .await;
+    let gateway = gateway_for(&upstream.url(), SessionMode::Browser, |config| {
+        config.upstream.response_timeout = CfgDuration::from_millis(300);
+    })
+    .await;
+    let live = live(&gateway).await;
+    let started = Instant::now();
+    let answer = exchange(&gateway, get("/fault", &live.cookie)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(body_of(&answer), "drip by drip");
+    assert_counted(&gateway, "timeout", 0.0);
     assert_same_session_upstream(&gateway, &upstream, &live).await;
 }

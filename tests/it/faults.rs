@@ -690,3 +690,43 @@ async fn a_slow_steady_upstream_body_longer_than_the_response_timeout_is_passed_
     assert_counted(&gateway, "timeout", 0.0);
     assert_same_session_upstream(&gateway, &upstream, &live).await;
 }
+
+/// A client slow to read is no upstream stall: the gateway does not wait for the
+/// upstream while the client's side is full, so a pause longer than the response
+/// timeout in the client's reading breaks nothing and counts nothing.
+#[tokio::test]
+async fn a_client_slow_to_read_is_not_an_upstream_stall() {
+    let size = 4 * 1024 * 1024;
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .into_bytes();
+    answer.resize(answer.len() + size, b'z');
+    let upstream = faulty(Fault::Answer(answer)).await;
+    let gateway = gateway_for(&upstream.url(), SessionMode::Browser, |config| {
+        config.upstream.response_timeout = CfgDuration::from_millis(300);
+    })
+    .await;
+    let live = live(&gateway).await;
+    let mut stream = TcpStream::connect(gateway.public_addr).await.unwrap();
+    stream
+        .write_all(get("/fault", &live.cookie).as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut first).await.unwrap();
+    // Three response timeouts without reading.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the rest came")
+        .unwrap();
+    let mut whole = first;
+    whole.extend_from_slice(&rest);
+    let answer = String::from_utf8_lossy(&whole);
+    assert_eq!(status_of(&answer), 200);
+    assert_eq!(body_of(&answer).len(), size, "the whole body");
+    assert_counted(&gateway, "timeout", 0.0);
+    assert_same_session_upstream(&gateway, &upstream, &live).await;
+}

@@ -391,3 +391,16 @@ pub fn ok(body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A complete `200` HTML page with `body` (keep-alive): the agent goes into it on a
+/// page load, and in `tab` mode hands the tab its token there.
+pub fn page(body: &str) -> Vec<u8> {
+    let html = format!(
+        "<!doctype html><html><head><title>{body}</title></head><body>{body}</body></html>"
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\r\n{html}",
+        html.len()
+    )
+    .into_bytes()
+}

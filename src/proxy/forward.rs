@@ -16,9 +16,10 @@
 //! response timeout counts from the moment the body has been sent, not while the
 //! client is still uploading. It also bounds each pause of the response body while
 //! the gateway waits for it ([`BodyStalled`]): an upstream that stops mid-body would
-//! otherwise hold the client (an HTTP/2 stream for ever) and its slot. A body the client stalls or breaks off is the client's
-//! failure (`sessiongate_client_errors_total`): 408 (or 400) and the connection
-//! closed, never an upstream error.
+//! otherwise hold the client (an HTTP/2 stream for ever) and its slot. A body the
+//! client stalls or breaks off is the client's failure
+//! (`sessiongate_client_errors_total`): 408 (or 400) and the connection closed, never
+//! an upstream error.
 //!
 //! Retries ([`Replay`]): a request hyper never wrote (the pooled connection was found
 //! closed as it was checked out) is sent again by hyper-util itself, whatever its
@@ -290,7 +291,8 @@ impl Replay {
 
     /// Whether `error` is a connection that closed or reset after the request was
     /// written and before a response head: neither a connect failure, nor a timeout,
-    /// nor an answer that made no sense.
+    /// nor an answer that made no sense. (The replay goes on a client that pools
+    /// nothing, so its connection is never reused whatever it answers.)
     fn worth_it(&self, error: &hyper_util::client::legacy::Error) -> bool {
         !error.is_connect() && classify(error) == UpstreamError::Reset
     }
@@ -471,7 +473,7 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> UpstreamError {
             use std::io::ErrorKind::*;
             match io.kind() {
                 TimedOut => return UpstreamError::Timeout,
-                InvalidData | InvalidInput => return UpstreamError::Protocol,
+                InvalidData | InvalidInput if !connect => return UpstreamError::Protocol,
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof if !connect => {
                     return UpstreamError::Reset
                 }

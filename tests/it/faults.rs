@@ -290,8 +290,9 @@ async fn an_upstream_head_slower_than_the_response_timeout_is_a_504() {
     }
 }
 
-/// A connection reset after part of a sized or chunked body: the client gets the head
-/// and what came, then its connection closes without the rest, never a clean end.
+/// A connection reset after part of a sized, chunked or close-delimited body: the
+/// client gets the head and what came, then its connection closes without the rest,
+/// never a clean end.
 #[tokio::test]
 async fn a_reset_mid_body_is_never_a_complete_response_and_counts_as_reset() {
     for mode in MODES {
@@ -302,6 +303,8 @@ async fn a_reset_mid_body_is_never_a_complete_response_and_counts_as_reset() {
                 "Transfer-Encoding: chunked\r\n",
                 "a\r\n0123456789\r\n",
             ),
+            // Delimited by the close: only a FIN ends it; an RST is no end.
+            ("close-delimited", "Connection: close\r\n", "0123456789"),
         ] {
             let partial =
                 format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{head}\r\n{sent}");
@@ -334,7 +337,12 @@ async fn a_reset_mid_body_is_never_a_complete_response_and_counts_as_reset() {
 #[tokio::test]
 async fn bad_framing_is_a_502_and_its_connection_is_discarded() {
     for mode in MODES {
+        let huge_head = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "b".repeat(256 * 1024)
+        );
         for (name, answer, status) in [
+            ("head too large", huge_head.as_str(), 502),
             (
                 "cl+te",
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::session::events::{SessionEvent, SessionObserver};
+use crate::session::jar::Dropped;
 use crate::session::{CreatedKind, EndReason, State};
 
 /// Where a response came from (label `route`).
@@ -60,6 +61,8 @@ pub struct Metrics {
     pub injections: IntCounterVec,
     pub hook_calls: IntCounterVec,
     pub refusals: IntCounterVec,
+    /// Upstream cookies the session cookie jars did not keep, by reason.
+    pub jar_dropped: IntCounterVec,
     hot: Hot,
 }
 
@@ -222,6 +225,11 @@ impl Metrics {
                 "Requests the gateway refused or failed on itself, by reason.",
                 &["reason"],
             )?,
+            jar_dropped: counter(
+                "sessiongate_jar_dropped_total",
+                "Upstream cookies a session's cookie jar refused or dropped (upstream.cookie_jar), by reason.",
+                &["reason"],
+            )?,
             registry,
         };
 
@@ -274,6 +282,14 @@ impl Metrics {
         for reason in Refusal::LABELS {
             self.refusals.with_label_values(&[reason]);
         }
+        for reason in Dropped::ALL {
+            self.jar_dropped.with_label_values(&[reason.as_str()]);
+        }
+    }
+
+    /// Counts one cookie a session's jar refused or dropped.
+    pub fn jar_dropped(&self, reason: Dropped) {
+        self.jar_dropped.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Counts one response.

@@ -23,6 +23,7 @@ pub use memory::{MemoryStorage, MemoryStore};
 pub use policy::{Sessions, ENDED_AGE, ENDED_CAP};
 pub use storage::{Alias, Rotation, Storage};
 
+use super::jar::Jar;
 use super::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
     Token, Touch,
@@ -124,4 +125,15 @@ pub trait SessionStore: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Changes `session`'s cookie jar under its lock (see [`Storage::update_jar`]):
+    /// `change` sees `None` when it has none, and may create or drop it. Nothing is
+    /// kept for a session that has ended (or ends meanwhile).
+    fn update_jar(&self, session: &Session, change: &mut dyn FnMut(&mut Option<Jar>));
+
+    /// A copy of the cookie jar of the session with this handle.
+    fn jar(&self, handle: &Handle) -> Option<Jar>;
+
+    /// Jars stored (at most one per live session).
+    fn jar_count(&self) -> usize;
 }

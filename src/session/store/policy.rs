@@ -27,6 +27,7 @@ use super::{Created, Resolved, SessionStore, ROTATION_GRACE};
 use crate::config::{OnTimeout, WhenFull};
 use crate::session::events::{SessionEvent, SessionObserver};
 use crate::session::expiry::DueEntry;
+use crate::session::jar::Jar;
 use crate::session::token::{Binder, Deriver};
 use crate::session::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
@@ -453,6 +454,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         };
         let handle = session.handle();
         self.storage.remove(&handle);
+        self.storage.remove_jar(&handle);
         self.storage.remember_ended(handle, now, self.ended_cap);
         if let Some(rotation) = self.storage.remove_rotation(&handle) {
             self.storage.remove_alias(&rotation.current);
@@ -563,6 +565,27 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn len(&self) -> usize {
         self.storage.len()
+    }
+
+    fn update_jar(&self, session: &Session, change: &mut dyn FnMut(&mut Option<Jar>)) {
+        let handle = session.handle();
+        if session.stored_state() == State::Ended {
+            return;
+        }
+        self.storage.update_jar(&handle, change);
+        // Ended meanwhile: `end` marks the session ended before it removes the jar,
+        // so either it removed this one, or the mark is seen here.
+        if session.stored_state() == State::Ended {
+            self.storage.remove_jar(&handle);
+        }
+    }
+
+    fn jar(&self, handle: &Handle) -> Option<Jar> {
+        self.storage.jar(handle)
+    }
+
+    fn jar_count(&self) -> usize {
+        self.storage.jar_count()
     }
 }
 

@@ -255,7 +255,13 @@ impl Jar {
                         let created = self.cookies[at].created;
                         self.cookies[at] = JarCookie { created, ..cookie };
                     }
-                    (None, false) => self.cookies.push(cookie),
+                    (None, false) => {
+                        // Exactly one more: a `Vec` would otherwise make room for four,
+                        // and most jars hold one cookie (see `cargo bench --bench
+                        // sessions`, 1b).
+                        self.cookies.reserve_exact(1);
+                        self.cookies.push(cookie);
+                    }
                 }
                 self.purge(now);
                 self.bound(&mut dropped);

@@ -2,7 +2,8 @@
 //! sweeper and the admin API use, and the pieces that implement it.
 //!
 //! - [`Storage`] (`storage.rs`): what a backing store provides — sessions by handle,
-//!   slots for `max_sessions`, the deadline index, the side tables of rotated tokens.
+//!   slots for `max_sessions`, the deadline index, the side tables of rotated tokens
+//!   and of cookie jars ([`crate::session::jar`], one per session that has one).
 //! - [`MemoryStorage`] (`memory.rs`): that, in this process (a `DashMap` and the
 //!   [`DeadlineIndex`](super::expiry::DeadlineIndex)); [`MemoryStore`] is the policy
 //!   on top of it, the store the gateway runs.

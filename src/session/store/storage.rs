@@ -3,7 +3,7 @@
 //!
 //! Storage knows where sessions are, not how long they live: it gets, inserts,
 //! removes and scans sessions, counts them against a limit, keeps the deadline index
-//! and the side tables of rotated tokens. Every decision (which deadline applies,
+//! and the side tables of rotated tokens and of cookie jars. Every decision (which deadline applies,
 //! when a token retires, which session to evict, which event to emit) is made once,
 //! above it, by [`Sessions`](super::Sessions).
 //!

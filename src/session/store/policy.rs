@@ -1470,6 +1470,25 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
+        async fn jars_never_outnumber_the_live_sessions() {
+            let w = world(|c| {
+                c.max_sessions = 4;
+                c.when_full = WhenFull::Evict;
+            });
+            for i in 0..100 {
+                let created = w.create();
+                for c in 0..60 {
+                    add(&w.store, &created.session, &format!("c{c}={i}"));
+                }
+                w.advance(1).await;
+                assert!(w.store.jar_count() <= 4, "{} jars", w.store.jar_count());
+                let jar = w.store.jar(&created.session.handle()).unwrap();
+                assert!(jar.len() <= crate::session::jar::MAX_COOKIES);
+            }
+            assert_eq!(w.store.jar_count(), 4);
+        }
+
+        #[tokio::test(start_paused = true)]
         async fn an_ended_session_gets_no_jar() {
             let w = world(|_| {});
             let created = w.create();

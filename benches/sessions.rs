@@ -22,6 +22,13 @@
 //!    token/key pair) are subtracted. Hash tables grow in powers of two, so the
 //!    figure depends on where the population sits between two resizes: just past one
 //!    (as at 1,000,000) is the expensive end.
+//!
+//!    *With a cookie jar (1b):* then it gives every session a jar
+//!    (`upstream.cookie_jar`) holding one PHP-style session cookie with a 32-byte
+//!    value (`PHPSESSID=<32 hex digits>; Path=/; HttpOnly`), stored through the
+//!    store's `update_jar` as the request path does, and reports what that adds per
+//!    session, the same two ways. Sessions without a jar pay nothing for it (the jar
+//!    is a side table), so the first figure is a session's cost either way.
 //! 2. **Throughput.** Two threads for `--secs` each: `touch` (signal, then activity)
 //!    on random pre-resolved sessions, then `resolve(token, key)` (the lookup every
 //!    request does) with random credentials. `now` is read once per 256 operations.
@@ -61,6 +68,7 @@ use serde::Serialize;
 use sessiongate::config::{Config, Duration as CfgDuration, OnTimeout, SessionConfig, WhenFull};
 use sessiongate::server;
 use sessiongate::session::events::{SessionEvent, SessionObserver};
+use sessiongate::session::jar::{Jar, Site};
 use sessiongate::session::store::{MemoryStore, SessionStore};
 use sessiongate::session::{
     sweeper, BrowserKey, Clock, CreatedKind, Lifetime, Millis, Session, Token, Touch,
@@ -496,6 +504,65 @@ fn memory(sessions: usize, epoch: Instant) -> Result<(Population, MemoryReport)>
         credentials,
     };
     Ok((population, report))
+}
+
+#[derive(Debug, Serialize)]
+struct JarReport {
+    jars: usize,
+    cookie_value_bytes: usize,
+    heap_bytes_per_session: f64,
+    heap_blocks_per_session: f64,
+    rss_bytes_per_session: f64,
+}
+
+/// 1b. One jar with one 32-byte session cookie for every session.
+fn jar_memory(population: &Population) -> Result<JarReport> {
+    let site = Site {
+        host: "app.example",
+        path: "/",
+        secure: false,
+    };
+    let now = population.clock.wall(population.clock.now());
+    let before = Usage::now();
+    let mut cookie = String::with_capacity(64);
+    for (i, session) in population.sessions.iter().enumerate() {
+        use std::fmt::Write as _;
+        cookie.clear();
+        let value = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        let _ = write!(cookie, "PHPSESSID={value:032x}; Path=/; HttpOnly");
+        population
+            .store
+            .update_jar(session, &mut |slot: &mut Option<Jar>| {
+                slot.get_or_insert_with(Jar::default)
+                    .store(cookie.as_bytes(), &site, now);
+            });
+    }
+    let after = Usage::now();
+    let jars = population.store.jar_count();
+    if jars != population.sessions.len() {
+        bail!("{jars} jars for {} sessions", population.sessions.len());
+    }
+    let n = jars as f64;
+    let report = JarReport {
+        jars,
+        cookie_value_bytes: 32,
+        heap_bytes_per_session: (after.heap_bytes - before.heap_bytes) as f64 / n,
+        heap_blocks_per_session: (after.heap_blocks - before.heap_blocks) as f64 / n,
+        rss_bytes_per_session: (after.rss_bytes as f64 - before.rss_bytes as f64) / n,
+    };
+    println!(
+        "\n1b. Cookie jars: one PHPSESSID (32-byte value, Path=/, HttpOnly) in each of {} sessions",
+        thousands(n)
+    );
+    println!(
+        "   heap (counting allocator)  {:>6.1} B/session more in {:.2} blocks/session",
+        report.heap_bytes_per_session, report.heap_blocks_per_session
+    );
+    println!(
+        "   resident (/proc statm)     {:>6.1} B/session more",
+        report.rss_bytes_per_session
+    );
+    Ok(report)
 }
 
 // ---------------------------------------------------------------------------------
@@ -985,6 +1052,7 @@ struct Report {
     profile: &'static str,
     cores: usize,
     memory: MemoryReport,
+    jar_memory: JarReport,
     throughput: ThroughputReport,
     store_expiry: ExpiryReport,
     gateway_expiry: Option<ExpiryReport>,
@@ -1008,6 +1076,7 @@ fn main() -> Result<()> {
     );
 
     let (population, memory) = memory(options.sessions, epoch)?;
+    let jar_memory = jar_memory(&population)?;
     let throughput = throughput(&population, options.secs);
     let store_expiry = store_expiry(&population, epoch)?;
     drop(population);
@@ -1022,6 +1091,7 @@ fn main() -> Result<()> {
             profile,
             cores,
             memory,
+            jar_memory,
             throughput,
             store_expiry,
             gateway_expiry,

@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::session::events::{SessionEvent, SessionObserver};
+use crate::session::jar::Dropped;
 use crate::session::{CreatedKind, EndReason, State};
 
 /// Where a response came from (label `route`).
@@ -62,6 +63,8 @@ pub struct Metrics {
     pub refusals: IntCounterVec,
     /// Requests whose handling (or response body) panicked.
     pub panics: IntCounter,
+    /// Upstream cookies the session cookie jars did not keep, by reason.
+    pub jar_dropped: IntCounterVec,
     hot: Hot,
 }
 
@@ -232,6 +235,11 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            jar_dropped: counter(
+                "sessiongate_jar_dropped_total",
+                "Upstream cookies a session's cookie jar refused or dropped (upstream.cookie_jar), by reason.",
+                &["reason"],
+            )?,
             registry,
         };
 
@@ -284,6 +292,14 @@ impl Metrics {
         for reason in Refusal::LABELS {
             self.refusals.with_label_values(&[reason]);
         }
+        for reason in Dropped::ALL {
+            self.jar_dropped.with_label_values(&[reason.as_str()]);
+        }
+    }
+
+    /// Counts one cookie a session's jar refused or dropped.
+    pub fn jar_dropped(&self, reason: Dropped) {
+        self.jar_dropped.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Counts one response.

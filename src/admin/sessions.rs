@@ -1,6 +1,9 @@
 //! The session API of the admin listener (DESIGN.md §9):
 //! `GET /sessions?limit=&after=&state=`, `GET | DELETE | PATCH /sessions/{handle}`.
 //!
+//! `GET /sessions/{handle}` also shows the session's cookie jar (`jar`: names,
+//! sizes and attributes of the cookies, never their values).
+//!
 //! Every time is in milliseconds: instants (`created`, `last_activity`,
 //! `last_seen`) since the Unix epoch, like the hook payloads and heartbeat replies;
 //! the one duration is named for its unit (`timeout_ms`), in replies and in `PATCH`.
@@ -170,7 +173,11 @@ impl SessionApi {
             return body::json_error(StatusCode::NOT_FOUND, "no such session");
         };
         match *request.method() {
-            Method::GET | Method::HEAD => body::json(StatusCode::OK, &self.describe(&session)),
+            Method::GET | Method::HEAD => {
+                let mut described = self.describe(&session);
+                described["jar"] = self.jar(&session);
+                body::json(StatusCode::OK, &described)
+            }
             Method::DELETE => {
                 self.store.end(&session, EndReason::Admin, now);
                 body::json(
@@ -228,6 +235,36 @@ impl SessionApi {
             "timeout_ms": session.timeout(),
             "parent": session.parent(),
         })
+    }
+}
+
+impl SessionApi {
+    /// The session's cookie jar (`upstream.cookie_jar`) as the single-session view
+    /// shows it: each cookie's name, size and attributes, never its value; `[]`
+    /// without a jar.
+    fn jar(&self, session: &Session) -> Value {
+        let Some(jar) = self.store.jar(&session.handle()) else {
+            return json!([]);
+        };
+        let mut cookies: Vec<_> = jar.cookies().iter().collect();
+        cookies.sort_by_key(|c| c.created);
+        Value::Array(
+            cookies
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "size": c.size(),
+                        "domain": c.domain,
+                        "host_only": c.host_only,
+                        "path": c.path,
+                        "expires": c.expires,
+                        "secure": c.secure,
+                        "http_only": c.http_only,
+                    })
+                })
+                .collect(),
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`load`](mod@load), semantic checks in [`validate`], and the duration syntax in [`duration`].
 
 pub mod cidr;
+pub mod cookie_jar;
 pub mod duration;
 pub mod effective;
 pub mod errors;
@@ -21,6 +22,7 @@ use crate::lifetime::{millis, Beat, Lifetime};
 pub use crate::lifetime::{Activity, OnTimeout};
 
 pub use cidr::{Cidr, CidrError};
+pub use cookie_jar::CookieJar;
 pub use duration::Duration;
 pub use load::{load, load_sourced, load_with_defaults, ConfigError, ConfigErrors, Loaded, Source};
 
@@ -101,6 +103,9 @@ pub struct UpstreamConfig {
     /// Most upstream requests in flight at once; over it, requests wait up to
     /// `connect_timeout` for a slot, then get 503.
     pub max_in_flight: usize,
+    /// Which upstream cookies each session keeps on the gateway instead of in the
+    /// browser (see [`crate::session::jar`]); off by default.
+    pub cookie_jar: CookieJar,
 }
 
 /// `[session]`: identity and lifetime rules.
@@ -349,6 +354,7 @@ impl Default for UpstreamConfig {
             response_timeout: Duration::from_secs(60),
             trust_forwarded: false,
             max_in_flight: 1024,
+            cookie_jar: CookieJar::Off,
         }
     }
 }

@@ -198,6 +198,9 @@ fn check_upstream(config: &Config, p: &mut Problems) {
             ),
         );
     }
+    for reason in super::cookie_jar::check(&upstream.cookie_jar) {
+        p.add("upstream.cookie_jar", reason);
+    }
 }
 
 fn check_upstream_url(url: &str) -> Result<(), String> {

@@ -9,7 +9,13 @@
 //! and use no state: through the gateway that means the request has no session
 //! yet; without the gateway's forwarding headers, that it did not come through it.
 //!
-//! Routes: `GET /`, `GET /about`, `POST /notes`, `POST /api/counter`,
+//! One page does it the other way, as most legacy apps do: `/cookie` (the "cookie
+//! counter") keys a visit counter on a cookie of its own, `PHPSESSID`, like a PHP app
+//! with `session_start()`. The browser shares that cookie across tabs, so all tabs
+//! count together — unless the gateway keeps it per session
+//! (`upstream.cookie_jar = "builtin"`), when every tab counts alone.
+//!
+//! Routes: `GET /`, `GET /about`, `GET|POST /cookie`, `POST /notes`, `POST /api/counter`,
 //! `POST /hooks/{start,timeout,end}` (logged and counted, answered with `{}`; the
 //! About page shows the counts), 404 otherwise.
 
@@ -48,6 +54,10 @@ const MAX_FORM_BYTES: usize = 4 * 1024;
 /// Largest hook body; the gateway's hook payloads are a few hundred bytes.
 const MAX_HOOK_BYTES: usize = 16 * 1024;
 /// A client must send its whole request head within this time.
+/// The cookie the cookie counter keys its state on (PHP's name for its own).
+const COOKIE: &str = "PHPSESSID";
+/// Longest `PHPSESSID` value used as a key (the app's own are 32 hex digits).
+const MAX_COOKIE_ID: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests before dropping connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,6 +238,8 @@ impl HookCounts {
 struct App {
     header: HeaderName,
     sessions: Sessions,
+    /// The cookie counter's state, by `PHPSESSID` (bounded like `sessions`).
+    cookie_sessions: Sessions,
     hooks: HookCounts,
 }
 
@@ -247,6 +259,7 @@ impl App {
         App {
             header,
             sessions: Sessions::new(capacity),
+            cookie_sessions: Sessions::new(capacity),
             hooks: HookCounts::default(),
         }
     }
@@ -264,6 +277,7 @@ impl App {
         match (&method, path.as_str()) {
             (&Method::GET, "/") => self.home(handle.as_deref(), arrival),
             (&Method::GET, "/about") => self.about(handle.as_deref(), arrival),
+            (&Method::GET | &Method::POST, "/cookie") => self.cookie_counter(&req, handle),
             (&Method::POST, "/notes") => self.add_note(handle.as_deref(), req).await,
             (&Method::POST, "/api/counter") => self.api_counter(handle),
             (&Method::POST, "/hooks/start" | "/hooks/timeout" | "/hooks/end") => {
@@ -271,6 +285,7 @@ impl App {
                     .await
             }
             (_, "/" | "/about") => method_not_allowed("GET"),
+            (_, "/cookie") => method_not_allowed("GET, POST"),
             (_, "/notes" | "/api/counter" | "/hooks/start" | "/hooks/timeout" | "/hooks/end") => {
                 method_not_allowed("POST")
             }
@@ -315,6 +330,50 @@ impl App {
             ],
         );
         html(StatusCode::OK, self.page("Legacy demo app", &body))
+    }
+
+    /// The cookie counter: a visit counter keyed on the app's own `PHPSESSID`
+    /// cookie, handed out on the first visit, as PHP's `session_start()` does.
+    fn cookie_counter<B>(&self, req: &Request<B>, handle: Option<String>) -> Resp {
+        let known = cookie_value(req.headers(), COOKIE).filter(|id| {
+            id.len() <= MAX_COOKIE_ID && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        let (id, fresh) = match known {
+            Some(id) => (id, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        let count = self.cookie_sessions.update(&id, |s| {
+            s.visits += 1;
+            s.visits
+        });
+        let handle = match handle {
+            Some(h) => format!("<code class=\"handle\">{}</code>", escape_html(&h)),
+            None => "none".to_owned(),
+        };
+        let body = format!(
+            "<h1>Cookie counter</h1>\n\
+             <p>This page works like a PHP app with <code>session_start()</code>: it \
+             keeps its count under its own cookie, <code>{COOKIE}</code>, not under the \
+             gateway's session. The browser shares that cookie with every tab, so without \
+             the gateway's cookie jar all tabs count together. With \
+             <code>upstream.cookie_jar = \"builtin\"</code> the gateway keeps \
+             <code>{COOKIE}</code> per session instead, and each tab counts alone.</p>\n\
+             <p class=\"count\">Count in this {COOKIE}: <strong id=\"cookie-count\">{count}</strong></p>\n\
+             <p>{COOKIE}: <code id=\"cookie-id\">{id}</code>{new}<br>Gateway session: {handle}</p>\n\
+             <form method=\"post\" action=\"/cookie\"><button type=\"submit\">Count by form POST</button></form>\n\
+             <nav><a href=\"/cookie\">Count by link</a> · <a href=\"/\">← Back to the home page</a></nav>",
+            new = if fresh { " (new)" } else { "" },
+        );
+        let mut resp = html(
+            StatusCode::OK,
+            self.page("Cookie counter — Legacy demo app", &body),
+        );
+        if fresh {
+            if let Ok(value) = HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; HttpOnly")) {
+                resp.headers_mut().insert(http::header::SET_COOKIE, value);
+            }
+        }
+        resp
     }
 
     fn about(&self, handle: Option<&str>, arrival: Arrival) -> Resp {
@@ -478,6 +537,19 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Resp> {
             "could not read the request body\n",
         )),
     }
+}
+
+/// The first value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
 }
 
 /// The first value of `name` in an `application/x-www-form-urlencoded` body.
@@ -648,6 +720,41 @@ mod tests {
             ("content-type", "application/x-www-form-urlencoded"),
         ];
         send(demo, Method::POST, "/notes", &headers, form).await
+    }
+
+    #[tokio::test]
+    async fn the_cookie_counter_keys_on_its_own_cookie() {
+        let demo = start("x-session").await;
+        let first = get(&demo, "/cookie", None).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("PHPSESSID=") && set.contains("HttpOnly"),
+            "{set}"
+        );
+        assert!(first
+            .body
+            .contains("<strong id=\"cookie-count\">1</strong>"));
+        let pair = set.split(';').next().unwrap().to_owned();
+        let headers = [("cookie", pair.as_str())];
+        let again = send(&demo, Method::POST, "/cookie", &headers, "").await;
+        assert!(again.headers.get("set-cookie").is_none());
+        assert!(again
+            .body
+            .contains("<strong id=\"cookie-count\">2</strong>"));
+        // Another cookie (or an unusable one) counts on its own.
+        let other = send(
+            &demo,
+            Method::GET,
+            "/cookie",
+            &[("cookie", "PHPSESSID=<x>")],
+            "",
+        )
+        .await;
+        assert!(other
+            .body
+            .contains("<strong id=\"cookie-count\">1</strong>"));
+        assert!(!other.body.contains("<x>"));
     }
 
     #[tokio::test]

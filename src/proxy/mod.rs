@@ -24,6 +24,7 @@
 //! [`Gateway::handle`](crate::net::Handler::handle), which also counts it and logs it.
 
 pub mod forward;
+mod jar;
 mod request;
 mod respond;
 pub mod tunnel;
@@ -45,6 +46,7 @@ use crate::metrics::{Metrics, Route};
 use crate::net::{ConnInfo, Handler};
 use crate::reserved::Reserved;
 use crate::session::identity::{Ask, Carried, Carrier, Outcome, Resolver};
+use crate::session::jar::Jarred;
 use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
@@ -80,6 +82,8 @@ pub struct Gateway {
     activity: Activity,
     /// `session.require`, lowercased to match normalized paths.
     require: Vec<String>,
+    /// `upstream.cookie_jar`: the upstream cookies sessions keep on the gateway.
+    jarred: Jarred,
 }
 
 /// Errors that stop the gateway from being built.
@@ -167,6 +171,7 @@ impl Gateway {
                 .iter()
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
+            jarred: Jarred::from_config(&config.upstream.cookie_jar),
         })
     }
 
@@ -243,6 +248,10 @@ impl Gateway {
         {
             return Refusal::BadTarget.into_response();
         }
+        let jar_site = self.jar_site(&parts, cx);
+        if let Some(site) = &jar_site {
+            self.jar_into_request(&mut parts.headers, site, cx);
+        }
         if let Some(session) = &cx.identity.session {
             // The backend hears of a session (start hook) before its first request.
             self.hooks.ready(session.handle()).await;
@@ -265,7 +274,7 @@ impl Gateway {
             Ok(switched) => switched,
             Err(refusal) => return self.refuse_upstream(refusal, &response, &connection),
         };
-        let mut response = self.respond(&method, response, switched, cx);
+        let mut response = self.respond(&method, response, switched, jar_site.as_ref(), cx);
         if cx.identity.carrier == Some(Carrier::Header) {
             // fetch/XHR can read a rotated token from the response; pages get it in
             // the agent tag instead.

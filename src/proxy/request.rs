@@ -112,6 +112,7 @@ impl Gateway {
         let host = parts.headers.get(HOST).cloned();
         self.scrubber.scrub_request(&mut parts.headers);
         headers::remove_cookies(&mut parts.headers, &PROXY_COOKIES);
+        self.strip_jarred(&mut parts.headers);
         cx.forwarded
             .apply(&mut parts.headers, cx.scheme, host.as_ref());
         parts.headers.insert(X_REQUEST_ID, cx.id.clone());

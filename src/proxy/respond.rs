@@ -1,5 +1,6 @@
 //! Stage 5, the response: consume the upstream's control headers (DESIGN.md §5),
-//! drop the upstream's attempts to set the gateway's cookies, put the agent's tag into
+//! drop the upstream's attempts to set the gateway's cookies, take the cookies the
+//! session's jar keeps out of the response ([`super::jar`]), put the agent's tag into
 //! HTML pages ([`crate::inject`]), and hand the body back as it streams.
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::jar::JarSite;
 use super::request::{restore_upgrade, PROXY_COOKIES};
 use super::Gateway;
 use crate::config::SessionMode;
@@ -28,6 +30,7 @@ impl Gateway {
         method: &Method,
         response: Response<Incoming>,
         switched: bool,
+        jar_site: Option<&JarSite>,
         cx: &mut Context,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
@@ -42,6 +45,7 @@ impl Gateway {
                 "upstream tried to set the gateway's own cookies; dropped"
             );
         }
+        self.jar_from_response(&mut parts.headers, jar_site, cx);
         if self.resolver.mode() == SessionMode::Browser {
             // The session (and so the answer) follows the cookie: a shared cache must
             // not hand one browser's page to another.

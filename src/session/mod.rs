@@ -8,11 +8,14 @@
 //!   uses, and the in-memory implementation with its deadline index ([`expiry`]).
 //! - [`identity`]: which session a request belongs to.
 //! - [`events`]: what the store reports when sessions start, warn, and end.
+//! - [`jar`]: the per-session cookie jar (`upstream.cookie_jar`), kept by the store
+//!   in a side table next to the session.
 
 pub mod clock;
 pub mod events;
 pub mod expiry;
 pub mod identity;
+pub mod jar;
 pub mod limit;
 pub mod store;
 pub mod sweeper;

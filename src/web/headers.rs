@@ -238,27 +238,35 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
 /// case variant of the gateway's cookie is no cookie an upstream needs). Returns how
 /// many were removed; the others keep their order.
 pub fn remove_set_cookies(headers: &mut HeaderMap, names: &[&str]) -> usize {
-    let doomed = |value: &HeaderValue| {
-        set_cookie_name(value.as_bytes()).is_some_and(|name| {
-            names
-                .iter()
-                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
-        })
-    };
-    if !headers.get_all(SET_COOKIE).iter().any(doomed) {
-        return 0;
+    take_set_cookies(headers, |name| {
+        names
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+    })
+    .len()
+}
+
+/// Removes and returns every `Set-Cookie` whose cookie name `take` picks (see
+/// [`set_cookie_name`]; nameless ones are never picked); the others keep their order.
+pub fn take_set_cookies(
+    headers: &mut HeaderMap,
+    mut take: impl FnMut(&[u8]) -> bool,
+) -> Vec<HeaderValue> {
+    let mut doomed = |value: &HeaderValue| set_cookie_name(value.as_bytes()).is_some_and(&mut take);
+    if !headers.get_all(SET_COOKIE).iter().any(&mut doomed) {
+        return Vec::new();
     }
     let all: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
     headers.remove(SET_COOKIE);
-    let mut removed = 0;
+    let mut taken = Vec::new();
     for value in all {
         if doomed(&value) {
-            removed += 1;
+            taken.push(value);
         } else {
             headers.append(SET_COOKIE, value);
         }
     }
-    removed
+    taken
 }
 
 /// The cookie name of a `Set-Cookie` value: before the first `=` of the part before
@@ -314,9 +322,12 @@ pub fn cookie_values<'a>(
 /// asks for exactly this join when an HTTP/2 request goes on over HTTP/1.1). A
 /// single line with nothing to remove is left untouched, without allocating.
 pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    let is_doomed = |pair: &[u8]| {
-        split_pair(pair).is_some_and(|(k, _)| names.iter().any(|n| n.as_bytes() == k))
-    };
+    remove_cookies_where(headers, |name| names.iter().any(|n| n.as_bytes() == name));
+}
+
+/// [`remove_cookies`] for every cookie whose name `doomed` picks.
+pub fn remove_cookies_where(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
+    let is_doomed = |pair: &[u8]| split_pair(pair).is_some_and(|(k, _)| doomed(k));
     let mut lines = 0usize;
     let mut total = 0usize;
     let mut hit = false;
@@ -355,6 +366,26 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
         Err(_) => {
             headers.remove(COOKIE);
         }
+    }
+}
+
+/// Adds `pairs` (`name=value; …`) to the request's `Cookie` header, after the
+/// cookies already there (one line: call [`remove_cookies`] first, which joins).
+pub fn append_cookies(headers: &mut HeaderMap, pairs: &str) {
+    let value = match headers.get(COOKIE) {
+        Some(line) if !line.is_empty() => {
+            let mut joined = Vec::with_capacity(line.len() + 2 + pairs.len());
+            joined.extend_from_slice(line.as_bytes());
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(pairs.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(joined))
+        }
+        _ => HeaderValue::from_str(pairs),
+    };
+    // The pairs came from valid `Set-Cookie` values, so this cannot fail; if it did,
+    // the request goes on without the jar's cookies.
+    if let Ok(value) = value {
+        headers.insert(COOKIE, value);
     }
 }
 

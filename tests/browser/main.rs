@@ -15,6 +15,8 @@
 //! - `pages`: injection under CSP, into gzip and head-less pages, and a streamed
 //!   5 MiB page;
 //! - `browser_mode`: one session per browser profile, countdown in every tab;
+//! - `php`: a real PHP app (`php -S`, Debian's `php-cli`) behind the cookie jar:
+//!   one PHP session per tab with it, one shared by all tabs without it;
 //! - `page_truth`: documents only, the countdown's language and texts, an ended
 //!   tab keeps its form, EventSource reconnects, shadow-root forms, no token in the
 //!   DOM.
@@ -33,6 +35,7 @@ mod demo;
 mod lifetime;
 mod page_truth;
 mod pages;
+mod php;
 mod requests;
 mod selfcheck;
 mod tabs;

@@ -17,6 +17,7 @@ mod forwarding;
 mod framing;
 mod hooks;
 mod identity;
+mod jar;
 mod limits;
 mod ops;
 mod reserved;

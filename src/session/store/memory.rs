@@ -20,6 +20,7 @@ use super::storage::{Alias, Rotation, Storage};
 use crate::config::WhenFull;
 use crate::session::events::SessionObserver;
 use crate::session::expiry::{Bucket, DeadlineIndex, DueEntry};
+use crate::session::jar::Jar;
 use crate::session::{Handle, Lifetime, Millis, Session, SessionError};
 
 /// The lifetime policy over in-memory storage: the store the gateway runs.
@@ -56,6 +57,8 @@ pub struct MemoryStorage {
     index: DeadlineIndex,
     /// Recently ended sessions (see [`Storage::remember_ended`]).
     ended: Mutex<EndedTable>,
+    /// Cookie jars of the sessions that have one (see [`Storage::update_jar`]).
+    jars: DashMap<Handle, Jar>,
     /// Slots taken (see [`Storage::reserve`]). Every create and end writes it, so it
     /// sits on lines of its own, away from what every lookup reads.
     live: OwnLines<AtomicUsize>,
@@ -253,5 +256,45 @@ impl Storage for MemoryStorage {
             .unwrap_or_else(|e| e.into_inner())
             .at
             .len()
+    }
+
+    fn jar(&self, handle: &Handle) -> Option<Jar> {
+        self.jars.get(handle).map(|jar| jar.clone())
+    }
+
+    fn put_jar(&self, handle: Handle, jar: Jar) {
+        self.jars.insert(handle, jar);
+    }
+
+    fn update_jar<R>(&self, handle: &Handle, change: impl FnOnce(&mut Option<Jar>) -> R) -> R {
+        match self.jars.entry(*handle) {
+            dashmap::Entry::Occupied(mut entry) => {
+                let mut slot = Some(std::mem::take(entry.get_mut()));
+                let result = change(&mut slot);
+                match slot {
+                    Some(jar) => *entry.get_mut() = jar,
+                    None => {
+                        entry.remove();
+                    }
+                }
+                result
+            }
+            dashmap::Entry::Vacant(entry) => {
+                let mut slot = None;
+                let result = change(&mut slot);
+                if let Some(jar) = slot {
+                    entry.insert(jar);
+                }
+                result
+            }
+        }
+    }
+
+    fn remove_jar(&self, handle: &Handle) -> Option<Jar> {
+        self.jars.remove(handle).map(|(_, jar)| jar)
+    }
+
+    fn jar_count(&self) -> usize {
+        self.jars.len()
     }
 }

@@ -2,7 +2,8 @@
 //! sweeper and the admin API use, and the pieces that implement it.
 //!
 //! - [`Storage`] (`storage.rs`): what a backing store provides — sessions by handle,
-//!   slots for `max_sessions`, the deadline index, the side tables of rotated tokens.
+//!   slots for `max_sessions`, the deadline index, the side tables of rotated tokens
+//!   and of cookie jars ([`crate::session::jar`], one per session that has one).
 //! - [`MemoryStorage`] (`memory.rs`): that, in this process (a `DashMap` and the
 //!   [`DeadlineIndex`](super::expiry::DeadlineIndex)); [`MemoryStore`] is the policy
 //!   on top of it, the store the gateway runs.
@@ -23,6 +24,7 @@ pub use memory::{MemoryStorage, MemoryStore};
 pub use policy::{Sessions, ENDED_AGE, ENDED_CAP};
 pub use storage::{Alias, Rotation, Storage};
 
+use super::jar::Jar;
 use super::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
     Token, Touch,
@@ -124,4 +126,15 @@ pub trait SessionStore: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Changes `session`'s cookie jar under its lock (see [`Storage::update_jar`]):
+    /// `change` sees `None` when it has none, and may create or drop it. Nothing is
+    /// kept for a session that has ended (or ends meanwhile).
+    fn update_jar(&self, session: &Session, change: &mut dyn FnMut(&mut Option<Jar>));
+
+    /// A copy of the cookie jar of the session with this handle.
+    fn jar(&self, handle: &Handle) -> Option<Jar>;
+
+    /// Jars stored (at most one per live session).
+    fn jar_count(&self) -> usize;
 }

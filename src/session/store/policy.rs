@@ -27,6 +27,7 @@ use super::{Created, Resolved, SessionStore, ROTATION_GRACE};
 use crate::config::{OnTimeout, WhenFull};
 use crate::session::events::{SessionEvent, SessionObserver};
 use crate::session::expiry::DueEntry;
+use crate::session::jar::Jar;
 use crate::session::token::{Binder, Deriver};
 use crate::session::{
     BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
@@ -453,6 +454,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         };
         let handle = session.handle();
         self.storage.remove(&handle);
+        self.storage.remove_jar(&handle);
         self.storage.remember_ended(handle, now, self.ended_cap);
         if let Some(rotation) = self.storage.remove_rotation(&handle) {
             self.storage.remove_alias(&rotation.current);
@@ -563,6 +565,27 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn len(&self) -> usize {
         self.storage.len()
+    }
+
+    fn update_jar(&self, session: &Session, change: &mut dyn FnMut(&mut Option<Jar>)) {
+        let handle = session.handle();
+        if session.stored_state() == State::Ended {
+            return;
+        }
+        self.storage.update_jar(&handle, change);
+        // Ended meanwhile: `end` marks the session ended before it removes the jar,
+        // so either it removed this one, or the mark is seen here.
+        if session.stored_state() == State::Ended {
+            self.storage.remove_jar(&handle);
+        }
+    }
+
+    fn jar(&self, handle: &Handle) -> Option<Jar> {
+        self.storage.jar(handle)
+    }
+
+    fn jar_count(&self) -> usize {
+        self.storage.jar_count()
     }
 }
 
@@ -1371,6 +1394,142 @@ mod tests {
             ) {
                 run(config, ops)?;
             }
+        }
+    }
+
+    mod jars {
+        //! The cookie-jar side table follows its session: every end drops it, and
+        //! concurrent updates of one jar are applied one after the other.
+
+        use std::sync::atomic::Ordering;
+
+        use super::*;
+        use crate::session::jar::{Jar, Site};
+
+        const SITE: Site<'static> = Site {
+            host: "h",
+            path: "/",
+            secure: false,
+        };
+
+        fn add(store: &MemoryStore, session: &Session, cookie: &str) {
+            store.update_jar(session, &mut |slot: &mut Option<Jar>| {
+                slot.get_or_insert_with(Jar::default)
+                    .store(cookie.as_bytes(), &SITE, 1);
+            });
+        }
+
+        fn has_jar(store: &MemoryStore, session: &Session) -> bool {
+            store.jar(&session.handle()).is_some()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn every_end_drops_the_jar() {
+            // Ended on purpose, by the app, by an operator.
+            let w = world(|_| {});
+            for reason in [EndReason::Ended, EndReason::Upstream, EndReason::Admin] {
+                let created = w.create();
+                add(&w.store, &created.session, "PHPSESSID=1");
+                assert!(has_jar(&w.store, &created.session));
+                assert!(w.store.end(&created.session, reason, w.clock.now()));
+                assert!(!has_jar(&w.store, &created.session), "{reason:?}");
+            }
+            // By the sweeper (timeout), and on a lookup past the deadline.
+            let swept = w.create();
+            add(&w.store, &swept.session, "PHPSESSID=2");
+            let looked_up = {
+                let w2 = world(|_| {});
+                let created = w2.create();
+                add(&w2.store, &created.session, "PHPSESSID=3");
+                tokio::time::advance(Duration::from_secs(60)).await;
+                assert!(w2
+                    .store
+                    .get(&created.session.handle(), w2.clock.now())
+                    .is_none());
+                w2.store.jar_count()
+            };
+            assert_eq!(looked_up, 0, "ended on lookup");
+            w.advance(0).await;
+            assert!(!has_jar(&w.store, &swept.session), "ended by the sweeper");
+            assert_eq!(w.store.jar_count(), 0);
+            // Evicted to make room.
+            let w = world(|c| {
+                c.max_sessions = 1;
+                c.when_full = WhenFull::Evict;
+            });
+            let old = w.create();
+            add(&w.store, &old.session, "PHPSESSID=4");
+            w.advance(10).await;
+            let new = w.create();
+            assert_eq!(w.events.ends()[0].0, EndReason::Evicted);
+            assert!(!has_jar(&w.store, &old.session));
+            assert!(
+                !has_jar(&w.store, &new.session),
+                "a new session starts empty"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn jars_never_outnumber_the_live_sessions() {
+            let w = world(|c| {
+                c.max_sessions = 4;
+                c.when_full = WhenFull::Evict;
+            });
+            for i in 0..100 {
+                let created = w.create();
+                for c in 0..60 {
+                    add(&w.store, &created.session, &format!("c{c}={i}"));
+                }
+                w.advance(1).await;
+                assert!(w.store.jar_count() <= 4, "{} jars", w.store.jar_count());
+                let jar = w.store.jar(&created.session.handle()).unwrap();
+                assert!(jar.len() <= crate::session::jar::MAX_COOKIES);
+            }
+            assert_eq!(w.store.jar_count(), 4);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_ended_session_gets_no_jar() {
+            let w = world(|_| {});
+            let created = w.create();
+            w.store
+                .end(&created.session, EndReason::Ended, w.clock.now());
+            add(&w.store, &created.session, "PHPSESSID=late");
+            assert_eq!(w.store.jar_count(), 0);
+        }
+
+        #[test]
+        fn racing_updates_of_one_jar_lose_nothing() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let w = rt.block_on(async { world(|_| {}) });
+            let created = w.create();
+            let session = &created.session;
+            // How many updates are inside their closure at once: never more than one.
+            let inside = std::sync::atomic::AtomicUsize::new(0);
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                for t in 0..8 {
+                    let (store, inside, start) = (&w.store, &inside, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        for i in 0..6 {
+                            store.update_jar(session, &mut |slot: &mut Option<Jar>| {
+                                let others = inside.fetch_add(1, Ordering::SeqCst);
+                                let jar = slot.get_or_insert_with(Jar::default);
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                jar.store(format!("t{t}c{i}={i}").as_bytes(), &SITE, 1);
+                                inside.fetch_sub(1, Ordering::SeqCst);
+                                assert_eq!(others, 0, "two updates of one jar at once");
+                            });
+                        }
+                    });
+                }
+            });
+            let jar = w.store.jar(&session.handle()).unwrap();
+            assert_eq!(jar.len(), 48, "every update of every thread is kept");
         }
     }
 }

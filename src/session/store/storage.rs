@@ -3,7 +3,7 @@
 //!
 //! Storage knows where sessions are, not how long they live: it gets, inserts,
 //! removes and scans sessions, counts them against a limit, keeps the deadline index
-//! and the side tables of rotated tokens. Every decision (which deadline applies,
+//! and the side tables of rotated tokens and of cookie jars. Every decision (which deadline applies,
 //! when a token retires, which session to evict, which event to emit) is made once,
 //! above it, by [`Sessions`](super::Sessions).
 //!
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use crate::session::expiry::{Bucket, DueEntry};
+use crate::session::jar::Jar;
 use crate::session::{Handle, Millis, Session, Token};
 
 /// A session whose token was rotated: what the current token derives to, the token
@@ -134,4 +135,26 @@ pub trait Storage: Send + Sync {
 
     /// Entries in the ended table.
     fn ended_len(&self) -> usize;
+
+    // Cookie jars (`upstream.cookie_jar`), by session handle: a side table, so a
+    // session without a jar costs nothing. An entry exists only while its session is
+    // stored (the policy removes it on every end), so the table holds at most
+    // `max_sessions` jars, each bounded by `session::jar`.
+
+    /// A copy of the session's jar.
+    fn jar(&self, handle: &Handle) -> Option<Jar>;
+
+    /// Stores the session's jar, replacing any.
+    fn put_jar(&self, handle: Handle, jar: Jar);
+
+    /// Changes the session's jar under its one lock: `change` sees `None` when there
+    /// is none, and may create one (`Some`) or drop it (`None`). Two requests of one
+    /// session setting cookies at once are applied one after the other, so neither
+    /// update is lost.
+    fn update_jar<R>(&self, handle: &Handle, change: impl FnOnce(&mut Option<Jar>) -> R) -> R;
+
+    fn remove_jar(&self, handle: &Handle) -> Option<Jar>;
+
+    /// Jars stored.
+    fn jar_count(&self) -> usize;
 }

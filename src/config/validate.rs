@@ -46,6 +46,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     check_hooks(config, &mut problems);
     check_admin(config, &mut problems);
     check_log(config, &mut problems);
+    check_persist(config, &mut problems);
     problems.0
 }
 
@@ -515,6 +516,46 @@ fn check_admin(config: &Config, p: &mut Problems) {
             "admin.token",
             format!("is too short ({chars} characters); use at least {MIN_TOKEN_CHARS}"),
         );
+    }
+}
+
+/// Shortest `persist.interval`: writing the whole table more often than this buys
+/// little and costs a full copy of it each time.
+const MIN_PERSIST_INTERVAL: StdDuration = StdDuration::from_secs(1);
+
+fn check_persist(config: &Config, p: &mut Problems) {
+    let persist = &config.persist;
+    if persist.interval.get() < MIN_PERSIST_INTERVAL {
+        p.add(
+            "persist.interval",
+            format!("{} is too short: must be at least 1s", persist.interval),
+        );
+    }
+    if let Some(path) = persist.snapshot_path() {
+        if path.file_name().is_none() {
+            p.add("persist.path", "must name a file, not a directory");
+        }
+    }
+    if let Some(path) = persist.handoff_path() {
+        if path.file_name().is_none() {
+            p.add(
+                "persist.handoff",
+                "must name a socket file, not a directory",
+            );
+        }
+        // sockaddr_un holds 108 bytes on Linux, including the terminating NUL.
+        if path.as_os_str().len() > 107 {
+            p.add(
+                "persist.handoff",
+                "is too long for a Unix socket path (at most 107 bytes)",
+            );
+        }
+        if persist.snapshot_path().is_none() {
+            p.add(
+                "persist.handoff",
+                "needs persist.path: the sessions are handed over through the snapshot",
+            );
+        }
     }
 }
 

@@ -254,4 +254,30 @@ impl Storage for MemoryStorage {
             .at
             .len()
     }
+
+    fn rotations(&self) -> Vec<(Handle, Rotation)> {
+        self.rotations
+            .iter()
+            .map(|r| (*r.key(), *r.value()))
+            .collect()
+    }
+
+    fn aliases(&self) -> Vec<(Handle, Alias)> {
+        self.aliases
+            .iter()
+            .map(|a| (*a.key(), *a.value()))
+            .collect()
+    }
+
+    fn ended(&self) -> Vec<(Handle, Millis)> {
+        let table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        // The order queue may hold stale twins of re-remembered digests: only the
+        // entry the map agrees with is current.
+        table
+            .order
+            .iter()
+            .filter(|(handle, at)| table.at.get(handle) == Some(at))
+            .copied()
+            .collect()
+    }
 }

@@ -307,9 +307,14 @@ async fn drive<H, I>(
                 grace.as_mut().reset(Instant::now() + DRAIN_GRACE);
             }
             _ = grace.as_mut(), if draining && !closing => {
+                // Quiet since the last request started or ended (or since the
+                // connection opened: its first request may be on its way).
                 let quiet = activity.since(&activity.last_request);
-                if activity.waiting() || (activity.saw_request() && quiet < DRAIN_GRACE) {
-                    grace.as_mut().reset(Instant::now() + DRAIN_GRACE.saturating_sub(quiet).max(Duration::from_millis(10)));
+                if activity.waiting() {
+                    grace.as_mut().reset(Instant::now() + DRAIN_GRACE);
+                } else if quiet < DRAIN_GRACE {
+                    let left = (DRAIN_GRACE - quiet).max(Duration::from_millis(10));
+                    grace.as_mut().reset(Instant::now() + left);
                 } else {
                     closing = true;
                     connection.as_mut().graceful_shutdown();

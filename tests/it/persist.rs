@@ -40,11 +40,19 @@ impl Gate {
     /// its JSON `sessiongate started` event.
     pub(crate) async fn start(config: &Path, extra: &[&str]) -> Gate {
         let mut command = Command::new(BIN);
+        command.arg("--config").arg(config).arg("run").args(extra);
+        Gate::spawn(command).await
+    }
+
+    /// The binary's path, for commands that wrap it.
+    pub(crate) fn bin() -> &'static str {
+        BIN
+    }
+
+    /// Starts `command` (which runs the binary) with a clean environment and waits
+    /// for its `sessiongate started` event.
+    pub(crate) async fn spawn(mut command: Command) -> Gate {
         command
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

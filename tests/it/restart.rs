@@ -294,3 +294,39 @@ async fn sigterm_under_load_drains_within_drain_timeout_and_writes_the_final_sna
         .expect("the final snapshot");
     assert_eq!(snapshot.sessions.len(), WORKERS);
 }
+
+#[tokio::test]
+async fn systemd_socket_activation_serves_on_the_socket_passed_as_fd_3() {
+    use std::os::fd::AsRawFd;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream, "mode = \"browser\"", "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    // As systemd does: the socket as fd 3, LISTEN_PID naming the service's own pid
+    // (the shell's, which `exec` hands to the binary).
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
+        .arg(Gate::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("run");
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let gate = Gate::spawn(command).await;
+    drop(listener);
+    assert_eq!(gate.listen, addr, "serves on the passed socket");
+    assert_ne!(gate.admin, addr);
+    let answer = reqwest::get(gate.url("/")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+}

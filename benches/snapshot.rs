@@ -56,7 +56,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--sessions" {
-            sessions = args.next().and_then(|n| n.parse().ok()).expect("--sessions N");
+            sessions = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("--sessions N");
         }
     }
     let secrets = Secrets::generate().expect("entropy");
@@ -129,7 +132,11 @@ fn main() {
                 let created = table.create(&key, None, CreatedKind::New, None, clock.now());
                 record(&worst, &phase, op.elapsed());
                 if let Ok(created) = created {
-                    table.end(&created.session, sessiongate::session::EndReason::Admin, clock.now());
+                    table.end(
+                        &created.session,
+                        sessiongate::session::EndReason::Admin,
+                        clock.now(),
+                    );
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -141,7 +148,9 @@ fn main() {
     for _ in 0..3 {
         phase.store(1, Ordering::Relaxed);
         let write_started = Instant::now();
-        let stats = runtime.block_on(persister.save()).expect("snapshot written");
+        let stats = runtime
+            .block_on(persister.save())
+            .expect("snapshot written");
         let window = write_started.elapsed();
         phase.store(0, Ordering::Relaxed);
         results.push((stats, window));
@@ -189,7 +198,9 @@ fn main() {
 
     // The restart's side: read, decode, restore.
     let started = Instant::now();
-    let snapshot = persist::read_file(&path).expect("readable").expect("present");
+    let snapshot = persist::read_file(&path)
+        .expect("readable")
+        .expect("present");
     let read = started.elapsed();
     let resumed = Clock::resuming(snapshot.zero_wall).unwrap_or(clock);
     let fresh = store(&snapshot.secrets, sessions * 2);
@@ -202,9 +213,16 @@ fn main() {
     );
     if let Some(peak) = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(str::to_owned)
+        })
     {
-        println!("  peak RSS of the bench (two tables): {}", peak.trim_start_matches("VmHWM:").trim());
+        println!(
+            "  peak RSS of the bench (two tables): {}",
+            peak.trim_start_matches("VmHWM:").trim()
+        );
     }
 }
 

@@ -270,9 +270,6 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
         .with_max_per_client(config.session.max_per_client),
     );
     let store: Arc<dyn SessionStore> = Arc::clone(&memory) as _;
-    if let Some(snapshot) = &snapshot {
-        restore(&memory, snapshot, clock, &metrics).await;
-    }
     // The store reaches the hooks through its observers, so the hooks hold the store
     // weakly: no reference cycle.
     let weak_store = Arc::downgrade(&store);
@@ -281,6 +278,11 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
             store.timeout_handled(&handle, idle_since, clock.now());
         }
     }))?;
+    // With the hooks wired: restoring may end sessions (`end` hooks) and announce
+    // idle ones (`timeout` hooks, whose answers come back through the callback above).
+    if let Some(snapshot) = &snapshot {
+        restore(&memory, snapshot, clock, &metrics).await;
+    }
     let gateway = Arc::new(Gateway::new(
         &config,
         Arc::clone(&store),

@@ -54,17 +54,17 @@ fn a_round_trip_keeps_sessions_tokens_and_rotations() {
         BrowserKey::generate().unwrap(),
     );
     let now = clock.now();
-    let v4 = Some("192.0.2.1".parse().unwrap());
-    let v6 = Some("2001:db8::".parse().unwrap());
+    let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let v6: std::net::IpAddr = "2001:db8::".parse().unwrap();
     let parent = store
-        .create(&browser, None, CreatedKind::New, v4, now)
+        .create(&browser, None, CreatedKind::New, Some(v4), now)
         .unwrap();
     let fork = store
         .create(
             &browser,
             Some(parent.session.handle()),
             CreatedKind::Fork,
-            v6,
+            Some(v6),
             now,
         )
         .unwrap();
@@ -117,8 +117,8 @@ fn a_round_trip_keeps_sessions_tokens_and_rotations() {
         again.get(&parent.session.handle(), now).unwrap().timeout(),
         5_000
     );
-    assert_eq!(again.live_for(v4.unwrap()), 1);
-    assert_eq!(again.live_for(v6.unwrap()), 1);
+    assert_eq!(again.live_for(v4), 1);
+    assert_eq!(again.live_for(v6), 1);
     // No token is in the file.
     for token in [&parent.token, &fork.token, &rotated.token, &new_token] {
         let raw = token.encode();

@@ -935,6 +935,27 @@ mod tests {
     }
 
     #[test]
+    fn persist_rules() {
+        let mut c = Config::default();
+        assert!(keys(&c).is_empty(), "persistence is off by default");
+        c.persist.interval = Duration::from_millis(500);
+        assert_eq!(keys(&c), ["persist.interval"]);
+        c.persist.interval = Duration::from_secs(1);
+        c.persist.handoff = "/run/sessiongate/handoff.sock".into();
+        let reasons = reasons_for(&c, "persist.handoff");
+        assert!(reasons[0].contains("needs persist.path"), "{reasons:?}");
+        c.persist.path = "/var/lib/sessiongate/sessions.snap".into();
+        assert!(keys(&c).is_empty(), "{:?}", validate(&c));
+        c.persist.handoff = format!("/run/{}.sock", "x".repeat(120)).into();
+        assert_eq!(keys(&c), ["persist.handoff"]);
+        c.persist.handoff = "/".into();
+        assert!(keys(&c).contains(&"persist.handoff".to_string()));
+        c.persist.handoff = std::path::PathBuf::new();
+        c.persist.path = "/".into();
+        assert_eq!(keys(&c), ["persist.path"]);
+    }
+
+    #[test]
     fn admin_rules() {
         let mut c = Config::default();
         c.admin.address = "0.0.0.0:9090".parse().expect("addr");

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use sessiongate::config::{self, Config, LogFormat, Source};
-use sessiongate::server::{self, Bind, Binds};
+use sessiongate::server::{self, Bind, Binds, Options};
 use sessiongate::web::client::error_chain;
 
 /// A reverse-proxy sidecar that gives legacy web backends server-side sessions.
@@ -29,12 +29,21 @@ struct Cli {
 #[derive(Debug, Clone, Copy, Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run(RunArgs),
     /// Validate the configuration and print the effective values.
     Check,
     /// Run a bundled legacy demo app behind the gateway (http://127.0.0.1:8080, or a
     /// free port when 8080 is taken and no address is configured).
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, Default, Args)]
+struct RunArgs {
+    /// Take the listening sockets over from the gateway running on
+    /// `persist.handoff` (a restart without a refused connection); binds as usual
+    /// when none runs there.
+    #[arg(long)]
+    takeover: bool,
 }
 
 /// The demo's built-in addresses. Hidden: they exist so that a test can hold the
@@ -50,10 +59,10 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run);
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
     let defaults = match command {
         Command::Demo(args) => demo_defaults(args),
-        Command::Run | Command::Check => Config::default(),
+        Command::Run(_) | Command::Check => Config::default(),
     };
     let loaded = match config::load_sourced(cli.config.as_deref(), defaults) {
         Ok(loaded) => loaded,
@@ -80,7 +89,14 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run => run(loaded.config, None),
+        Command::Run(args) => run(
+            loaded.config,
+            Options {
+                takeover: args.takeover,
+                ..Options::default()
+            },
+            false,
+        ),
         Command::Demo(_) => {
             // An address nobody chose may move to a free port; a chosen one may not.
             let bind = |key: &str| match loaded.source(key) {
@@ -91,7 +107,11 @@ fn main() -> ExitCode {
                 listen: bind("listen.address"),
                 admin: bind("admin.address"),
             };
-            run(loaded.config, Some(binds))
+            let options = Options {
+                binds,
+                takeover: false,
+            };
+            run(loaded.config, options, true)
         }
     }
 }
@@ -113,8 +133,8 @@ fn describe_file(path: Option<&Path>) -> String {
         .unwrap_or_default()
 }
 
-/// Runs the gateway; `demo` carries how the demo binds its listeners.
-fn run(config: Config, demo: Option<Binds>) -> ExitCode {
+/// Runs the gateway (with the bundled demo app when `demo`).
+fn run(config: Config, options: Options, demo: bool) -> ExitCode {
     init_logging(&config);
     for (key, reason) in config::validate::warnings(&config) {
         tracing::warn!(key, "configuration: {reason}");
@@ -129,7 +149,7 @@ fn run(config: Config, demo: Option<Binds>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, demo)) {
+    match runtime.block_on(serve(config, options, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sessiongate: {}", error_chain(error.as_ref()));
@@ -144,9 +164,9 @@ fn run(config: Config, demo: Option<Binds>) -> ExitCode {
     }
 }
 
-async fn serve(mut config: Config, demo: Option<Binds>) -> anyhow::Result<()> {
+async fn serve(mut config: Config, options: Options, demo: bool) -> anyhow::Result<()> {
     let demo_stop = CancellationToken::new();
-    if demo.is_some() {
+    if demo {
         let app = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .context("cannot start the demo app")?;
@@ -158,8 +178,8 @@ async fn serve(mut config: Config, demo: Option<Binds>) -> anyhow::Result<()> {
     }
 
     let wanted = (config.listen.address, config.admin.address);
-    let running = server::start_with(config, demo.unwrap_or_default()).await?;
-    if demo.is_some() {
+    let running = server::start_with_options(config, options).await?;
+    if demo {
         for (what, wanted, got) in [
             ("the demo", wanted.0, running.public_addr),
             ("the admin listener", wanted.1, running.admin_addr),
@@ -184,8 +204,11 @@ async fn serve(mut config: Config, demo: Option<Binds>) -> anyhow::Result<()> {
             running.admin_addr
         );
     }
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining connections");
+    // SIGTERM/SIGINT, or a new process took the listeners over (`--takeover`).
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down: draining connections"),
+        _ = running.stopping() => tracing::info!("handed over: draining connections"),
+    }
     running.shutdown();
     running.wait().await;
     demo_stop.cancel();

@@ -37,6 +37,7 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub persist: PersistConfig,
 }
 
 /// `[listen]`: the public listener browsers connect to.
@@ -287,6 +288,20 @@ pub struct AdminConfig {
     pub token: String,
 }
 
+/// `[persist]`: the session table saved to disk and restored at start (DESIGN.md §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistConfig {
+    /// The snapshot file; empty = sessions live in memory only.
+    pub path: PathBuf,
+    /// How often the snapshot is written (and once more at shutdown).
+    pub interval: Duration,
+    /// A Unix socket for zero-downtime restarts: a running gateway listens on it and
+    /// hands its listening sockets (and its final snapshot) to a new process started
+    /// with `--takeover`; empty = no hand-off.
+    pub handoff: PathBuf,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -410,6 +425,28 @@ impl Default for AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: String::new(),
         }
+    }
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig {
+            path: PathBuf::new(),
+            interval: Duration::from_secs(10),
+            handoff: PathBuf::new(),
+        }
+    }
+}
+
+impl PersistConfig {
+    /// The snapshot file, if persistence is on.
+    pub fn snapshot_path(&self) -> Option<&std::path::Path> {
+        (!self.path.as_os_str().is_empty()).then_some(self.path.as_path())
+    }
+
+    /// The hand-off socket, if configured.
+    pub fn handoff_path(&self) -> Option<&std::path::Path> {
+        (!self.handoff.as_os_str().is_empty()).then_some(self.handoff.as_path())
     }
 }
 

@@ -46,6 +46,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     check_hooks(config, &mut problems);
     check_admin(config, &mut problems);
     check_log(config, &mut problems);
+    check_persist(config, &mut problems);
     problems.0
 }
 
@@ -521,6 +522,46 @@ fn check_admin(config: &Config, p: &mut Problems) {
     }
 }
 
+/// Shortest `persist.interval`: writing the whole table more often than this buys
+/// little and costs a full copy of it each time.
+const MIN_PERSIST_INTERVAL: StdDuration = StdDuration::from_secs(1);
+
+fn check_persist(config: &Config, p: &mut Problems) {
+    let persist = &config.persist;
+    if persist.interval.get() < MIN_PERSIST_INTERVAL {
+        p.add(
+            "persist.interval",
+            format!("{} is too short: must be at least 1s", persist.interval),
+        );
+    }
+    if let Some(path) = persist.snapshot_path() {
+        if path.file_name().is_none() {
+            p.add("persist.path", "must name a file, not a directory");
+        }
+    }
+    if let Some(path) = persist.handoff_path() {
+        if path.file_name().is_none() {
+            p.add(
+                "persist.handoff",
+                "must name a socket file, not a directory",
+            );
+        }
+        // sockaddr_un holds 108 bytes on Linux, including the terminating NUL.
+        if path.as_os_str().len() > 107 {
+            p.add(
+                "persist.handoff",
+                "is too long for a Unix socket path (at most 107 bytes)",
+            );
+        }
+        if persist.snapshot_path().is_none() {
+            p.add(
+                "persist.handoff",
+                "needs persist.path: the sessions are handed over through the snapshot",
+            );
+        }
+    }
+}
+
 /// Whether two listeners would fight over the same port. Port 0 asks the OS for a
 /// free port, so it never collides; a wildcard address overlaps every address.
 fn collides(a: SocketAddr, b: SocketAddr) -> bool {
@@ -894,6 +935,27 @@ mod tests {
         c.hooks.end = "end".into();
         c.hooks.budget = Duration::ZERO;
         assert_eq!(keys(&c), ["hooks.end", "hooks.budget"]);
+    }
+
+    #[test]
+    fn persist_rules() {
+        let mut c = Config::default();
+        assert!(keys(&c).is_empty(), "persistence is off by default");
+        c.persist.interval = Duration::from_millis(500);
+        assert_eq!(keys(&c), ["persist.interval"]);
+        c.persist.interval = Duration::from_secs(1);
+        c.persist.handoff = "/run/sessiongate/handoff.sock".into();
+        let reasons = reasons_for(&c, "persist.handoff");
+        assert!(reasons[0].contains("needs persist.path"), "{reasons:?}");
+        c.persist.path = "/var/lib/sessiongate/sessions.snap".into();
+        assert!(keys(&c).is_empty(), "{:?}", validate(&c));
+        c.persist.handoff = format!("/run/{}.sock", "x".repeat(120)).into();
+        assert_eq!(keys(&c), ["persist.handoff"]);
+        c.persist.handoff = "/".into();
+        assert!(keys(&c).contains(&"persist.handoff".to_string()));
+        c.persist.handoff = std::path::PathBuf::new();
+        c.persist.path = "/".into();
+        assert_eq!(keys(&c), ["persist.path"]);
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - a connection with no request for `idle_timeout` is asked to shut down
 //!   gracefully (a response still streaming finishes first) — and closed once no
 //!   byte has moved for twice that;
-//! - on shutdown it is asked to finish and close; past the drain deadline, dropped.
+//! - on shutdown (or a hand-off to a new process) every HTTP/1 answer from then on
+//!   says `Connection: close`, so a client looping requests learns to reconnect from
+//!   an answer instead of finding its next request cut off; a connection with no
+//!   request for [`DRAIN_GRACE`] is asked to shut down gracefully (HTTP/2: GOAWAY);
+//!   past the drain deadline, dropped.
 //!
 //! A panic while a request is handled is caught here, for every handler: before the
 //! response exists, the client gets the gateway's 500 ([`Refusal::Internal`]); while
@@ -48,6 +52,12 @@ use super::{ConnInfo, Handler, Lease, Limits};
 use crate::web::body::{self, BoxError, ProxyBody, STREAM_BUFFER};
 use crate::web::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::web::refusal::Refusal;
+
+/// On shutdown, a connection without a request for this long is closed; until then
+/// its next request is still answered (with `Connection: close`). Closing an idle
+/// HTTP/1 connection at once would cut off a request already on its way — the
+/// keep-alive race clients can only survive by retrying.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// What the watchdog knows about a connection: when bytes last moved, when a
 /// request last started or got its answer, and how many wait for their answer.
@@ -273,6 +283,7 @@ async fn drive<H, I>(
         .keep_alive_timeout(limits.header_timeout);
 
     let activity = Arc::clone(&lease.activity);
+    let draining = shutdown.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::start(&lease.activity);
         request.extensions_mut().insert(lease.clone());
@@ -281,18 +292,28 @@ async fn drive<H, I>(
         let id = request_id(request.headers());
         request.extensions_mut().insert(RequestId(id.clone()));
         let handler = Arc::clone(&handler);
+        let http1 = request.version() < http::Version::HTTP_2;
+        let draining = draining.clone();
         async move {
             let handled = AssertUnwindSafe(Arc::clone(&handler).handle(request, info))
                 .catch_unwind()
                 .await;
             drop(in_flight);
             let response = match handled {
-                Ok(response) => response.map(|body| Guarded {
-                    inner: body,
-                    handler,
-                    id,
-                    broken: false,
-                }),
+                Ok(mut response) => {
+                    if http1 && draining.is_cancelled() {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    response.map(|body| Guarded {
+                        inner: body,
+                        handler,
+                        id,
+                        broken: false,
+                    })
+                }
                 Err(panic) => {
                     panicked(
                         &*handler,
@@ -320,6 +341,9 @@ async fn drive<H, I>(
     let check_every =
         (limits.header_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(50));
     let mut closing = false;
+    let mut draining = false;
+    let grace = tokio::time::sleep(Duration::ZERO);
+    let mut grace = std::pin::pin!(grace);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -328,9 +352,23 @@ async fn drive<H, I>(
                 }
                 return;
             }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                grace.as_mut().reset(Instant::now() + DRAIN_GRACE);
+            }
+            _ = grace.as_mut(), if draining && !closing => {
+                // Quiet since the last request started or ended (or since the
+                // connection opened: its first request may be on its way).
+                let quiet = activity.since(&activity.last_request);
+                if activity.waiting() {
+                    grace.as_mut().reset(Instant::now() + DRAIN_GRACE);
+                } else if quiet < DRAIN_GRACE {
+                    let left = (DRAIN_GRACE - quiet).max(Duration::from_millis(10));
+                    grace.as_mut().reset(Instant::now() + left);
+                } else {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
             _ = force.cancelled() => return,
             _ = tokio::time::sleep(check_every) => {

@@ -8,12 +8,17 @@
 //! connection to finish its in-flight requests, and closes what is left after
 //! `listen.drain_timeout`.
 //!
+//! Listening sockets can come from another process instead of `bind`
+//! ([`handoff`]: the zero-downtime hand-off, and systemd socket activation).
+//!
 //! Every request carries a [`Lease`] on its connection in its extensions: a request
 //! that becomes an upgraded tunnel takes it along, so the tunnel keeps holding its
 //! connection's `max_connections` permit (and can see when bytes last moved on the
 //! client socket) after hyper has let go of the connection.
 
 pub mod conn;
+#[cfg(unix)]
+pub mod handoff;
 pub mod tls;
 
 use std::future::Future;

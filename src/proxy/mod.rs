@@ -50,6 +50,7 @@ use crate::session::jar::Jarred;
 use crate::session::limit::CreationLimiter;
 use crate::session::store::SessionStore;
 use crate::session::ticket::Tickets;
+use crate::session::token::Secrets;
 use crate::session::{Clock, SessionError, State, Touch};
 use crate::web::body::{self, ProxyBody};
 use crate::web::forwarded::Trust;
@@ -118,10 +119,13 @@ impl Gateway {
         clock: Clock,
         metrics: Arc<Metrics>,
         hooks: Arc<Hooks>,
+        secrets: &Secrets,
     ) -> Result<Self, GatewayError> {
         let session_header = HeaderName::try_from(config.upstream.header.as_str())
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
-        let tickets = Arc::new(Tickets::new(SPENT_BROWSERS)?);
+        // Under the gateway's (possibly restored) ticket key: tickets and challenges
+        // issued before a restart still verify after it.
+        let tickets = Arc::new(Tickets::with_secret(SPENT_BROWSERS, secrets.tickets()));
         let resolver = Arc::new(
             Resolver::new(
                 Arc::clone(&store),

@@ -17,6 +17,7 @@ pub mod expiry;
 pub mod identity;
 pub mod jar;
 pub mod limit;
+pub mod persist;
 pub mod store;
 pub mod sweeper;
 pub mod ticket;
@@ -227,6 +228,26 @@ pub struct Session {
     client: Option<std::net::IpAddr>,
 }
 
+/// Everything a session is, as plain values: what a snapshot saves and restores
+/// ([`persist`]). Instants are on the clock's scale; marks are `None` when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionParts {
+    pub handle: Handle,
+    pub parent: Option<Handle>,
+    pub binding: u64,
+    pub created: Millis,
+    pub last_activity: Millis,
+    pub last_seen: Millis,
+    pub timeout: Millis,
+    pub idle_mark: Option<Millis>,
+    pub asked_mark: Option<Millis>,
+    pub state: State,
+    /// The parent handle has been sent upstream already.
+    pub parent_sent: bool,
+    pub cookies_at: Millis,
+    pub client: Option<std::net::IpAddr>,
+}
+
 /// `Session::flags`: the parent handle has been sent upstream once.
 const PARENT_SENT: u8 = 1;
 const NO_MARK: Millis = u64::MAX;
@@ -263,6 +284,49 @@ impl Session {
             flags: AtomicU8::new(0),
             cookies_at: AtomicU64::new(now),
             client: None,
+        }
+    }
+
+    /// A session as [`Session::parts`] described it (a restored one).
+    pub(crate) fn from_parts(parts: &SessionParts) -> Self {
+        let mark = |m: Option<Millis>| AtomicU64::new(m.unwrap_or(NO_MARK));
+        Session {
+            handle: parts.handle,
+            parent: parts.parent,
+            binding: parts.binding,
+            created: parts.created,
+            last_activity: AtomicU64::new(parts.last_activity),
+            last_seen: AtomicU64::new(parts.last_seen),
+            timeout: AtomicU64::new(parts.timeout),
+            filed_in: AtomicU32::new(expiry::NOT_FILED),
+            idle_mark: mark(parts.idle_mark),
+            asked_mark: mark(parts.asked_mark),
+            state: AtomicU8::new(parts.state as u8),
+            flags: AtomicU8::new(if parts.parent_sent { PARENT_SENT } else { 0 }),
+            cookies_at: AtomicU64::new(parts.cookies_at),
+            client: parts.client,
+        }
+    }
+
+    /// The session as plain values, read field by field (each one atomically; a
+    /// touch racing with this may be half seen, which a snapshot tolerates: it is
+    /// never older than the touch before).
+    pub fn parts(&self) -> SessionParts {
+        let mark = |m: &AtomicU64| Some(m.load(Ordering::Acquire)).filter(|&m| m != NO_MARK);
+        SessionParts {
+            handle: self.handle,
+            parent: self.parent,
+            binding: self.binding,
+            created: self.created,
+            last_activity: self.last_activity(),
+            last_seen: self.last_seen(),
+            timeout: self.timeout(),
+            idle_mark: mark(&self.idle_mark),
+            asked_mark: mark(&self.asked_mark),
+            state: self.stored_state(),
+            parent_sent: self.flags.load(Ordering::Acquire) & PARENT_SENT != 0,
+            cookies_at: self.cookies_at.load(Ordering::Acquire),
+            client: self.client,
         }
     }
 

@@ -87,12 +87,20 @@ impl Tickets {
     pub fn new(max_browsers: usize) -> Result<Self, SessionError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| SessionError::Entropy(e.to_string()))?;
-        Ok(Tickets {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+        Ok(Self::with_secret(max_browsers, &secret))
+    }
+
+    /// An issuer under a given secret ([`crate::session::token::Secrets::tickets`]),
+    /// so that values issued before a restart still verify after it. Spent values
+    /// are not carried over: like a browser pushed out of the spent table, a browser
+    /// could replay one of its own values once within its remaining lifetime.
+    pub fn with_secret(max_browsers: usize, secret: &[u8; 32]) -> Self {
+        Tickets {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
             spent: Mutex::new(LruCache::new(
                 NonZeroUsize::new(max_browsers).unwrap_or(NonZeroUsize::MIN),
             )),
-        })
+        }
     }
 
     /// Issues a value of `kind` for `handle` (challenges use the nil handle), valid
@@ -232,6 +240,26 @@ mod tests {
 
     fn key() -> BrowserKey {
         BrowserKey::generate().unwrap()
+    }
+
+    #[test]
+    fn a_value_verifies_under_the_same_secret_only() {
+        let secret = [5u8; 32];
+        let (before, after) = (
+            Tickets::with_secret(10, &secret),
+            Tickets::with_secret(10, &secret),
+        );
+        let (browser, handle) = (key(), Handle::new_v4());
+        let ticket = before.issue(Kind::Ticket, handle, &browser, 1_000);
+        assert_eq!(
+            after.redeem(Kind::Ticket, &ticket, &browser, 2_000),
+            Ok(handle)
+        );
+        let other = Tickets::with_secret(10, &[6u8; 32]);
+        assert_eq!(
+            other.peek(Kind::Ticket, &ticket, &browser, 2_000),
+            Err(Rejected::Forged)
+        );
     }
 
     #[test]

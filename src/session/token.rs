@@ -80,15 +80,94 @@ secret_type!(
     BrowserKey
 );
 
-/// The per-process key under which handles and bindings are derived: 256 bits from
-/// the OS CSPRNG, never stored or logged, so derived values cannot be computed (or
-/// inverted) offline and mean nothing to another process.
+/// The gateway's keys: what handles, browser bindings, tickets and challenges are
+/// derived or MACed under. 256 bits each from the OS CSPRNG, never logged; a fresh
+/// set per process, unless `persist.path` restores the set of the process that wrote
+/// the snapshot (without it every token, cookie and ticket issued before a restart
+/// would stop working). The snapshot is the only place they are ever stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets {
+    handles: [u8; SECRET_BYTES],
+    bindings: [u8; SECRET_BYTES],
+    tickets: [u8; SECRET_BYTES],
+}
+
+impl Secrets {
+    /// Bytes in [`Secrets::to_bytes`].
+    pub const LEN: usize = 3 * SECRET_BYTES;
+
+    /// A fresh set from the OS CSPRNG.
+    pub fn generate() -> Result<Self, SessionError> {
+        Ok(Secrets {
+            handles: random_secret()?,
+            bindings: random_secret()?,
+            tickets: random_secret()?,
+        })
+    }
+
+    /// The set as saved in a snapshot.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..SECRET_BYTES].copy_from_slice(&self.handles);
+        out[SECRET_BYTES..2 * SECRET_BYTES].copy_from_slice(&self.bindings);
+        out[2 * SECRET_BYTES..].copy_from_slice(&self.tickets);
+        out
+    }
+
+    /// The set [`Secrets::to_bytes`] saved.
+    pub fn from_bytes(bytes: &[u8; Self::LEN]) -> Self {
+        let mut secrets = Secrets {
+            handles: [0; SECRET_BYTES],
+            bindings: [0; SECRET_BYTES],
+            tickets: [0; SECRET_BYTES],
+        };
+        secrets.handles.copy_from_slice(&bytes[..SECRET_BYTES]);
+        secrets
+            .bindings
+            .copy_from_slice(&bytes[SECRET_BYTES..2 * SECRET_BYTES]);
+        secrets.tickets.copy_from_slice(&bytes[2 * SECRET_BYTES..]);
+        secrets
+    }
+
+    /// This set with a fresh ticket key (values issued under the old one stop
+    /// working), the handle and binding keys kept.
+    pub fn with_fresh_tickets(mut self) -> Result<Self, SessionError> {
+        self.tickets = random_secret()?;
+        Ok(self)
+    }
+
+    pub fn deriver(&self) -> Deriver {
+        Deriver(DerivationKey::from_secret(&self.handles))
+    }
+
+    pub fn binder(&self) -> Binder {
+        Binder(DerivationKey::from_secret(&self.bindings))
+    }
+
+    /// The key tickets and challenges are MACed under (see `session::ticket`).
+    pub fn tickets(&self) -> &[u8; SECRET_BYTES] {
+        &self.tickets
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+/// A key under which handles or bindings are derived (see [`Secrets`]), so derived
+/// values cannot be computed (or inverted) without it.
 #[derive(Clone)]
 struct DerivationKey(hmac::Key);
 
 impl DerivationKey {
     fn generate() -> Result<Self, SessionError> {
-        random_secret().map(|secret| DerivationKey(hmac::Key::new(hmac::HMAC_SHA256, &secret)))
+        random_secret().map(|secret| Self::from_secret(&secret))
+    }
+
+    fn from_secret(secret: &[u8; SECRET_BYTES]) -> Self {
+        DerivationKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
     /// HMAC-SHA256 over a domain label and `secret`, truncated to 128 bits. The label
@@ -227,6 +306,31 @@ mod tests {
         expected.copy_from_slice(&tag.as_ref()[..16]);
         let expected = uuid::Builder::from_random_bytes(expected).into_uuid();
         assert_eq!(Deriver(key).handle_of(&token), expected);
+    }
+
+    #[test]
+    fn restored_secrets_derive_the_same_values() {
+        let secrets = Secrets::generate().unwrap();
+        let again = Secrets::from_bytes(&secrets.to_bytes());
+        assert_eq!(again, secrets);
+        let (token, key) = (Token::generate().unwrap(), BrowserKey::generate().unwrap());
+        assert_eq!(
+            again.deriver().handle_of(&token),
+            secrets.deriver().handle_of(&token)
+        );
+        assert_eq!(again.binder().bind(&key), secrets.binder().bind(&key));
+        let other = Secrets::generate().unwrap();
+        assert_ne!(
+            other.deriver().handle_of(&token),
+            secrets.deriver().handle_of(&token)
+        );
+        let fresh = secrets.clone().with_fresh_tickets().unwrap();
+        assert_ne!(fresh.tickets(), secrets.tickets());
+        assert_eq!(
+            fresh.deriver().handle_of(&token),
+            secrets.deriver().handle_of(&token)
+        );
+        assert_eq!(format!("{secrets:?}"), "Secrets(<redacted>)");
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod storage;
 use std::sync::Arc;
 
 pub use memory::{MemoryStorage, MemoryStore};
-pub use policy::{Sessions, ENDED_AGE, ENDED_CAP};
+pub use policy::{RestoreReport, RestoredTable, Sessions, TableView, ENDED_AGE, ENDED_CAP};
 pub use storage::{Alias, Rotation, Storage};
 
 use super::jar::Jar;

@@ -28,10 +28,10 @@ use crate::config::{OnTimeout, WhenFull};
 use crate::session::events::{SessionEvent, SessionObserver};
 use crate::session::expiry::DueEntry;
 use crate::session::jar::Jar;
-use crate::session::token::{Binder, Deriver};
+use crate::session::token::{Binder, Deriver, Secrets};
 use crate::session::{
-    BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError, State,
-    Token, Touch, Verdict,
+    BrowserKey, CreatedKind, EndReason, Handle, Lifetime, Millis, Session, SessionError,
+    SessionParts, State, Token, Touch, Verdict,
 };
 
 /// `(stamp, handle)` pairs, smallest stamp on top.
@@ -70,6 +70,35 @@ pub struct Sessions<S> {
     /// Live sessions per client address group; an entry exists only while its group
     /// has a live session, so it never holds more than `max_sessions` entries.
     per_client: DashMap<IpAddr, usize>,
+}
+
+/// A copy of the table for a snapshot (see [`Sessions::view`]).
+#[derive(Debug, Default)]
+pub struct TableView {
+    pub sessions: Vec<Arc<Session>>,
+    pub rotations: Vec<(Handle, Rotation)>,
+    pub aliases: Vec<(Handle, Alias)>,
+    pub ended: Vec<(Handle, Millis)>,
+}
+
+/// A snapshot's table, on this process's clock (see [`Sessions::restore`]).
+#[derive(Debug, Default)]
+pub struct RestoredTable {
+    pub sessions: Vec<SessionParts>,
+    pub rotations: Vec<(Handle, Rotation)>,
+    pub aliases: Vec<(Handle, Alias)>,
+    pub ended: Vec<(Handle, Millis)>,
+}
+
+/// What [`Sessions::restore`] put back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Sessions restored in state `active`.
+    pub active: usize,
+    /// Sessions restored in state `warning` (their countdown continues).
+    pub warning: usize,
+    /// Sessions that did not fit under `max_sessions`.
+    pub dropped: usize,
 }
 
 /// How many recently ended sessions the store remembers (by token digest), so that a
@@ -173,6 +202,105 @@ impl<S: Storage> Sessions<S> {
     /// The storage underneath.
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+
+    /// The same store deriving handles and bindings under `secrets` (restored from a
+    /// snapshot, so the tokens and browser keys issued before a restart still map to
+    /// their sessions). Before any session is created.
+    pub fn with_secrets(mut self, secrets: &Secrets) -> Self {
+        self.deriver = secrets.deriver();
+        self.binder = secrets.binder();
+        self
+    }
+
+    /// A copy of the table for a snapshot (`session::persist`), taken without
+    /// stopping anyone: the sessions' `Arc`s shard by shard (a shard's read lock is
+    /// held only while its `Arc`s are cloned), then the side tables. Sessions are
+    /// read field by field later, off every lock.
+    pub fn view(&self) -> TableView {
+        let mut sessions = Vec::with_capacity(self.storage.len());
+        self.storage
+            .for_each(&mut |session| sessions.push(Arc::clone(session)));
+        TableView {
+            sessions,
+            rotations: self.storage.rotations(),
+            aliases: self.storage.aliases(),
+            ended: self.storage.ended(),
+            // COOKIE JAR (merge): copy the jar side table here, by handle, the same
+            // way (entry by entry, no lock held across shards).
+        }
+    }
+
+    /// Puts a snapshot's table back, before the gateway serves: every session that
+    /// was live, with its slot, its client's count and its deadline filed, so the
+    /// first sweep ends (with their proper reasons and events) those whose deadlines
+    /// passed while the gateway was down. Restored sessions emit no `Started` (they
+    /// started before). Sessions over `max_sessions` (a smaller table configured
+    /// since) are dropped, least recently seen first, and counted in the report.
+    ///
+    /// Rotations come back without tokens (none is ever saved): the older tokens of
+    /// a session rotated less than [`ROTATION_GRACE`] before the snapshot retire at
+    /// the restart instead of at the end of their grace; the current token works.
+    pub fn restore(&self, mut table: RestoredTable, now: Millis) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        // Most recently seen first, so a full table keeps those.
+        table
+            .sessions
+            .sort_unstable_by_key(|parts| Reverse(parts.last_seen));
+        for parts in &table.sessions {
+            if parts.state == State::Ended || self.storage.contains(&parts.handle) {
+                continue;
+            }
+            if !self.storage.reserve(self.max_sessions) {
+                report.dropped += 1;
+                continue;
+            }
+            let session = Arc::new(Session::from_parts(parts));
+            if !self.storage.insert(Arc::clone(&session)) {
+                self.storage.release();
+                continue;
+            }
+            // Counted, not limited: these sessions exist already.
+            if let Some(client) = session.client() {
+                let mut count = self.per_client.entry(client).or_insert(0);
+                *count = count.saturating_add(1);
+            }
+            if let Some(due) = session.next_due(&self.rules, now) {
+                self.storage.file_earlier(&session, due);
+            }
+            if let Some(heap) = &self.eviction {
+                heap.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Reverse((session.last_seen(), session.handle())));
+            }
+            match session.stored_state() {
+                State::Warning => report.warning += 1,
+                _ => report.active += 1,
+            }
+        }
+        for (handle, rotation) in table.rotations {
+            if self.storage.contains(&handle) {
+                self.storage.put_rotation(
+                    handle,
+                    Rotation {
+                        token: None,
+                        original_retires_at: rotation.original_retires_at.min(now),
+                        ..rotation
+                    },
+                );
+            }
+        }
+        for (derived, alias) in table.aliases {
+            // Only a session's current token (never retiring) survives a restart.
+            if alias.retires_at == Millis::MAX && self.storage.contains(&alias.session) {
+                self.storage.put_alias(derived, alias);
+            }
+        }
+        table.ended.sort_by_key(|&(_, at)| at);
+        for (derived, at) in table.ended {
+            self.storage.remember_ended(derived, at, self.ended_cap);
+        }
+        report
     }
 
     /// Takes a slot under `max_sessions`, evicting if so configured.
@@ -329,15 +457,13 @@ impl<S: Storage> Sessions<S> {
                 return None;
             }
             let newer = (alias.retires_at != Millis::MAX)
-                .then(|| self.storage.rotation(&alias.session).map(|r| r.token))
+                .then(|| self.storage.rotation(&alias.session).and_then(|r| r.token))
                 .flatten();
             return Some((alias.session, newer));
         }
         match self.storage.rotation(&derived) {
             None => Some((derived, None)),
-            Some(rotation) if now < rotation.original_retires_at => {
-                Some((derived, Some(rotation.token)))
-            }
+            Some(rotation) if now < rotation.original_retires_at => Some((derived, rotation.token)),
             Some(_) => None,
         }
     }
@@ -497,7 +623,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         self.storage.put_alias(current, alias);
         let rotation = Rotation {
             current,
-            token,
+            token: Some(token),
             original_retires_at: retires_at,
         };
         if let Some(previous) = self.storage.put_rotation(handle, rotation) {

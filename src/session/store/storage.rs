@@ -23,7 +23,9 @@ use crate::session::{Handle, Millis, Session, Token};
 #[derive(Debug, Clone, Copy)]
 pub struct Rotation {
     pub current: Handle,
-    pub token: Token,
+    /// `None` for a rotation restored from a snapshot (tokens are never saved): its
+    /// older tokens retired at the restart.
+    pub token: Option<Token>,
     /// When the session's original token (the one its handle derives from) retires.
     pub original_retires_at: Millis,
 }
@@ -157,4 +159,16 @@ pub trait Storage: Send + Sync {
 
     /// Jars stored.
     fn jar_count(&self) -> usize;
+
+    // Copies for a snapshot (`session::persist`): each taken entry by entry, no lock
+    // held longer than one shard's copy.
+
+    /// Every rotation, by the session's handle.
+    fn rotations(&self) -> Vec<(Handle, Rotation)>;
+
+    /// Every alias, by the handle its token derives to.
+    fn aliases(&self) -> Vec<(Handle, Alias)>;
+
+    /// The ended table, oldest first: `(derived handle, ended at)`.
+    fn ended(&self) -> Vec<(Handle, Millis)>;
 }

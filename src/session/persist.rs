@@ -245,11 +245,17 @@ pub fn encode(
     put_count(&mut out, live.len())?;
     let mut buf = Vec::with_capacity(256);
     let wall = |at: Millis| clock.wall(at);
+    // COOKIE JAR: each session's serialized jar, from the view's copy of the side table.
+    let jars: std::collections::HashMap<Handle, &Vec<u8>> = view
+        .jars
+        .iter()
+        .map(|(handle, jar)| (*handle, jar))
+        .collect();
     for session in &live {
         buf.clear();
         let record = SessionRecord {
             parts: session.parts(),
-            jar: None, // COOKIE JAR (merge): the session's jar from the view.
+            jar: jars.get(&session.handle()).map(|jar| (*jar).clone()),
         };
         encode_session(&mut buf, &record, wall);
         out.write_all(&buf)?;
@@ -460,12 +466,17 @@ impl Snapshot {
     pub fn table(&self, clock: &Clock) -> RestoredTable {
         let at = |wall: u64| clock.from_wall(wall);
         RestoredTable {
+            // COOKIE JAR: the jars go back through `Sessions::restore`.
+            jars: self
+                .sessions
+                .iter()
+                .filter_map(|record| Some((record.parts.handle, record.jar.clone()?)))
+                .collect(),
             sessions: self
                 .sessions
                 .iter()
                 .map(|record| {
                     let p = &record.parts;
-                    // COOKIE JAR (merge): restore `record.jar` into the jar side table.
                     SessionParts {
                         created: at(p.created),
                         last_activity: at(p.last_activity),

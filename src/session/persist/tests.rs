@@ -155,6 +155,28 @@ fn a_jar_slot_round_trips() {
     assert_eq!(decoded.parts.state, State::Warning);
 }
 
+#[test]
+fn jars_in_the_view_come_back_in_the_restored_table() {
+    let secrets = Secrets::generate().unwrap();
+    let clock = Clock::new();
+    let store = store_with(&secrets, Arc::default());
+    let key = BrowserKey::generate().unwrap();
+    let with_jar = store
+        .create(&key, None, CreatedKind::New, None, clock.now())
+        .unwrap();
+    store
+        .create(&key, None, CreatedKind::New, None, clock.now())
+        .unwrap();
+    let mut view = store.view();
+    let handle = with_jar.session.handle();
+    view.jars.push((handle, b"serialized jar".to_vec()));
+    let mut bytes = Vec::new();
+    encode(&mut bytes, &view, &clock, &secrets).unwrap();
+    let table = decode(&bytes).unwrap().table(&clock);
+    assert_eq!(table.sessions.len(), 2);
+    assert_eq!(table.jars, [(handle, b"serialized jar".to_vec())]);
+}
+
 /// A snapshot of a few sessions to damage.
 fn sample() -> Vec<u8> {
     let secrets = Secrets::generate().unwrap();

@@ -79,6 +79,8 @@ pub struct TableView {
     pub rotations: Vec<(Handle, Rotation)>,
     pub aliases: Vec<(Handle, Alias)>,
     pub ended: Vec<(Handle, Millis)>,
+    /// Per-session cookie jars, serialized, by handle (none until the jar lands).
+    pub jars: Vec<(Handle, Vec<u8>)>,
 }
 
 /// A snapshot's table, on this process's clock (see [`Sessions::restore`]).
@@ -88,6 +90,8 @@ pub struct RestoredTable {
     pub rotations: Vec<(Handle, Rotation)>,
     pub aliases: Vec<(Handle, Alias)>,
     pub ended: Vec<(Handle, Millis)>,
+    /// Per-session cookie jars, serialized, by handle.
+    pub jars: Vec<(Handle, Vec<u8>)>,
 }
 
 /// What [`Sessions::restore`] put back.
@@ -226,8 +230,9 @@ impl<S: Storage> Sessions<S> {
             rotations: self.storage.rotations(),
             aliases: self.storage.aliases(),
             ended: self.storage.ended(),
-            // COOKIE JAR (merge): copy the jar side table here, by handle, the same
-            // way (entry by entry, no lock held across shards).
+            // COOKIE JAR (merge): copy the jar side table here (serialized, by
+            // handle), entry by entry with no lock held across shards.
+            jars: Vec::new(),
         }
     }
 
@@ -299,6 +304,11 @@ impl<S: Storage> Sessions<S> {
         table.ended.sort_by_key(|&(_, at)| at);
         for (derived, at) in table.ended {
             self.storage.remember_ended(derived, at, self.ended_cap);
+        }
+        for (handle, _jar) in table.jars {
+            if self.storage.contains(&handle) {
+                // COOKIE JAR (merge): deserialize `_jar` into the jar side table.
+            }
         }
         report
     }

@@ -448,6 +448,7 @@ async fn restore(memory: &Arc<MemoryStore>, snapshot: &Snapshot, clock: Clock, m
     tracing::info!(
         restored = report.active + report.warning,
         dropped_over_max_sessions = report.dropped,
+        jars_dropped = report.jars_dropped,
         due_at_restore = overdue,
         live,
         down_ms = persist_age(snapshot),

@@ -228,6 +228,15 @@ impl Jar {
         self.cookies.is_empty()
     }
 
+    /// Whether the jar keeps the bounds every jar is held to ([`MAX_COOKIES`],
+    /// [`MAX_BYTES`], [`MAX_COOKIE_BYTES`] each): a jar read back from elsewhere (a
+    /// snapshot) is checked with this.
+    pub fn within_bounds(&self) -> bool {
+        self.len() <= MAX_COOKIES
+            && self.bytes() <= MAX_BYTES
+            && self.cookies.iter().all(|c| c.size() <= MAX_COOKIE_BYTES)
+    }
+
     /// Bytes counted against [`MAX_BYTES`].
     pub fn bytes(&self) -> usize {
         self.cookies

@@ -177,6 +177,62 @@ fn jars_in_the_view_come_back_in_the_restored_table() {
     assert_eq!(table.jars, [(handle, b"serialized jar".to_vec())]);
 }
 
+#[test]
+fn a_sessions_cookie_jar_survives_the_file_and_a_jar_over_its_bounds_does_not() {
+    use crate::session::jar::{Jar, Site, MAX_COOKIES};
+    let secrets = Secrets::generate().unwrap();
+    let clock = Clock::new();
+    let store = store_with(&secrets, Arc::default());
+    let key = BrowserKey::generate().unwrap();
+    let site = Site {
+        host: "app.example",
+        path: "/",
+        secure: false,
+    };
+    let kept = store
+        .create(&key, None, CreatedKind::New, None, clock.now())
+        .unwrap();
+    store.update_jar(&kept.session, &mut |jar| {
+        let jar = jar.get_or_insert_with(Jar::default);
+        assert!(jar
+            .store(b"PHPSESSID=abc123; Path=/; HttpOnly", &site, 0)
+            .is_empty());
+    });
+    let tampered = store
+        .create(&key, None, CreatedKind::New, None, clock.now())
+        .unwrap();
+    let mut view = store.view();
+    // A file edited by hand (the checksum fixed up): more cookies than a jar holds.
+    let mut big = Jar::default();
+    for i in 0..MAX_COOKIES {
+        big.store(format!("c{i}=v").as_bytes(), &site, 0);
+    }
+    let mut json = serde_json::to_value(&big).unwrap();
+    let cookies = json["cookies"].as_array_mut().unwrap();
+    let extra = cookies[0].clone();
+    cookies.push(extra);
+    view.jars.push((
+        tampered.session.handle(),
+        serde_json::to_vec(&json).unwrap(),
+    ));
+    let mut bytes = Vec::new();
+    encode(&mut bytes, &view, &clock, &secrets).unwrap();
+
+    let again = store_with(&secrets, Arc::default());
+    let report = again.restore(decode(&bytes).unwrap().table(&clock), clock.now());
+    assert_eq!(report.active, 2);
+    assert_eq!(report.jars_dropped, 1);
+    let mut jar = again
+        .jar(&kept.session.handle())
+        .expect("the jar came back");
+    assert_eq!(
+        jar.header(&site, 0).as_deref(),
+        Some("PHPSESSID=abc123"),
+        "the restored jar sends its cookie"
+    );
+    assert!(again.jar(&tampered.session.handle()).is_none());
+}
+
 /// A snapshot of a few sessions to damage.
 fn sample() -> Vec<u8> {
     let secrets = Secrets::generate().unwrap();

@@ -336,6 +336,13 @@ impl Storage for MemoryStorage {
             .collect()
     }
 
+    fn jars(&self) -> Vec<(Handle, Jar)> {
+        self.jars
+            .iter()
+            .map(|jar| (*jar.key(), jar.value().clone()))
+            .collect()
+    }
+
     fn ended(&self) -> Vec<(Handle, Millis)> {
         let table = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         // The order queue may hold stale twins of re-remembered digests: only the

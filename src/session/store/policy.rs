@@ -103,6 +103,9 @@ pub struct RestoreReport {
     pub warning: usize,
     /// Sessions that did not fit under `max_sessions`.
     pub dropped: usize,
+    /// Cookie jars that did not decode or broke the jar bounds (their sessions
+    /// are restored with an empty jar).
+    pub jars_dropped: usize,
 }
 
 /// How many recently ended sessions the store remembers (by token digest), so that a
@@ -230,9 +233,14 @@ impl<S: Storage> Sessions<S> {
             rotations: self.storage.rotations(),
             aliases: self.storage.aliases(),
             ended: self.storage.ended(),
-            // COOKIE JAR (merge): copy the jar side table here (serialized, by
-            // handle), entry by entry with no lock held across shards.
-            jars: Vec::new(),
+            // Entry by entry, no lock held across shards; a jar that cannot be
+            // encoded (it always can: plain strings and numbers) is left out.
+            jars: self
+                .storage
+                .jars()
+                .into_iter()
+                .filter_map(|(handle, jar)| Some((handle, serde_json::to_vec(&jar).ok()?)))
+                .collect(),
         }
     }
 
@@ -305,9 +313,15 @@ impl<S: Storage> Sessions<S> {
         for (derived, at) in table.ended {
             self.storage.remember_ended(derived, at, self.ended_cap);
         }
-        for (handle, _jar) in table.jars {
-            if self.storage.contains(&handle) {
-                // COOKIE JAR (merge): deserialize `_jar` into the jar side table.
+        for (handle, jar) in table.jars {
+            if !self.storage.contains(&handle) {
+                continue;
+            }
+            // The checksum catches damage, not a hand-edited file: a jar comes back
+            // only if it decodes and keeps the jar bounds.
+            match serde_json::from_slice::<Jar>(&jar) {
+                Ok(jar) if jar.within_bounds() => self.storage.put_jar(handle, jar),
+                _ => report.jars_dropped += 1,
             }
         }
         report

@@ -171,4 +171,7 @@ pub trait Storage: Send + Sync {
 
     /// The ended table, oldest first: `(derived handle, ended at)`.
     fn ended(&self) -> Vec<(Handle, Millis)>;
+
+    /// Every cookie jar, by session handle.
+    fn jars(&self) -> Vec<(Handle, Jar)>;
 }

@@ -1,13 +1,19 @@
 //! The streaming body that places the agent tag.
 //!
-//! lol_html is used as a *locator*, not as the rewriter of record: chunks are fed to
-//! it (its output is discarded) only until an element handler reports where the tag
-//! belongs, as a byte offset into the input (`source_location`). Meanwhile the raw
-//! input is held. Once the place is known the body emits `raw[..at]`, the tag,
-//! `raw[at..]`, drops the parser, and passes every later frame through untouched.
-//! So the output is the upstream's bytes plus exactly one tag, by construction: no
-//! re-serialization by the parser can alter a byte, and after the place is found the
-//! cost per frame is nil.
+//! lol_html is used as a *locator*, not as the rewriter of record: the input is fed
+//! to it (its output is discarded) only until an element handler reports where the
+//! tag belongs, as a byte offset into the input (`source_location`). Meanwhile the
+//! upstream's frames are held as they came. Once the place is known the body emits
+//! the held frames with the tag between the two halves of the frame it falls in
+//! (slices of the same `Bytes`, nothing copied), drops the parser, and passes every
+//! later frame through untouched. So the output is the upstream's bytes plus exactly
+//! one tag, by construction: no re-serialization by the parser can alter a byte, and
+//! after the place is found the cost per frame is nil.
+//!
+//! The parser sees as little as it can: a frame is fed in growing steps
+//! ([`FIRST_STEP`], then as much as it has seen so far, at most [`MAX_STEP`]), and
+//! feeding stops at the step where the place is found. A 1 MiB page arriving as one
+//! frame with `<head>` at byte 40 costs one 512-byte parse, not a megabyte's.
 //!
 //! Where it goes ([`Place`]): after the first element's start tag if that element is
 //! `<head>`; otherwise `<head>TAG</head>` right before the first element that is not
@@ -28,10 +34,10 @@ use std::collections::VecDeque;
 use std::mem;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame};
 use lol_html::{send, AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
 
@@ -44,6 +50,12 @@ pub(crate) const LIMIT: usize = 256 * 1024;
 
 /// Cap on lol_html's own buffers (one huge tag could otherwise grow them).
 const PARSER_MEMORY: usize = 1024 * 1024;
+
+/// The first write to the parser (most pages have their `<head>` well within it).
+const FIRST_STEP: usize = 512;
+
+/// The largest write to the parser: steps double from [`FIRST_STEP`] up to it.
+const MAX_STEP: usize = 64 * 1024;
 
 /// Called once with what happened to the body.
 pub(crate) type Report = Box<dyn FnOnce(Outcome) + Send>;
@@ -100,6 +112,9 @@ impl Found {
     }
 }
 
+/// The locator's selector, parsed once per process rather than once per page.
+static EVERY_ELEMENT: LazyLock<Option<Selector>> = LazyLock::new(|| "*".parse().ok());
+
 /// lol_html's output is not used (see the module comment).
 struct Discard;
 
@@ -122,7 +137,7 @@ struct Locator {
 
 impl Locator {
     fn new(encoding: AsciiCompatibleEncoding, memory: usize) -> Option<Self> {
-        let selector: Selector = "*".parse().ok()?;
+        let selector = EVERY_ELEMENT.as_ref()?;
         let found = Arc::new(Found::default());
         let spot = Arc::clone(&found);
         let handlers = send::ElementContentHandlers::default().element(
@@ -151,7 +166,7 @@ impl Locator {
             },
         );
         let settings = send::Settings::new_send()
-            .append_element_content_handler((Cow::Owned(selector), handlers))
+            .append_element_content_handler((Cow::Borrowed(selector), handlers))
             .with_encoding(encoding)
             .with_memory_settings(MemorySettings::new().with_max_allowed_memory_usage(memory));
         Some(Self {
@@ -195,19 +210,36 @@ enum Decision {
     Pass(Outcome),
 }
 
-/// Input held while the place is sought.
+/// Input held while the place is sought: the upstream's frames as they came.
 struct Holding {
     locator: Locator,
-    raw: BytesMut,
-    /// How much of `raw` the locator has seen.
+    held: Vec<Bytes>,
+    /// Bytes in `held`.
+    len: usize,
+    /// How much of the input the locator has seen.
     fed: usize,
+    /// Where feeding resumes: the index in `held` of the frame holding byte `fed`,
+    /// and `fed`'s offset in it.
+    cursor: (usize, usize),
     /// The byte-order mark has been checked.
     sniffed: bool,
 }
 
 impl Holding {
-    fn take(&mut self, data: &[u8]) -> Option<Decision> {
-        self.raw.extend_from_slice(data);
+    fn new(locator: Locator) -> Self {
+        Self {
+            locator,
+            held: Vec::new(),
+            len: 0,
+            fed: 0,
+            cursor: (0, 0),
+            sniffed: false,
+        }
+    }
+
+    fn take(&mut self, data: Bytes) -> Option<Decision> {
+        self.len = self.len.saturating_add(data.len());
+        self.held.push(data);
         self.advance(false)
     }
 
@@ -216,27 +248,46 @@ impl Holding {
             .unwrap_or(Decision::Pass(Outcome::NotFound))
     }
 
+    /// The first two bytes of the input, whichever frames they came in.
+    fn first_two(&self) -> [Option<u8>; 2] {
+        let mut bytes = self.held.iter().flat_map(|frame| frame.iter().copied());
+        [bytes.next(), bytes.next()]
+    }
+
     fn advance(&mut self, eof: bool) -> Option<Decision> {
         if !self.sniffed {
-            if self.raw.len() < 2 && !eof {
+            if self.len < 2 && !eof {
                 return None;
             }
             self.sniffed = true;
-            if self.raw.starts_with(&[0xfe, 0xff]) || self.raw.starts_with(&[0xff, 0xfe]) {
-                return Some(Decision::Pass(Outcome::Unparsable));
+            if let [Some(a), Some(b)] = self.first_two() {
+                if [a, b] == [0xfe, 0xff] || [a, b] == [0xff, 0xfe] {
+                    return Some(Decision::Pass(Outcome::Unparsable));
+                }
             }
         }
-        let end = self.raw.len().min(LIMIT);
-        if end > self.fed {
-            let step = self.locator.feed(&self.raw[self.fed..end]);
-            self.fed = end;
+        let end = self.len.min(LIMIT);
+        while self.fed < end {
+            let (index, offset) = self.cursor;
+            let Some(frame) = self.held.get(index) else {
+                break;
+            };
+            if offset >= frame.len() {
+                self.cursor = (index.saturating_add(1), 0);
+                continue;
+            }
+            let step = self.fed.clamp(FIRST_STEP, MAX_STEP);
+            let take = step.min(end - self.fed).min(frame.len() - offset);
+            let step = self.locator.feed(&frame[offset..offset + take]);
+            self.fed += take;
+            self.cursor = (index, offset + take);
             match step {
                 Step::Found(place) => return Some(Decision::Splice(place)),
                 Step::Failed => return Some(Decision::Pass(Outcome::Unparsable)),
                 Step::More => {}
             }
         }
-        if self.fed < self.raw.len() || self.fed >= LIMIT {
+        if self.fed < self.len || self.fed >= LIMIT {
             return Some(Decision::Pass(Outcome::NotFound));
         }
         if eof {
@@ -277,27 +328,47 @@ impl Out {
         }
     }
 
-    fn apply(&mut self, decision: Decision, raw: BytesMut) {
-        let raw = raw.freeze();
+    fn apply(&mut self, decision: Decision, held: Holding) {
         match decision {
-            Decision::Splice(place) if place.at <= raw.len() => {
-                self.push(raw.slice(..place.at));
-                let tag = if place.in_head {
+            Decision::Splice(place) if place.at <= held.len => {
+                let mut tag = Some(if place.in_head {
                     self.tag.clone()
                 } else {
                     Bytes::from([&b"<head>"[..], &self.tag, b"</head>"].concat())
-                };
-                self.push(tag);
-                self.push(raw.slice(place.at..));
+                });
+                // Bytes before the place still to go out ahead of the tag.
+                let mut before = place.at;
+                for frame in held.held {
+                    match tag.take() {
+                        Some(placed) if before <= frame.len() => {
+                            self.push(frame.slice(..before));
+                            self.push(placed);
+                            self.push(frame.slice(before..));
+                        }
+                        unplaced => {
+                            before -= frame.len().min(before);
+                            tag = unplaced;
+                            self.push(frame);
+                        }
+                    }
+                }
+                // Only an empty input gets here with the tag unplaced.
+                if let Some(tag) = tag {
+                    self.push(tag);
+                }
                 self.report(Outcome::Injected);
             }
             // An offset past the input would be a parser bug; pass rather than trust it.
             Decision::Splice(_) => {
-                self.push(raw);
+                for frame in held.held {
+                    self.push(frame);
+                }
                 self.report(Outcome::Unparsable);
             }
             Decision::Pass(outcome) => {
-                self.push(raw);
+                for frame in held.held {
+                    self.push(frame);
+                }
                 self.report(outcome);
             }
         }
@@ -335,12 +406,7 @@ impl Injecting {
             report,
         };
         let state = match Locator::new(encoding, memory) {
-            Some(locator) => State::Holding(Box::new(Holding {
-                locator,
-                raw: BytesMut::new(),
-                fed: 0,
-                sniffed: false,
-            })),
+            Some(locator) => State::Holding(Box::new(Holding::new(locator))),
             None => {
                 out.report(Outcome::Unparsable);
                 State::Passing
@@ -374,7 +440,7 @@ impl Body for Injecting {
             // (decision, state after it, a frame to send after the held bytes)
             let (decision, next, after) = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match holding.take(&data) {
+                    Ok(data) => match holding.take(data) {
                         Some(decision) => (decision, State::Passing, None),
                         None => continue,
                     },
@@ -388,7 +454,7 @@ impl Body for Injecting {
                 None => (holding.finish(), State::Finished, None),
             };
             if let State::Holding(holding) = mem::replace(&mut this.state, next) {
-                this.out.apply(decision, holding.raw);
+                this.out.apply(decision, *holding);
             }
             if let Some(trailers) = after {
                 this.out.queue.push_back(trailers);
@@ -420,6 +486,66 @@ mod tests {
     use crate::inject::testing::body_of;
     use http_body_util::BodyExt;
     use std::sync::Mutex;
+
+    fn big_page() -> Bytes {
+        let rows = "<tr><td>1</td><td>lorem ipsum</td></tr>\n".repeat(2600);
+        Bytes::from(format!(
+            "<!doctype html><html><head><title>t</title></head><body><table>{rows}</table>"
+        ))
+    }
+
+    /// The parser stops at the step that finds the place: a 100 KiB page that arrives
+    /// as one frame is parsed for its first [`FIRST_STEP`] bytes only.
+    #[test]
+    fn the_parser_sees_no_byte_past_the_step_that_finds_the_place() {
+        let page = big_page();
+        assert!(page.len() > 100 * 1024);
+        let locator = Locator::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY).unwrap();
+        let mut holding = Holding::new(locator);
+        let at = "<!doctype html><html><head>".len();
+        assert!(matches!(
+            holding.take(page),
+            Some(Decision::Splice(Place { at: found, in_head: true })) if found == at
+        ));
+        assert_eq!(holding.fed, FIRST_STEP);
+
+        // A place further in takes doubling steps, each only as far as needed.
+        let late = format!("<!--{}--><head>", "c".repeat(3000)) + &"<p>x</p>".repeat(10_000);
+        let locator = Locator::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY).unwrap();
+        let mut holding = Holding::new(locator);
+        assert!(matches!(holding.take(Bytes::from(late)), Some(Decision::Splice(_))));
+        assert_eq!(holding.fed, 4096);
+    }
+
+    /// The output is the upstream's own frames: the frame the place falls in is split
+    /// into two slices of the same buffer around the tag, nothing is copied.
+    #[tokio::test]
+    async fn frames_pass_without_a_copy() {
+        let page = big_page();
+        let tail = Bytes::from_static(b"</body></html>");
+        let body = crate::inject::testing::frames(vec![
+            Ok(Frame::data(page.clone())),
+            Ok(Frame::data(tail.clone())),
+        ]);
+        let mut body = Injecting::new(
+            body,
+            AsciiCompatibleEncoding::utf_8(),
+            "<script></script>".into(),
+            None,
+        );
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        let at = "<!doctype html><html><head>".len();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[0].as_ptr(), page.as_ptr());
+        assert_eq!(frames[0].len(), at);
+        assert_eq!(frames[1], "<script></script>");
+        assert_eq!(frames[2].as_ptr(), page[at..].as_ptr());
+        assert_eq!(frames[2].len(), page.len() - at);
+        assert_eq!(frames[3].as_ptr(), tail.as_ptr());
+    }
 
     /// A parser that fails (here: its memory cap) is dropped, never written to or
     /// ended again (lol_html would panic), and the input goes out unchanged.

@@ -25,6 +25,7 @@
 #   DURATION [6]  seconds per wrk run     REPS [3]  interleaved repetitions
 #   CONNECTIONS [64]  WRK_THREADS [1]     WORKERS [nproc]  proxy worker threads
 #   UPSTREAM_THREADS [1]                  TTFB_SAMPLES [21]
+#   PAGES ["1k 100k 1m"]  a subset, e.g. PAGES=1k
 #   QUICK=1  sets DURATION=3 REPS=1 TTFB_SAMPLES=9 unless they are set
 #   SKIP_BUILD=1  use the release binaries already in target/
 #
@@ -45,7 +46,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-$(nproc)}
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 TTFB_SAMPLES=${TTFB_SAMPLES:-21}
-PAGES=(1k 100k 1m)
+read -r -a PAGES <<<"${PAGES:-1k 100k 1m}"
 VARIANTS=(direct nginx nginx-sub sg-browser sg-tab)
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -225,7 +226,9 @@ for variant in "${VARIANTS[@]}"; do
     [ "$tags" = "$want" ] || die "$variant /$page carries $tags agent tags, not $want"
   done
 done
-cmp -s "$work/check-direct-1m" "$work/check-nginx-1m" || die "nginx changed the 1 MiB page"
+for page in "${PAGES[@]}"; do
+  cmp -s "$work/check-direct-$page" "$work/check-nginx-$page" || die "nginx changed /$page"
+done
 
 # --- load --------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -296,7 +299,7 @@ for page in "${PAGES[@]}"; do
   done
 done
 
-python3 - "$results" "$ttfb" "$REPS" <<'PY'
+python3 - "$results" "$ttfb" "$REPS" "${PAGES[*]}" <<'PY'
 import sys, statistics
 from collections import defaultdict
 
@@ -332,7 +335,7 @@ for line in open(sys.argv[2]).read().splitlines():
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "–"
 
-pages = ["1k", "100k", "1m"]
+pages = sys.argv[4].split()
 variants = ["direct", "nginx", "nginx-sub", "sg-browser", "sg-tab"]
 print("| page | variant | req/s | p50 ms | p99 ms | CPU µs/req | TTFB ms "
       "| req/s ÷ nginx | CPU ÷ nginx | req/s ÷ nginx-sub | CPU ÷ nginx-sub | req/s ÷ direct |")

@@ -6,6 +6,7 @@
 #   bench/profile.sh 1k        # the small-GET path (1 KiB page, injected)
 #   bench/profile.sh 100k      # the injection path on a 100 KiB page
 #   PERF_SECONDS=12 PERF_FREQ=499 TOP=30 BENCH_GATE=path/to/sessiongate bench/profile.sh 1m
+#   CALLERS=1 bench/profile.sh 1k   # inclusive cost per function (DWARF call graphs)
 #
 # Needs perf (Debian: linux-perf) and wrk, installed with apt-get when missing (sudo
 # when not root); builds the release binaries unless SKIP_BUILD=1. Every process it
@@ -80,9 +81,15 @@ wrk -t1 -c"$CONNECTIONS" -d"$((PERF_SECONDS + 4))s" "${NAVIGATE[@]}" -H "Cookie:
 pids+=($!); WRK_PID=$!
 sleep 2
 DATA=${PERF_DATA:-$work/perf.data}
-perf record -q -F "$PERF_FREQ" -p "$GATE_PID" -o "$DATA" -- sleep "$PERF_SECONDS" 2>/dev/null
+if [ -n "${CALLERS:-}" ]; then
+  # Inclusive cost: stacks unwound from DWARF (.eh_frame), frames sorted by children.
+  perf record -q -F "$PERF_FREQ" --call-graph dwarf,16384 -p "$GATE_PID" -o "$DATA" -- sleep "$PERF_SECONDS" 2>/dev/null
+else
+  perf record -q -F "$PERF_FREQ" -p "$GATE_PID" -o "$DATA" -- sleep "$PERF_SECONDS" 2>/dev/null
+fi
 wait "$WRK_PID" || die "wrk failed"
 echo "# sessiongate, browser mode, /$PAGE injected, $WORKERS workers; wrk -t1 -c$CONNECTIONS:" \
   "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out") req/s"
-perf report -i "$DATA" --stdio --no-children --sort symbol 2>/dev/null \
+perf report -i "$DATA" --stdio "$([ -n "${CALLERS:-}" ] && echo --children || echo --no-children)" \
+  -g none --percent-limit 0.3 --sort symbol 2>/dev/null \
   | grep -v "^#" | sed -E "s/[[:space:]-]+$//" | grep -v "^$" | cut -c1-160 | head -n "$TOP"

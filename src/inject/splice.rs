@@ -52,7 +52,7 @@ pub(crate) const LIMIT: usize = 256 * 1024;
 const PARSER_MEMORY: usize = 1024 * 1024;
 
 /// The first write to the parser (most pages have their `<head>` well within it).
-const FIRST_STEP: usize = 512;
+const FIRST_STEP: usize = 256;
 
 /// The largest write to the parser: steps double from [`FIRST_STEP`] up to it.
 const MAX_STEP: usize = 64 * 1024;

@@ -13,7 +13,11 @@
 //! The parser sees as little as it can: a frame is fed in growing steps
 //! ([`FIRST_STEP`], then as much as it has seen so far, at most [`MAX_STEP`]), and
 //! feeding stops at the step where the place is found. A 1 MiB page arriving as one
-//! frame with `<head>` at byte 40 costs one 512-byte parse, not a megabyte's.
+//! frame with `<head>` at byte 40 costs one 256-byte parse, not a megabyte's. And
+//! the start most pages have (`<!doctype …>`, `<html …>`, `<head>`, nothing else
+//! between but whitespace) is recognised without making a parser at all
+//! ([`quick_place`], which gives up on anything less plain, leaving it to the
+//! parser; a property test holds it to the parser's answer).
 //!
 //! Where it goes ([`Place`]): after the first element's start tag if that element is
 //! `<head>`; otherwise `<head>TAG</head>` right before the first element that is not
@@ -205,6 +209,94 @@ impl Locator {
     }
 }
 
+/// The start most pages have, recognised without the parser: an optional UTF-8
+/// byte-order mark, then, apart only by ASCII whitespace, an optional doctype
+/// (`<!doctype` to the first `>`, which always ends a doctype), an optional `<html>`
+/// start tag whose attributes are all well-formed (see [`html_attributes`]), and
+/// `<head>` itself, any case. Returns the offset right after `<head>`, where the
+/// parser would put the tag too; `None` for anything else, or when `input` ends
+/// before `<head>`: the parser decides those.
+fn quick_place(input: &[u8]) -> Option<usize> {
+    fn starts(input: &[u8], at: usize, prefix: &[u8]) -> bool {
+        input
+            .get(at..)
+            .and_then(|rest| rest.get(..prefix.len()))
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    }
+    let skip_space = |at: usize| {
+        at + input
+            .get(at..)
+            .map_or(0, |rest| rest.iter().take_while(|b| space(b)).count())
+    };
+    let mut at = skip_space(if input.starts_with(b"\xef\xbb\xbf") {
+        3
+    } else {
+        0
+    });
+    if starts(input, at, b"<!doctype") {
+        let end = input.get(at..)?.iter().position(|&b| b == b'>')?;
+        at = skip_space(at + end + 1);
+    }
+    if starts(input, at, b"<html") {
+        at = skip_space(at + 5 + html_attributes(input.get(at + 5..)?)?);
+    }
+    starts(input, at, b"<head>").then_some(at + 6)
+}
+
+fn space(byte: &u8) -> bool {
+    matches!(byte, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ')
+}
+
+/// The length of the rest of an `<html` start tag up to and including its `>`, if
+/// it is only whitespace-separated attributes without parse errors: a name of ASCII
+/// letters, digits, `-`, `_`, `:` or `.`, optionally `=` right after it and a value,
+/// either quoted (`"…"` or `'…'`, where a `>` is text) or unquoted (no whitespace,
+/// quotes, `<`, `=`, `>` or backtick). Anything else (`/>`, stray quotes, spaces
+/// around `=`) is `None`.
+fn html_attributes(tag: &[u8]) -> Option<usize> {
+    let count = |from: usize, accept: fn(&u8) -> bool| {
+        tag.get(from..)
+            .map_or(0, |rest| rest.iter().take_while(|b| accept(b)).count())
+    };
+    let mut at = 0;
+    loop {
+        let gap = count(at, space);
+        if *tag.get(at + gap)? == b'>' {
+            return Some(at + gap + 1);
+        }
+        if gap == 0 {
+            return None;
+        }
+        at += gap;
+        let name = count(at, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.')
+        });
+        if name == 0 {
+            return None;
+        }
+        at += name;
+        if tag.get(at) != Some(&b'=') {
+            continue;
+        }
+        at += 1;
+        match *tag.get(at)? {
+            quote @ (b'"' | b'\'') => {
+                let length = tag.get(at + 1..)?.iter().position(|&b| b == quote)?;
+                at += length + 2;
+            }
+            _ => {
+                let value = count(at, |b| {
+                    !space(b) && !matches!(b, b'"' | b'\'' | b'<' | b'=' | b'>' | b'`')
+                });
+                if value == 0 {
+                    return None;
+                }
+                at += value;
+            }
+        }
+    }
+}
+
 enum Decision {
     Splice(Place),
     Pass(Outcome),
@@ -212,7 +304,11 @@ enum Decision {
 
 /// Input held while the place is sought: the upstream's frames as they came.
 struct Holding {
-    locator: Locator,
+    /// Made when the input needs it: not for a page [`quick_place`] settles.
+    locator: Option<Locator>,
+    encoding: AsciiCompatibleEncoding,
+    /// lol_html's memory cap.
+    memory: usize,
     held: Vec<Bytes>,
     /// Bytes in `held`.
     len: usize,
@@ -226,9 +322,11 @@ struct Holding {
 }
 
 impl Holding {
-    fn new(locator: Locator) -> Self {
+    fn new(encoding: AsciiCompatibleEncoding, memory: usize) -> Self {
         Self {
-            locator,
+            locator: None,
+            encoding,
+            memory,
             held: Vec::new(),
             len: 0,
             fed: 0,
@@ -266,6 +364,14 @@ impl Holding {
                 }
             }
         }
+        if self.fed == 0 && self.locator.is_none() {
+            // The common page start needs no parser (see `quick_place`).
+            if let Some(at) = self.held.first().and_then(|first| quick_place(first)) {
+                if at <= LIMIT {
+                    return Some(Decision::Splice(Place { at, in_head: true }));
+                }
+            }
+        }
         let end = self.len.min(LIMIT);
         while self.fed < end {
             let (index, offset) = self.cursor;
@@ -278,7 +384,14 @@ impl Holding {
             }
             let step = self.fed.clamp(FIRST_STEP, MAX_STEP);
             let take = step.min(end - self.fed).min(frame.len() - offset);
-            let step = self.locator.feed(&frame[offset..offset + take]);
+            let locator = match &mut self.locator {
+                Some(locator) => locator,
+                empty => match Locator::new(self.encoding, self.memory) {
+                    Some(locator) => empty.insert(locator),
+                    None => return Some(Decision::Pass(Outcome::Unparsable)),
+                },
+            };
+            let step = locator.feed(&frame[offset..offset + take]);
             self.fed += take;
             self.cursor = (index, offset + take);
             match step {
@@ -291,9 +404,11 @@ impl Holding {
             return Some(Decision::Pass(Outcome::NotFound));
         }
         if eof {
-            return Some(match self.locator.end_place() {
-                Ok(place) => Decision::Splice(place),
-                Err(outcome) => Decision::Pass(outcome),
+            return Some(match self.locator.as_ref().map(Locator::end_place) {
+                Some(Ok(place)) => Decision::Splice(place),
+                Some(Err(outcome)) => Decision::Pass(outcome),
+                // Nothing was fed: an empty body.
+                None => Decision::Pass(Outcome::NotFound),
             });
         }
         None
@@ -399,19 +514,13 @@ impl Injecting {
         report: Option<Report>,
         memory: usize,
     ) -> Self {
-        let mut out = Out {
+        let out = Out {
             queue: VecDeque::new(),
             error: None,
             tag: Bytes::from(tag),
             report,
         };
-        let state = match Locator::new(encoding, memory) {
-            Some(locator) => State::Holding(Box::new(Holding::new(locator))),
-            None => {
-                out.report(Outcome::Unparsable);
-                State::Passing
-            }
-        };
+        let state = State::Holding(Box::new(Holding::new(encoding, memory)));
         Self { inner, state, out }
     }
 }
@@ -498,23 +607,135 @@ mod tests {
     /// as one frame is parsed for its first [`FIRST_STEP`] bytes only.
     #[test]
     fn the_parser_sees_no_byte_past_the_step_that_finds_the_place() {
-        let page = big_page();
+        // A comment first: not a start `quick_place` settles, so the parser runs.
+        let page = [&b"<!-- x -->"[..], &big_page()].concat();
         assert!(page.len() > 100 * 1024);
-        let locator = Locator::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY).unwrap();
-        let mut holding = Holding::new(locator);
-        let at = "<!doctype html><html><head>".len();
+        let mut holding = Holding::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY);
+        let at = "<!-- x --><!doctype html><html><head>".len();
         assert!(matches!(
-            holding.take(page),
+            holding.take(Bytes::from(page)),
             Some(Decision::Splice(Place { at: found, in_head: true })) if found == at
         ));
         assert_eq!(holding.fed, FIRST_STEP);
 
         // A place further in takes doubling steps, each only as far as needed.
         let late = format!("<!--{}--><head>", "c".repeat(3000)) + &"<p>x</p>".repeat(10_000);
-        let locator = Locator::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY).unwrap();
-        let mut holding = Holding::new(locator);
-        assert!(matches!(holding.take(Bytes::from(late)), Some(Decision::Splice(_))));
+        let mut holding = Holding::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY);
+        assert!(matches!(
+            holding.take(Bytes::from(late)),
+            Some(Decision::Splice(_))
+        ));
         assert_eq!(holding.fed, 4096);
+    }
+
+    /// The usual page starts are placed without making a parser at all.
+    #[test]
+    fn common_page_starts_need_no_parser() {
+        for start in [
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>",
+            "<!doctype html><html><head>",
+            "\u{feff}<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\" \"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\r\n<html xmlns=http://www.w3.org/1999/xhtml>\r\n<HEAD>",
+            "<html>\n  <head>",
+            "<head>",
+        ] {
+            let page = format!("{start}<title>t</title></head><body>x</body></html>");
+            let mut holding = Holding::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY);
+            let decision = holding.take(Bytes::from(page));
+            assert!(
+                matches!(decision, Some(Decision::Splice(Place { at, in_head: true })) if at == start.len()),
+                "{start:?}"
+            );
+            assert!(holding.locator.is_none(), "{start:?}: a parser was made");
+        }
+    }
+
+    /// Where the parser would put the tag, from the whole input.
+    fn parsed_place(input: &[u8]) -> Result<Place, Outcome> {
+        let mut locator = Locator::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY).unwrap();
+        match locator.feed(input) {
+            Step::Found(place) => Ok(place),
+            Step::Failed => Err(Outcome::Unparsable),
+            Step::More => locator.end_place(),
+        }
+    }
+
+    const PIECES: [&str; 30] = [
+        "\u{feff}",
+        " ",
+        "\n",
+        "\t",
+        "<!doctype html>",
+        "<!DOCTYPE html PUBLIC \"-//x>y\">",
+        "<!doctype",
+        "<html>",
+        "<html lang=en>",
+        "<HTML\n>",
+        "<html a='>'>",
+        "<html/>",
+        "<html lang=\"en\" class='a b'>",
+        "<html a=\"x\"b>",
+        "<html a = b>",
+        "<html a=`b`>",
+        "<html\"a\">",
+        "<html lang=\"de\"",
+        "<htmlx>",
+        "<head>",
+        "<HEAD>",
+        "<header>",
+        "<head >",
+        "<!-- c -->",
+        "<title>",
+        "x",
+        "<body>",
+        ">",
+        "<",
+        "\"",
+    ];
+
+    proptest::proptest! {
+        /// Whenever `quick_place` answers, the parser agrees.
+        #[test]
+        fn quick_place_agrees_with_the_parser(pieces in proptest::collection::vec(0..PIECES.len(), 0..7)) {
+            let input: String = pieces.iter().map(|&i| PIECES[i]).collect();
+            if let Some(at) = quick_place(input.as_bytes()) {
+                proptest::prop_assert_eq!(
+                    parsed_place(input.as_bytes()),
+                    Ok(Place { at, in_head: true }),
+                    "{:?}", input
+                );
+            }
+        }
+    }
+
+    /// Every piece that can start a page is placed by `quick_place` only where the
+    /// parser finds the same place (a fixed sample of the property above).
+    #[test]
+    fn quick_place_known_answers() {
+        let cases: [(&str, Option<usize>); 14] = [
+            ("<!doctype html><html><head>", Some(27)),
+            ("  <head>", Some(8)),
+            ("<!doctype html>x<head>", None),
+            ("<!-- c --><head>", None),
+            ("<html a='>'><head>", Some(18)),
+            ("<html lang=\"en\" data-x=y>\n<head>", Some(32)),
+            ("<html a=\"x\"b><head>", None),
+            ("<html a = b><head>", None),
+            ("<html/><head>", None),
+            ("<header>", None),
+            ("<htmlx><head>", None),
+            ("<!doctype html><html", None),
+            ("<!DOCTYPE html PUBLIC \"-//x>y\"><head>", None),
+            ("<!DOCTYPE html PUBLIC \"-//x y\">\n<head>", Some(38)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(quick_place(input.as_bytes()), expected, "{input:?}");
+            if let Some(at) = expected {
+                assert_eq!(
+                    parsed_place(input.as_bytes()),
+                    Ok(Place { at, in_head: true })
+                );
+            }
+        }
     }
 
     /// The output is the upstream's own frames: the frame the place falls in is split

@@ -28,6 +28,7 @@
 #   PAGES ["1k 100k 1m"]  a subset, e.g. PAGES=1k
 #   QUICK=1  sets DURATION=3 REPS=1 TTFB_SAMPLES=9 unless they are set
 #   SKIP_BUILD=1  use the release binaries already in target/
+#   BENCH_GATE=path  another sessiongate binary (to compare two builds)
 #
 # Needs nginx (with the sub module) and wrk: installed with apt-get (Debian) when
 # missing, with sudo when not root. Builds the release binaries. Everything listens on
@@ -70,7 +71,7 @@ need python3 || die "python3 is missing"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release --quiet --bin sessiongate --example bench_upstream
 fi
-GATE_BIN=target/release/sessiongate
+GATE_BIN=${BENCH_GATE:-target/release/sessiongate}
 UPSTREAM_BIN=target/release/examples/bench_upstream
 [ -x "$GATE_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries missing (run without SKIP_BUILD)"
 

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use lol_html::{send, AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector};
 
@@ -54,6 +54,13 @@ pub(crate) const LIMIT: usize = 256 * 1024;
 
 /// Cap on lol_html's own buffers (one huge tag could otherwise grow them).
 const PARSER_MEMORY: usize = 1024 * 1024;
+
+/// Frames shorter than this are appended to the last held frame rather than held
+/// on their own (see `Holding::take`).
+const SMALL_FRAME: usize = 1024;
+
+/// A held frame takes small frames appended until it is this long.
+const MERGED_FRAME: usize = 16 * 1024;
 
 /// The first write to the parser (most pages have their `<head>` well within it).
 const FIRST_STEP: usize = 256;
@@ -335,9 +342,28 @@ impl Holding {
         }
     }
 
+    /// Holds a frame. `held` is bounded: bytes past [`LIMIT`] end the search, empty
+    /// frames are not held, and a frame under [`SMALL_FRAME`] bytes is appended to
+    /// the last held one while that is under [`MERGED_FRAME`] (copying the small
+    /// frame once), so at most about `2 * LIMIT / SMALL_FRAME` frames are held
+    /// however finely the upstream (or a decoder) slices the page. Offsets into the
+    /// last frame stay valid, so the feeding cursor does too.
     fn take(&mut self, data: Bytes) -> Option<Decision> {
-        self.len = self.len.saturating_add(data.len());
-        self.held.push(data);
+        if !data.is_empty() {
+            self.len = self.len.saturating_add(data.len());
+            match self.held.last_mut() {
+                Some(last) if data.len() < SMALL_FRAME && last.len() < MERGED_FRAME => {
+                    let mut merged = match mem::take(last).try_into_mut() {
+                        Ok(merged) => merged,
+                        // The upstream's own buffer: copied once, then ours.
+                        Err(shared) => BytesMut::from(&shared[..]),
+                    };
+                    merged.extend_from_slice(&data);
+                    *last = merged.freeze();
+                }
+                _ => self.held.push(data),
+            }
+        }
         self.advance(false)
     }
 
@@ -626,6 +652,52 @@ mod tests {
             Some(Decision::Splice(_))
         ));
         assert_eq!(holding.fed, 4096);
+    }
+
+    /// The held list is bounded however the page is sliced: empty frames are not
+    /// held, and tiny ones are merged (an upstream trickling a page byte by byte
+    /// before `<head>` cannot grow the list to one entry per byte).
+    #[tokio::test]
+    async fn the_held_frames_are_bounded() {
+        let mut holding = Holding::new(AsciiCompatibleEncoding::utf_8(), PARSER_MEMORY);
+        assert!(holding.take(Bytes::from_static(b"<!-- a")).is_none());
+        for _ in 0..100_000 {
+            assert!(holding.take(Bytes::new()).is_none());
+            assert!(holding.take(Bytes::from_static(b"b")).is_none());
+        }
+        assert!(
+            holding.held.len() <= 2 * 100_000 / MERGED_FRAME + 1,
+            "{}",
+            holding.held.len()
+        );
+        let at = 6 + 100_000 + 4 + 6;
+        assert!(matches!(
+            holding.take(Bytes::from_static(b" --><head>")),
+            Some(Decision::Splice(Place { at: found, in_head: true })) if found == at
+        ));
+
+        // And the output is still the input plus the tag, byte for byte.
+        let mut input = b"<!-- a".to_vec();
+        let mut frames = vec![Ok(Frame::data(Bytes::from_static(b"<!-- a")))];
+        for i in 0..5000u32 {
+            let piece = Bytes::from(vec![b'a' + (i % 26) as u8; (i % 3) as usize]);
+            input.extend_from_slice(&piece);
+            frames.push(Ok(Frame::data(piece)));
+        }
+        input.extend_from_slice(b" --><head></head>");
+        frames.push(Ok(Frame::data(Bytes::from_static(b" --><head></head>"))));
+        let body = Injecting::new(
+            crate::inject::testing::frames(frames),
+            AsciiCompatibleEncoding::utf_8(),
+            "<script></script>".into(),
+            None,
+        );
+        let output = body.collect().await.unwrap().to_bytes();
+        let head = input.len() - "</head>".len();
+        assert_eq!(
+            output,
+            [&input[..head], b"<script></script>", b"</head>"].concat()
+        );
     }
 
     /// The usual page starts are placed without making a parser at all.

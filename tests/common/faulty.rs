@@ -168,14 +168,7 @@ impl Faulty {
 
     /// Waits (up to 5 s) until the gateway has closed `n` connections.
     pub async fn wait_closed(&self, n: usize) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.closed_by_gateway() < n {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        super::eventually(|| self.closed_by_gateway() >= n).await
     }
 }
 

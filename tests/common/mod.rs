@@ -16,6 +16,19 @@ use tokio::net::TcpStream;
 
 pub use upstream::Upstream;
 
+/// Polls `done` every 10 ms for up to 5 s; whether it came true. For counters a
+/// test upstream keeps (connections closed, ...), where no event says "now".
+pub async fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// A config for tests: loopback, ephemeral ports, short timeouts.
 pub fn test_config(upstream_url: &str) -> Config {
     let mut config = Config::default();

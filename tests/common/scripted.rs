@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,14 +100,7 @@ impl Scripted {
 
     /// Waits (up to 5 s) until the gateway has closed `n` connections.
     pub async fn wait_closed(&self, n: usize) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.closed_by_gateway() < n {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        super::eventually(|| self.closed_by_gateway() >= n).await
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::common::{upstream::Recorded, Upstream};
+use crate::tab::{text, Browser, Site};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 /// Bound for anything the binary should do quickly.
@@ -139,6 +140,12 @@ impl Gate {
     }
 }
 
+impl Site for Gate {
+    fn url(&self, path: &str) -> String {
+        Gate::url(self, path)
+    }
+}
+
 /// Writes a config in `dir`: loopback ports, JSON logs, `persist.path` in `dir`,
 /// hooks to the upstream, and `extra` TOML appended (sections may repeat keys only
 /// if `extra` leaves them out here).
@@ -180,111 +187,6 @@ path = "{snapshot}"
 
 pub(crate) fn snapshot_path(dir: &Path) -> PathBuf {
     dir.join("sessions.snap")
-}
-
-// ---------------------------------------------------------------------------------
-// A browser driven by hand (tab mode: the agent's and bootstrap page's part)
-
-pub(crate) struct Browser {
-    client: reqwest::Client,
-    key: Option<String>,
-}
-
-impl Browser {
-    pub(crate) fn new() -> Browser {
-        Browser {
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            key: None,
-        }
-    }
-
-    fn remember(&mut self, response: &reqwest::Response) {
-        for cookie in response.headers().get_all("set-cookie") {
-            let pair = cookie.to_str().unwrap().split(';').next().unwrap();
-            if pair.starts_with("sg_browser=") {
-                self.key = Some(pair.to_string());
-            }
-        }
-    }
-
-    async fn navigate(&mut self, gate: &Gate, path: &str) -> reqwest::Response {
-        let mut request = self
-            .client
-            .get(gate.url(path))
-            .header("sec-fetch-mode", "navigate")
-            .header("sec-fetch-dest", "document")
-            .header("accept", "text/html");
-        if let Some(key) = &self.key {
-            request = request.header("cookie", key);
-        }
-        let response = request.send().await.unwrap();
-        self.remember(&response);
-        response
-    }
-
-    async fn post(
-        &self,
-        gate: &Gate,
-        endpoint: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(gate.url(&format!("/__sessiongate/{endpoint}")))
-            .header("content-type", "application/json")
-            .header("x-sessiongate-agent", "1")
-            .body(body.to_string());
-        if let Some(key) = &self.key {
-            request = request.header("cookie", key);
-        }
-        if let Some(token) = token {
-            request = request.header("x-session-token", token);
-        }
-        request.send().await.unwrap()
-    }
-
-    /// The bootstrap exchange: page, challenge, `POST session`.
-    async fn bootstrap(&mut self, gate: &Gate, token: Option<&str>, duplicate: bool) -> Value {
-        let page = self.navigate(gate, "/").await;
-        let html = page.text().await.unwrap();
-        let marker = "name=\"sessiongate-challenge\" content=\"";
-        let start = html.find(marker).expect("the bootstrap page") + marker.len();
-        let challenge = &html[start..start + html[start..].find('"').unwrap()];
-        let reply = self
-            .post(
-                gate,
-                "session",
-                token,
-                json!({"challenge": challenge, "duplicate": duplicate}),
-            )
-            .await;
-        assert_eq!(reply.status(), StatusCode::OK);
-        reply.json().await.unwrap()
-    }
-
-    /// A background request with `token`; the response.
-    async fn fetch(&self, gate: &Gate, path: &str, token: &str) -> reqwest::Response {
-        let mut request = self
-            .client
-            .get(gate.url(path))
-            .header("x-session-token", token);
-        if let Some(key) = &self.key {
-            request = request.header("cookie", key);
-        }
-        request.send().await.unwrap()
-    }
-}
-
-fn text(value: &Value, field: &str) -> String {
-    value[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {value}"))
-        .to_string()
 }
 
 /// The `X-Session` the upstream saw on the last request to `path`.
@@ -343,9 +245,9 @@ async fn tab_sessions_forks_rotations_and_tickets_survive_a_sigterm_restart() {
 
     let mut tab = Browser::new();
     tab.navigate(&old, "/").await;
-    let first = tab.bootstrap(&old, None, false).await;
+    let first = tab.bootstrap(&old, "/", None, false).await;
     let (handle, token) = (text(&first, "handle"), text(&first, "token"));
-    let fork = tab.bootstrap(&old, Some(&token), true).await;
+    let fork = tab.bootstrap(&old, "/", Some(&token), true).await;
     assert_eq!(fork["reason"], "forked");
     let (fork_handle, fork_token) = (text(&fork, "handle"), text(&fork, "token"));
     let fork_ticket = text(&fork, "ticket");
@@ -359,7 +261,7 @@ async fn tab_sessions_forks_rotations_and_tickets_survive_a_sigterm_restart() {
         .to_string();
     assert_ne!(rotated, token);
     // A third tab that stays idle from now on (timeout 4 s, `end` at once).
-    let idle = tab.bootstrap(&old, None, false).await;
+    let idle = tab.bootstrap(&old, "/", None, false).await;
     let idle_handle = text(&idle, "handle");
     let idle_since = Instant::now();
 
@@ -472,7 +374,7 @@ async fn kill_9_loses_no_session() {
     tab.navigate(&old, "/").await;
     let mut sessions = Vec::new();
     for _ in 0..5 {
-        let reply = tab.bootstrap(&old, None, false).await;
+        let reply = tab.bootstrap(&old, "/", None, false).await;
         sessions.push((text(&reply, "handle"), text(&reply, "token")));
     }
     // One interval (plus the write) later the sessions are on disk.
@@ -501,7 +403,7 @@ async fn damaged_snapshots_are_moved_aside_and_the_gateway_starts_empty() {
     let mut gate = Gate::start(&config, &[]).await;
     let mut tab = Browser::new();
     tab.navigate(&gate, "/").await;
-    tab.bootstrap(&gate, None, false).await;
+    tab.bootstrap(&gate, "/", None, false).await;
     gate.signal(libc::SIGTERM);
     assert!(gate.exit_within(WAIT).await.success());
     let good = std::fs::read(snapshot_path(dir.path())).unwrap();

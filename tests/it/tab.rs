@@ -12,7 +12,19 @@ use sessiongate::config::{DuplicateTab, SessionMode};
 
 use crate::common::Fixture;
 
-/// One browser profile, driven by hand (also used by `ended.rs`).
+/// Where a hand-driven browser sends its requests: a test fixture, or a gateway
+/// process started by a test of its own (`persist.rs`).
+pub(crate) trait Site {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Site for Fixture {
+    fn url(&self, path: &str) -> String {
+        Fixture::url(self, path)
+    }
+}
+
+/// One browser profile, driven by hand (also used by `ended.rs`, `persist.rs`, ...).
 pub(crate) struct Browser {
     pub(crate) client: reqwest::Client,
     /// The `sg_browser=…` cookie pair, once set.
@@ -32,10 +44,10 @@ impl Browser {
     }
 
     /// A top-level page load, as a browser sends it.
-    pub(crate) async fn navigate(&mut self, fx: &Fixture, path: &str) -> Response {
+    pub(crate) async fn navigate(&mut self, site: &impl Site, path: &str) -> Response {
         let mut request = self
             .client
-            .get(fx.url(path))
+            .get(site.url(path))
             .header("sec-fetch-mode", "navigate")
             .header("sec-fetch-dest", "document")
             .header("accept", "text/html");
@@ -59,14 +71,14 @@ impl Browser {
     /// A reserved POST from the agent.
     pub(crate) async fn post(
         &self,
-        fx: &Fixture,
+        site: &impl Site,
         endpoint: &str,
         token: Option<&str>,
         body: Value,
     ) -> Response {
         let mut request = self
             .client
-            .post(fx.url(&format!("/__sessiongate/{endpoint}")))
+            .post(site.url(&format!("/__sessiongate/{endpoint}")))
             .header("content-type", "application/json")
             .header("x-sessiongate-agent", "1")
             .body(body.to_string());
@@ -83,16 +95,16 @@ impl Browser {
     /// exchange: `POST session` with the page's challenge.
     pub(crate) async fn bootstrap(
         &mut self,
-        fx: &Fixture,
+        site: &impl Site,
         path: &str,
         token: Option<&str>,
         duplicate: bool,
     ) -> Value {
-        let page = self.navigate(fx, path).await;
+        let page = self.navigate(site, path).await;
         let challenge = challenge_of(page).await;
         let reply = self
             .post(
-                fx,
+                site,
                 "session",
                 token,
                 json!({"challenge": challenge, "duplicate": duplicate}),
@@ -100,6 +112,18 @@ impl Browser {
             .await;
         assert_eq!(reply.status(), StatusCode::OK);
         reply.json().await.unwrap()
+    }
+
+    /// A background request (fetch/XHR) carrying the tab's `token`.
+    pub(crate) async fn fetch(&self, site: &impl Site, path: &str, token: &str) -> Response {
+        let mut request = self
+            .client
+            .get(site.url(path))
+            .header("x-session-token", token);
+        if let Some(key) = &self.key {
+            request = request.header("cookie", key);
+        }
+        request.send().await.unwrap()
     }
 }
 

@@ -50,82 +50,22 @@ TTFB_SAMPLES=${TTFB_SAMPLES:-21}
 read -r -a PAGES <<<"${PAGES:-1k 100k 1m}"
 VARIANTS=(direct nginx nginx-sub sg-browser sg-tab)
 
-die() { echo "compare.sh: $*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1; }
-
-# --- tools -------------------------------------------------------------------
+BENCH_NAME=compare.sh
+# --- tools, binaries, processes (bench/lib.sh) --------------------------------
+source bench/lib.sh
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ ! -x "$NGINX" ] || ! need wrk; then
-  need apt-get || die "nginx and wrk are missing and there is no apt-get to install them"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then need sudo || die "not root and no sudo to install nginx and wrk"; SUDO=sudo; fi
-  echo "installing nginx-light and wrk with apt-get" >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk >/dev/null
+  install_packages nginx-light wrk
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
 "$NGINX" -V 2>&1 | grep -q -- --with-http_sub_module || die "$NGINX has no sub module (sub_filter)"
 need curl || die "curl is missing"
 need python3 || die "python3 is missing"
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin sessiongate --example bench_upstream
-fi
-GATE_BIN=${BENCH_GATE:-target/release/sessiongate}
-UPSTREAM_BIN=target/release/examples/bench_upstream
-[ -x "$GATE_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries missing (run without SKIP_BUILD)"
+start_upstream "$UPSTREAM_THREADS"
+start_gate browser browser
+start_gate tab tab
 
-# --- processes ---------------------------------------------------------------
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url
-  local _
-  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
-  die "nothing answers at $1"
-}
-
-"$UPSTREAM_BIN" 127.0.0.1:0 "$UPSTREAM_THREADS" > "$work/upstream.out" &
-pids+=($!); UPSTREAM_PID=$!
-for _ in $(seq 100); do grep -q listening "$work/upstream.out" 2>/dev/null && break; sleep 0.1; done
-UPSTREAM=$(awk '/listening on/ {print $3}' "$work/upstream.out")
-[ -n "$UPSTREAM" ] || die "the upstream did not start"
-
-gate() { # name mode -> starts a gateway, sets GATE_<name>_{PORT,PID}
-  local port admin
-  port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.toml" <<CONF
-[listen]
-address = "127.0.0.1:$port"
-[upstream]
-url = "http://$UPSTREAM"
-[session]
-mode = "$2"
-[admin]
-address = "127.0.0.1:$admin"
-[log]
-level = "warn"
-CONF
-  TOKIO_WORKER_THREADS=$WORKERS "$GATE_BIN" --config "$work/$1.toml" 2> "$work/$1.log" &
-  pids+=($!)
-  printf -v "PID_$1" '%s' $!
-  printf -v "PORT_$1" '%s' "$port"
-  wait_http "http://127.0.0.1:$admin/healthz"
-}
-gate browser browser
-gate tab tab
-
-NAVIGATE=(-H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Dest: document" -H "Accept: text/html")
-cookies_of() { awk -F'[: ;]+' 'tolower($1)=="set-cookie" {printf "%s%s", sep, $2; sep="; "}' "$1"; }
 
 # A live browser-mode session: its cookies.
 curl -fs -o "$work/b.html" -D "$work/b.head" "${NAVIGATE[@]}" "http://127.0.0.1:$PORT_browser/1k"

@@ -21,57 +21,14 @@ TOP=${TOP:-25}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-$(nproc)}
 
-die() { echo "profile.sh: $*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need perf || ! need wrk; then
-  need apt-get || die "perf and wrk are missing and there is no apt-get to install them"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then need sudo || die "not root and no sudo"; SUDO=sudo; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf wrk >/dev/null
-fi
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin sessiongate --example bench_upstream
-fi
-GATE_BIN=${BENCH_GATE:-target/release/sessiongate}
-UPSTREAM_BIN=target/release/examples/bench_upstream
+BENCH_NAME=profile.sh
+source bench/lib.sh
+need perf && need wrk || install_packages linux-perf wrk
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_upstream 1
+start_gate gate browser
+GATE_PID=$PID_gate; PORT=$PORT_gate
 
-"$UPSTREAM_BIN" 127.0.0.1:0 1 > "$work/upstream.out" &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$work/upstream.out" 2>/dev/null && break; sleep 0.1; done
-UPSTREAM=$(awk '/listening on/ {print $3}' "$work/upstream.out")
-[ -n "$UPSTREAM" ] || die "the upstream did not start"
-
-PORT=$(free_port); ADMIN=$(free_port)
-cat > "$work/gate.toml" <<CONF
-[listen]
-address = "127.0.0.1:$PORT"
-[upstream]
-url = "http://$UPSTREAM"
-[session]
-mode = "browser"
-[admin]
-address = "127.0.0.1:$ADMIN"
-[log]
-level = "warn"
-CONF
-TOKIO_WORKER_THREADS=$WORKERS "$GATE_BIN" --config "$work/gate.toml" 2> "$work/gate.log" &
-pids+=($!); GATE_PID=$!
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.1; done
-
-NAVIGATE=(-H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Dest: document" -H "Accept: text/html")
 COOKIES=$(curl -fs -o /dev/null -D - "${NAVIGATE[@]}" "http://127.0.0.1:$PORT/$PAGE" \
   | awk -F'[: ;]+' 'tolower($1)=="set-cookie" {printf "%s%s", sep, $2; sep="; "}')
 [ -n "$COOKIES" ] || die "no session cookie"

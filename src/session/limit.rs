@@ -129,6 +129,45 @@ pub(crate) fn group(address: IpAddr) -> IpAddr {
     }
 }
 
+/// A client group ([`group`]) packed for [`crate::session::Session`]: a kind
+/// (2 bits) and 64 bits of address. Kinds: [`GROUP_NONE`] (not counted), [`GROUP_V4`]
+/// (the IPv4 address in the low 32 bits), [`GROUP_V6`] (the /64 prefix, the upper
+/// half of the address). The kind tells the two address families apart, so the
+/// packing is collision-free: `unpack(pack(g)) == g` for every group `g`.
+pub(crate) const GROUP_NONE: u8 = 0;
+pub(crate) const GROUP_V4: u8 = 1;
+pub(crate) const GROUP_V6: u8 = 2;
+
+/// Packs `client`'s group (see [`group`]; an address that is not a group yet is
+/// grouped first) as `(kind, bits)`.
+pub(crate) fn pack(client: Option<IpAddr>) -> (u8, u64) {
+    match client.map(group) {
+        None => (GROUP_NONE, 0),
+        Some(IpAddr::V4(v4)) => (GROUP_V4, u64::from(u32::from(v4))),
+        Some(IpAddr::V6(v6)) => {
+            let [prefix, _] = split_u128(u128::from(v6));
+            (GROUP_V6, prefix)
+        }
+    }
+}
+
+/// The group [`pack`] packed (an unknown kind is no group).
+pub(crate) fn unpack(kind: u8, bits: u64) -> Option<IpAddr> {
+    match kind {
+        GROUP_V4 => Some(IpAddr::V4(u32::try_from(bits).unwrap_or(u32::MAX).into())),
+        GROUP_V6 => Some(IpAddr::V6((u128::from(bits) << 64).into())),
+        _ => None,
+    }
+}
+
+/// The upper and lower halves of a 128-bit value.
+fn split_u128(value: u128) -> [u64; 2] {
+    let bytes = value.to_be_bytes();
+    let (high, low) = bytes.split_at(8);
+    let half = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+    [half(high), half(low)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +225,52 @@ mod tests {
             assert!(limiter.admit(ip("10.0.0.1"), 0).is_ok());
         }
         assert!(limiter.is_empty());
+    }
+
+    #[test]
+    fn packed_groups_round_trip_and_never_collide() {
+        let cases = [
+            None,
+            Some(ip("0.0.0.0")),
+            Some(ip("255.255.255.255")),
+            Some(ip("192.0.2.1")),
+            Some(ip("0.0.0.1")),
+            Some(ip("::")),
+            Some(ip("ffff:ffff:ffff:ffff::")),
+            Some(ip("2001:db8:1:2::")),
+            // An IPv6 group whose bits equal an IPv4 address's packed bits.
+            Some(ip("0:0:0:1::")),
+            Some(ip("0:0:c000:201::")),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for client in cases {
+            let grouped = client.map(group);
+            let packed = pack(client);
+            assert_eq!(unpack(packed.0, packed.1), grouped, "{client:?}");
+            assert!(seen.insert(packed), "{client:?} collides");
+        }
+        // `::c000:201` is in the /64 `::`, a group distinct from 192.0.2.1.
+        assert_eq!(pack(Some(ip("::c000:201"))), pack(Some(ip("::"))));
+        assert_ne!(pack(Some(ip("::1"))), pack(Some(ip("0.0.0.0"))));
+        assert_ne!(pack(Some(ip("::1"))), pack(None));
+    }
+
+    #[test]
+    fn packing_groups_first() {
+        // A whole address packs as its group: the host half of IPv6 is dropped, and
+        // an IPv4-mapped address is its IPv4 address.
+        let (kind, bits) = pack(Some(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")));
+        assert_eq!(unpack(kind, bits), Some(ip("2001:db8:1:2::")));
+        assert_eq!(
+            pack(Some(ip("::ffff:10.0.0.1"))),
+            pack(Some(ip("10.0.0.1")))
+        );
+        assert_eq!(
+            pack(Some(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))),
+            (GROUP_V6, u64::MAX)
+        );
+        // Unknown kinds and out-of-range IPv4 bits saturate, never panic.
+        assert_eq!(unpack(3, 7), None);
+        assert_eq!(unpack(GROUP_V4, u64::MAX), Some(ip("255.255.255.255")));
     }
 }

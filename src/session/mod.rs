@@ -199,9 +199,14 @@ pub struct Deadlines {
 
 /// One session. Timestamps are monotonic [`Millis`]; everything a request changes is
 /// an atomic, so the hot path never takes a lock.
+///
+/// Kept small (see the assertion below): a gateway holds a million of these. Rare
+/// values live behind a pointer (the parent, only forks have one); the client group
+/// is packed into 64 bits plus a kind in `flags` ([`limit::pack`]).
 pub struct Session {
     handle: Handle,
-    parent: Option<Handle>,
+    /// Only forked sessions have a parent: boxed, so the others pay 8 bytes, not 17.
+    parent: Option<Box<Handle>>,
     /// Keyed hash of the browser key the session is bound to (see [`token::Binder`]).
     binding: u64,
     created: Millis,
@@ -219,14 +224,22 @@ pub struct Session {
     /// `Idle` event, on which the `timeout` hook fires): once per idle period.
     asked_mark: AtomicU64,
     state: AtomicU8,
+    /// [`PARENT_SENT`], and the client group's kind ([`limit::pack`]) in the bits
+    /// [`CLIENT_KIND`] (set once, before the session is shared).
     flags: AtomicU8,
     /// When persistent cookies (`session.cookie_lifetime`) were last given to the
     /// browser for this session: they are refreshed at most once per interval.
     cookies_at: AtomicU64,
     /// The client address group that created it (see [`limit::group`]), counted
-    /// against `session.max_per_client` until it ends; `None`: not counted.
-    client: Option<std::net::IpAddr>,
+    /// against `session.max_per_client` until it ends, packed by [`limit::pack`]
+    /// (its kind is in `flags`; kind `GROUP_NONE`: not counted).
+    client: u64,
 }
+
+// A gateway holds a million sessions: every byte here is a megabyte there (the
+// million-session figure in the README). A field that grows `Session` past this must
+// find room elsewhere (a side table, or a box only the rare sessions pay for).
+const _: () = assert!(std::mem::size_of::<Session>() <= 104);
 
 /// Everything a session is, as plain values: what a snapshot saves and restores
 /// ([`persist`]). Instants are on the clock's scale; marks are `None` when unset.
@@ -250,6 +263,9 @@ pub struct SessionParts {
 
 /// `Session::flags`: the parent handle has been sent upstream once.
 const PARENT_SENT: u8 = 1;
+/// `Session::flags`: where the client group's kind is kept.
+const CLIENT_SHIFT: u32 = 1;
+const CLIENT_KIND: u8 = 0b11 << CLIENT_SHIFT;
 const NO_MARK: Millis = u64::MAX;
 
 impl fmt::Debug for Session {
@@ -271,7 +287,7 @@ impl Session {
     ) -> Self {
         Session {
             handle,
-            parent,
+            parent: parent.map(Box::new),
             binding,
             created: now,
             last_activity: AtomicU64::new(now),
@@ -283,16 +299,18 @@ impl Session {
             state: AtomicU8::new(0),
             flags: AtomicU8::new(0),
             cookies_at: AtomicU64::new(now),
-            client: None,
+            client: 0,
         }
     }
 
     /// A session as [`Session::parts`] described it (a restored one).
     pub(crate) fn from_parts(parts: &SessionParts) -> Self {
         let mark = |m: Option<Millis>| AtomicU64::new(m.unwrap_or(NO_MARK));
+        let (kind, client) = limit::pack(parts.client);
+        let sent = if parts.parent_sent { PARENT_SENT } else { 0 };
         Session {
             handle: parts.handle,
-            parent: parts.parent,
+            parent: parts.parent.map(Box::new),
             binding: parts.binding,
             created: parts.created,
             last_activity: AtomicU64::new(parts.last_activity),
@@ -302,9 +320,9 @@ impl Session {
             idle_mark: mark(parts.idle_mark),
             asked_mark: mark(parts.asked_mark),
             state: AtomicU8::new(parts.state as u8),
-            flags: AtomicU8::new(if parts.parent_sent { PARENT_SENT } else { 0 }),
+            flags: AtomicU8::new(sent | (kind << CLIENT_SHIFT)),
             cookies_at: AtomicU64::new(parts.cookies_at),
-            client: parts.client,
+            client,
         }
     }
 
@@ -315,7 +333,7 @@ impl Session {
         let mark = |m: &AtomicU64| Some(m.load(Ordering::Acquire)).filter(|&m| m != NO_MARK);
         SessionParts {
             handle: self.handle,
-            parent: self.parent,
+            parent: self.parent(),
             binding: self.binding,
             created: self.created,
             last_activity: self.last_activity(),
@@ -326,19 +344,24 @@ impl Session {
             state: self.stored_state(),
             parent_sent: self.flags.load(Ordering::Acquire) & PARENT_SENT != 0,
             cookies_at: self.cookies_at.load(Ordering::Acquire),
-            client: self.client,
+            client: self.client(),
         }
     }
 
     /// The same session, counted against its creating client's address group.
+    /// (An address that is not a group yet is counted as its group.)
     pub(crate) fn with_client(mut self, client: Option<std::net::IpAddr>) -> Self {
-        self.client = client;
+        let (kind, bits) = limit::pack(client);
+        let flags = self.flags.get_mut();
+        *flags = (*flags & !CLIENT_KIND) | (kind << CLIENT_SHIFT);
+        self.client = bits;
         self
     }
 
     /// The client address group that created it, if counted.
     pub(crate) fn client(&self) -> Option<std::net::IpAddr> {
-        self.client
+        let kind = (self.flags.load(Ordering::Acquire) & CLIENT_KIND) >> CLIENT_SHIFT;
+        limit::unpack(kind, self.client)
     }
 
     pub fn handle(&self) -> Handle {
@@ -346,7 +369,7 @@ impl Session {
     }
 
     pub fn parent(&self) -> Option<Handle> {
-        self.parent
+        self.parent.as_deref().copied()
     }
 
     pub fn created(&self) -> Millis {
@@ -373,7 +396,7 @@ impl Session {
     /// The parent handle, the first time it is asked for only: a forked session's
     /// first forwarded request carries `X-Session-Parent`, later ones do not.
     pub(crate) fn parent_once(&self) -> Option<Handle> {
-        let parent = self.parent?;
+        let parent = self.parent()?;
         let before = self.flags.fetch_or(PARENT_SENT, Ordering::AcqRel);
         (before & PARENT_SENT == 0).then_some(parent)
     }
@@ -626,6 +649,34 @@ mod tests {
         assert_eq!(session.verdict(&rules, 2_000), Verdict::Live(State::Active));
         assert_eq!(session.deadlines(&rules).abandon_at, Some(Millis::MAX));
         assert_eq!(session.next_due(&rules, 2_000), Some(Millis::MAX));
+    }
+
+    #[test]
+    fn the_compact_fields_round_trip_through_parts() {
+        let ip = |text: &str| -> std::net::IpAddr { text.parse().unwrap() };
+        let parent = Handle::from_u128(7);
+        for client in [None, Some(ip("192.0.2.1")), Some(ip("2001:db8:1:2::"))] {
+            let session =
+                Session::new(Handle::from_u128(1), Some(parent), 3, 60_000, 5).with_client(client);
+            assert_eq!(session.client(), client);
+            assert_eq!(session.parent(), Some(parent));
+            // Sending the parent sets its flag without touching the client's kind.
+            assert_eq!(session.parent_once(), Some(parent));
+            assert_eq!(session.parent_once(), None);
+            assert_eq!(session.client(), client);
+            let parts = session.parts();
+            assert!(parts.parent_sent);
+            assert_eq!(parts.client, client);
+            assert_eq!(Session::from_parts(&parts).parts(), parts);
+        }
+        let orphan = Session::new(Handle::from_u128(2), None, 3, 60_000, 5);
+        assert_eq!(
+            (orphan.parent(), orphan.parent_once(), orphan.client()),
+            (None, None, None)
+        );
+        // A whole address is kept as its group.
+        let whole = orphan.with_client(Some(ip("2001:db8:1:2:3:4:5:6")));
+        assert_eq!(whole.client(), Some(ip("2001:db8:1:2::")));
     }
 
     proptest! {

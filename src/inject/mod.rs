@@ -272,7 +272,7 @@ pub fn plan(request_method: &Method, parts: &http::response::Parts) -> Result<Pl
     if headers
         .get_all(CONTENT_DISPOSITION)
         .iter()
-        .any(|value| value_type(value).eq_ignore_ascii_case("attachment"))
+        .any(|value| value_type(value.as_bytes()).eq_ignore_ascii_case(b"attachment"))
     {
         return Err(Skip::Attachment);
     }
@@ -281,7 +281,7 @@ pub fn plan(request_method: &Method, parts: &http::response::Parts) -> Result<Pl
         (Some(value), None) => value.to_str().map_err(|_| Skip::NotHtml)?,
         _ => return Err(Skip::NotHtml),
     };
-    if !value_type(content_type.as_bytes()).eq_ignore_ascii_case("text/html") {
+    if !value_type(content_type.as_bytes()).eq_ignore_ascii_case(b"text/html") {
         return Err(Skip::NotHtml);
     }
     if headers
@@ -303,11 +303,10 @@ pub fn plan(request_method: &Method, parts: &http::response::Parts) -> Result<Pl
 }
 
 /// The part of a header value before its first `;`, trimmed (a MIME essence or a
-/// disposition type).
-fn value_type(value: impl AsRef<[u8]>) -> String {
-    let bytes = value.as_ref();
+/// disposition type). Borrowed: this runs on every response.
+fn value_type(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == b';').unwrap_or(bytes.len());
-    String::from_utf8_lossy(bytes[..end].trim_ascii()).into_owned()
+    bytes[..end].trim_ascii()
 }
 
 fn coding(headers: &HeaderMap) -> Result<Option<Coding>, Skip> {
@@ -342,10 +341,14 @@ fn charset(content_type: &str) -> Result<AsciiCompatibleEncoding, Skip> {
     };
     // Not in the Encoding Standard, so unknown to encoding_rs, but a page that says
     // so is certainly not ASCII-compatible.
-    let lower = label.to_ascii_lowercase();
     if ["utf-32", "utf32", "ucs-4", "ucs4", "iso-10646-ucs-4"]
         .iter()
-        .any(|prefix| lower.starts_with(prefix))
+        .any(|prefix| {
+            label
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        })
     {
         return Err(Skip::Charset);
     }

@@ -546,6 +546,8 @@ fn skips() {
     );
     for charset in [
         "utf-16",
+        "UCS-4",
+        "UTF-32BE",
         "UTF-16LE",
         "\"utf-16be\"",
         "utf-32",

@@ -15,13 +15,14 @@
 //! (systemd's protocol), fd 3 is the public listener and fd 4, if passed, the admin
 //! listener.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpListener as StdListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
 
@@ -58,85 +59,47 @@ fn listener_from(fd: OwnedFd) -> io::Result<StdListener> {
 
 /// Sends `data` with `fds` attached.
 fn send_with_fds(socket: &StdUnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let fd_bytes = std::mem::size_of_val(fds);
-    let fd_bytes_c = u32::try_from(fd_bytes).map_err(|_| io::Error::other("too many fds"))?;
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes_c) } as usize;
-    // u64 words: a control buffer aligned for `cmsghdr`.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds CMSG_SPACE(fd_bytes) bytes, so the first header
-    // and its data (CMSG_LEN(fd_bytes) bytes) fit in it.
-    unsafe {
-        let header = libc::CMSG_FIRSTHDR(&msg);
-        if header.is_null() {
-            return Err(io::Error::other("no room for the control message"));
-        }
-        (*header).cmsg_level = libc::SOL_SOCKET;
-        (*header).cmsg_type = libc::SCM_RIGHTS;
-        (*header).cmsg_len = libc::CMSG_LEN(fd_bytes_c) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(header), fd_bytes);
+    let iov = [IoSlice::new(data)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let sent = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &rights,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    if sent != data.len() {
+        return Err(io::Error::other("short send"));
     }
-    // SAFETY: `msg` is fully initialised and points to live buffers.
-    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    match usize::try_from(sent) {
-        Ok(n) if n == data.len() => Ok(()),
-        Ok(_) => Err(io::Error::other("short send")),
-        Err(_) => Err(io::Error::last_os_error()),
-    }
+    Ok(())
 }
 
 /// Receives up to `buf.len()` bytes and the descriptors attached (close-on-exec).
 fn recv_with_fds(socket: &StdUnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let fd_bytes = u32::try_from(MAX_FDS * std::mem::size_of::<RawFd>())
-        .map_err(|_| io::Error::other("fd buffer"))?;
-    // SAFETY: a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in `send_with_fds`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: `msg` points to live buffers of the sizes it states.
-    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut control = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR/CMSG_NXTHDR stay
-    // within `msg_controllen`, and each SCM_RIGHTS payload holds whole descriptors,
-    // which this process now owns (so each is wrapped in an OwnedFd exactly once).
-    unsafe {
-        let mut header = libc::CMSG_FIRSTHDR(&msg);
-        while !header.is_null() {
-            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(header);
-                let len = ((*header).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            header = libc::CMSG_NXTHDR(&msg, header);
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: descriptors that arrived with SCM_RIGHTS are new in this
+            // process and owned by nobody else; each is wrapped exactly once.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if message.flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(io::Error::other("descriptors were truncated"));
     }
-    Ok((received, fds))
+    Ok((message.bytes, fds))
 }
 
 // ---------------------------------------------------------------------------------

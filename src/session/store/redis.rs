@@ -725,10 +725,10 @@ fn parse_alias(text: &str) -> Option<Alias> {
 
 impl Storage for RedisStorage {
     fn admit(&self) -> Result<(), SessionError> {
-        if self.link.is_up() {
-            return Ok(());
-        }
-        // Down: one cheap probe (fails at once within the retry interval).
+        // Asked every time (one round trip per creation, which writes to Redis
+        // anyway): a replica that has been idle learns of an outage here, before it
+        // mints a session no other replica could find. Within the retry interval
+        // after a failure this fails at once.
         match self
             .link
             .run("create", |conn| redis::cmd("PING").query::<String>(conn))

@@ -550,3 +550,83 @@ async fn a_replica_that_stops_loses_no_session() {
         assert_eq!(handle_on(&r.b, cookies).await.as_deref(), Some(&**handle));
     }
 }
+
+/// Counts `Ended` events.
+#[derive(Default)]
+struct Ends(std::sync::atomic::AtomicUsize);
+
+impl sessiongate::session::events::SessionObserver for Ends {
+    fn observe(&self, event: &sessiongate::session::events::SessionEvent<'_>) {
+        if matches!(
+            event,
+            sessiongate::session::events::SessionEvent::Ended { .. }
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_stores_that_both_hold_a_due_session_end_it_once() {
+    use sessiongate::config::{OnTimeout, WhenFull};
+    use sessiongate::lifetime::Activity;
+    use sessiongate::session::store::redis::{connect, RedisStore};
+    use sessiongate::session::store::SessionStore;
+    use sessiongate::session::{BrowserKey, CreatedKind, EndReason, Lifetime};
+    use std::sync::Arc;
+
+    let redis = RedisServer::start().await;
+    let mut config = Config::default();
+    on_redis(&mut config, &redis);
+    let rules = Lifetime::new(
+        Duration::from_secs(60),
+        OnTimeout::End,
+        None,
+        None,
+        Duration::ZERO,
+        Activity::Interaction,
+    );
+    // Two replicas' stores, without their background tasks: no invalidation
+    // reaches the other, so only the end claim in Redis can keep the second end
+    // from happening.
+    let open = || {
+        let store_config = config.store.clone();
+        let rules = rules.clone();
+        async move {
+            let (link, clock, secrets) =
+                tokio::task::spawn_blocking(move || connect(&store_config))
+                    .await
+                    .unwrap()
+                    .expect("redis reachable");
+            let ends = Arc::new(Ends::default());
+            let store = RedisStore::with_link(link, rules, 1000, WhenFull::Reject, ends.clone())
+                .unwrap()
+                .with_secrets(&secrets);
+            (store, clock, ends)
+        }
+    };
+    let (a, clock, ends_a) = open().await;
+    let (b, _, ends_b) = open().await;
+    let browser = BrowserKey::generate().unwrap();
+    let now = clock.now();
+    let created = a
+        .create(&browser, None, CreatedKind::New, None, now)
+        .unwrap();
+    let on_b = b
+        .resolve(&created.token, &browser, now)
+        .expect("B loads the session A created")
+        .session;
+    assert_eq!(on_b.handle(), created.session.handle());
+
+    // Both find it past its deadline: both try to end it.
+    let later = now + 61_000;
+    for (store, session) in [(&a, &created.session), (&b, &on_b)] {
+        store.sweep(later, 100);
+        store.end(session, EndReason::Timeout, later);
+    }
+    let total = ends_a.0.load(std::sync::atomic::Ordering::SeqCst)
+        + ends_b.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(total, 1, "exactly one replica ended it");
+    assert!(a.get(&created.session.handle(), later).is_none());
+    assert!(b.get(&created.session.handle(), later).is_none());
+}

@@ -630,3 +630,141 @@ async fn two_stores_that_both_hold_a_due_session_end_it_once() {
     assert!(a.get(&created.session.handle(), later).is_none());
     assert!(b.get(&created.session.handle(), later).is_none());
 }
+
+/// A config file for a replica process on `redis` (JSON logs, for `Gate`).
+fn replica_config(dir: &std::path::Path, name: &str, upstream: &Upstream, redis: &RedisServer) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+drain_timeout = "2s"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "{upstream}"
+
+[session]
+mode = "browser"
+timeout = "1s"
+on_timeout = "end"
+
+[hooks]
+start = "/hooks/start"
+end = "/hooks/end"
+
+[log]
+format = "json"
+level = "info"
+
+[store]
+backend = "redis"
+url = "{redis}"
+prefix = "kill:"
+"#,
+        upstream = upstream.url(),
+        redis = redis.url(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sigkill_of_a_replica_loses_no_session_and_every_hook_fires_once() {
+    use crate::persist::Gate;
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gate::start(&replica_config(dir.path(), "a", &upstream, &redis), &[]).await;
+    let b = Gate::start(&replica_config(dir.path(), "b", &upstream, &redis), &[]).await;
+    let get = |url: String, cookies: Option<String>| async move {
+        let mut request = client().get(url);
+        if let Some(cookies) = cookies {
+            request = request.header("cookie", cookies);
+        }
+        request.send().await.unwrap()
+    };
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let response = get(a.url("/echo"), None).await;
+        let cookies = cookies_of(&response);
+        let handle = header_in(&echoed(response).await, "x-session").unwrap();
+        // Half of them B has seen before A dies; the others only Redis knows of.
+        if i % 2 == 0 {
+            let on_b = echoed(get(b.url("/echo"), Some(cookies.clone())).await).await;
+            assert_eq!(header_in(&on_b, "x-session").as_deref(), Some(&*handle));
+        }
+        sessions.push((cookies, handle));
+    }
+    a.signal(libc::SIGKILL);
+    a.exit_within(Duration::from_secs(5)).await;
+    // Every session works on B (loaded from Redis where B had not seen it).
+    for (cookies, handle) in &sessions {
+        let echo = echoed(get(b.url("/echo"), Some(cookies.clone())).await).await;
+        assert_eq!(header_in(&echo, "x-session").as_deref(), Some(&**handle));
+    }
+    // Idle: B ends all of them (its own sweep, and the shared index for any it did
+    // not hold), each once.
+    let ends = || {
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.uri.starts_with("/hooks/end"))
+            .count()
+    };
+    for _ in 0..80 {
+        if ends() >= sessions.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let seen = upstream.requests();
+    for (_, handle) in &sessions {
+        for hook in ["/hooks/start", "/hooks/end"] {
+            let n = seen
+                .iter()
+                .filter(|q| q.uri.starts_with(hook))
+                .filter(|q| q.header("x-session").as_deref() == Some(&**handle))
+                .count();
+            assert_eq!(n, 1, "{hook} for {handle}: {n} times");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
+    // A session created by a replica that is gone and never seen by the one left:
+    // only the shared deadline index can bring it to its end (and its end hook).
+    let r = Replicas::start(SessionMode::Browser, |c| {
+        c.session.timeout = Cfg::from_millis(500);
+        c.session.on_timeout = sessiongate::config::OnTimeout::End;
+        c.hooks.end = "/hooks/end".into();
+    })
+    .await;
+    let (_, handle) = mint(&r.a).await;
+    r.a.shutdown();
+    r.a.stopping().await;
+    // A's sweeper is gone; B never held the session.
+    for _ in 0..40 {
+        if r.count("/hooks/end") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ends: Vec<_> = r
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|q| q.uri.starts_with("/hooks/end"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
+    assert_eq!(
+        r.b.metrics.sessions_ended.with_label_values(&["timeout"]).get(),
+        1,
+        "B ended it"
+    );
+}

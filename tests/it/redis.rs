@@ -632,7 +632,12 @@ async fn two_stores_that_both_hold_a_due_session_end_it_once() {
 }
 
 /// A config file for a replica process on `redis` (JSON logs, for `Gate`).
-fn replica_config(dir: &std::path::Path, name: &str, upstream: &Upstream, redis: &RedisServer) -> std::path::PathBuf {
+fn replica_config(
+    dir: &std::path::Path,
+    name: &str,
+    upstream: &Upstream,
+    redis: &RedisServer,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"
@@ -763,7 +768,10 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
     assert_eq!(
-        r.b.metrics.sessions_ended.with_label_values(&["timeout"]).get(),
+        r.b.metrics
+            .sessions_ended
+            .with_label_values(&["timeout"])
+            .get(),
         1,
         "B ended it"
     );

@@ -776,3 +776,103 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
         "B ended it"
     );
 }
+
+#[tokio::test]
+async fn an_end_on_a_replica_that_missed_the_rotation_leaves_no_alias_in_redis() {
+    let r = Replicas::start(SessionMode::Tab, |_| {}).await;
+    let tab = Tab::new(&r.a).await;
+    let challenge = tab.challenge(&r.a).await;
+    let reply: Value = tab
+        .post(&r.a, "session", None, json!({"challenge": challenge}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (old, handle) = (field(&reply, "token"), field(&reply, "handle"));
+    assert_eq!(
+        tab.handle_with(&r.b, &old, "/echo").await.as_deref(),
+        Some(&*handle)
+    );
+    // B flushes its touch, then is idle: it will not hear of the rotation.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let login = tab
+        .client
+        .get(url(&r.a, "/respond?header=X-Session-Rotate:1"))
+        .header("cookie", &tab.key)
+        .header("x-session-token", &old)
+        .send()
+        .await
+        .unwrap();
+    assert!(login.headers().contains_key("x-session-token"));
+    assert_eq!(
+        r.redis
+            .command("KEYS test:a:*")
+            .await
+            .unwrap()
+            .lines()
+            .next(),
+        Some("*1")
+    );
+    // The rotating replica goes away (else it would clean up on the invalidation).
+    r.a.shutdown();
+    r.a.stopping().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let ended = client()
+        .delete(admin(&r.b, &format!("/sessions/{handle}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::OK);
+    assert_eq!(
+        r.redis.command("KEYS test:a:*").await.unwrap(),
+        "*0\r\n",
+        "the current token's alias (no expiry) must go with the session"
+    );
+}
+
+#[tokio::test]
+async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
+    let mut r = Replicas::start(SessionMode::Browser, |c| {
+        c.session.timeout = Cfg::from_millis(600);
+        c.session.on_timeout = sessiongate::config::OnTimeout::End;
+        c.hooks.end = "/hooks/end".into();
+    })
+    .await;
+    let (cookies, handle) = mint(&r.a).await;
+    r.redis.stop();
+    // Past its deadline while Redis is away: refused (a new session cannot be
+    // minted either), but not ended — no end hook, no end counted.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let late = client()
+        .get(url(&r.a, "/echo"))
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.count("/hooks/end"), 0, "ended during the outage");
+    assert_eq!(
+        r.a.metrics
+            .sessions_ended
+            .with_label_values(&["timeout"])
+            .get(),
+        0
+    );
+    // Redis is back: the session is ended, with its hook, once.
+    r.redis.restart().await;
+    for _ in 0..50 {
+        if r.count("/hooks/end") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ends: Vec<_> = r
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|q| q.uri.starts_with("/hooks/end"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
+}

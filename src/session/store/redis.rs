@@ -173,10 +173,11 @@ if st and ARGV[6] == '1' then
     return {'stale', la, ls, to}
   end
 end
+local rot = redis.call('HGET', KEYS[1], 'rot') or ''
 redis.call('HSET', KEYS[1], 'st', '2', 'ea', ARGV[4])
 redis.call('HDEL', KEYS[1], 'jar', 'rot')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {'won'}
+return {'won', rot}
 ";
 
 /// Claims the announcement of one idle period. KEYS[1] session · ARGV since.
@@ -757,14 +758,19 @@ impl Storage for RedisStorage {
                 .arg(if check { "1" } else { "0" })
                 .invoke(conn)?;
             if reply.first().is_some_and(|r| r == "won") {
-                redis::pipe()
-                    .zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string())
+                let mut pipe = redis::pipe();
+                pipe.zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string())
                     .ignore()
                     .cmd("PUBLISH")
                     .arg(self.link.keys.channel())
                     .arg(&message)
-                    .ignore()
-                    .query::<()>(conn)?;
+                    .ignore();
+                // The current token's alias, which has no expiry of its own (this
+                // replica may not hold the rotation).
+                if let Some(rotation) = reply.get(1).and_then(|r| parse_rotation(r)) {
+                    pipe.del(self.link.keys.alias(&rotation.current)).ignore();
+                }
+                pipe.query::<()>(conn)?;
             }
             Ok(reply)
         });
@@ -772,7 +778,7 @@ impl Storage for RedisStorage {
             return EndClaim::Unreachable;
         };
         match reply.as_slice() {
-            [won] if won == "won" => EndClaim::Won,
+            [won, ..] if won == "won" => EndClaim::Won,
             [gone] if gone == "gone" => EndClaim::Gone,
             [_, la, ls, to] => {
                 self.merge(session, la, ls, to);

@@ -309,6 +309,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Prepended to every Redis key, so several deployments can share one Redis.
     pub prefix: String,
+    /// How long a replica keeps serving the sessions it holds while Redis is
+    /// unreachable; past it, they are refused (not ended) until Redis is back.
+    pub outage_grace: Duration,
 }
 
 impl Default for StoreConfig {
@@ -317,6 +320,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Memory,
             url: "redis://127.0.0.1:6379/0".into(),
             prefix: "sessiongate:".into(),
+            outage_grace: Duration::from_secs(300),
         }
     }
 }

@@ -543,6 +543,7 @@ fn check_store(config: &Config, p: &mut Problems) {
             "must not contain braces (they delimit Redis Cluster hash tags) or control characters",
         );
     }
+    p.positive("store.outage_grace", store.outage_grace);
     if config.store.backend != crate::config::StoreBackend::Redis {
         return;
     }
@@ -992,6 +993,9 @@ mod tests {
         c.store.prefix = "x".repeat(65);
         assert_eq!(keys(&c), ["store.prefix"]);
         c.store.prefix = "sessiongate:".into();
+        c.store.outage_grace = Duration::ZERO;
+        assert_eq!(keys(&c), ["store.outage_grace"]);
+        c.store.outage_grace = Duration::from_secs(300);
         c.persist.path = "/var/lib/sessiongate/sessions.snap".into();
         assert_eq!(keys(&c), ["persist.path"]);
     }

@@ -876,3 +876,51 @@ async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
 }
+
+#[tokio::test]
+async fn past_the_outage_grace_held_sessions_are_refused_but_not_ended() {
+    let mut r = Replicas::start(SessionMode::Browser, |c| {
+        c.store.outage_grace = Cfg::from_millis(800);
+        c.hooks.end = "/hooks/end".into();
+    })
+    .await;
+    let (cookies, handle) = mint(&r.a).await;
+    r.redis.stop();
+    // Within the grace: served (and the request notices the outage: its touch
+    // cannot be flushed).
+    assert_eq!(handle_on(&r.a, &cookies).await.as_deref(), Some(&*handle));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let refused = client()
+        .get(url(&r.a, "/echo"))
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "past the grace"
+    );
+    assert_eq!(r.count("/hooks/end"), 0, "refused, not ended");
+    r.redis.restart().await;
+    let mut back = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let response = client()
+            .get(url(&r.a, "/echo"))
+            .header("cookie", &cookies)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            back = header_in(&echoed(response).await, "x-session");
+            break;
+        }
+    }
+    assert_eq!(
+        back.as_deref(),
+        Some(&*handle),
+        "the same session once Redis is back"
+    );
+    assert_eq!(r.count("/hooks/end"), 0);
+}

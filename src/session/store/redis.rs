@@ -36,8 +36,9 @@
 //! number of sweepers.
 //!
 //! **Outage**: a failed call marks the link down; for [`RETRY_AFTER_FAILURE`] calls
-//! fail fast, then one is tried again. While down, cached sessions keep working until
-//! their own deadlines (a session found past one is refused but not ended: nothing
+//! fail fast, then one is tried again. While down, cached sessions keep working for
+//! `store.outage_grace`, within their own deadlines, then are refused until Redis
+//! answers (a session found past a deadline is refused but not ended: nothing
 //! ends because Redis was unreachable, the sweeper ends it when Redis is back), no
 //! session is created ([`SessionError::StoreDown`], 503 with `Retry-After`), touches
 //! stay dirty (at most one entry per cached session) and are flushed on return, when
@@ -249,6 +250,10 @@ pub struct Link {
     up: AtomicBool,
     /// Wall ms of the last failure (0: none since the last success).
     failed_at: AtomicU64,
+    /// Wall ms of the first failure since the last success (0: up).
+    down_since: AtomicU64,
+    /// `store.outage_grace` in ms.
+    outage_grace: Millis,
     on_error: OnceLock<ErrorSink>,
     /// Set when the link comes back after being down: the flusher writes the whole
     /// cache back.
@@ -268,6 +273,8 @@ impl Link {
             next: AtomicUsize::new(0),
             up: AtomicBool::new(true),
             failed_at: AtomicU64::new(0),
+            down_since: AtomicU64::new(0),
+            outage_grace: crate::lifetime::millis(config.outage_grace.get()),
             on_error: OnceLock::new(),
             came_back: AtomicBool::new(false),
         })
@@ -281,8 +288,20 @@ impl Link {
         Ok(conn)
     }
 
+    /// Counts a failure without marking the link down (the subscriber has its own
+    /// connection and retry loop).
+    fn count(&self, op: &'static str) {
+        if let Some(sink) = self.on_error.get() {
+            sink(op);
+        }
+    }
+
     fn failed(&self, op: &'static str) {
-        self.failed_at.store(wall_now().max(1), Ordering::Release);
+        let now = wall_now().max(1);
+        self.failed_at.store(now, Ordering::Release);
+        let _ = self
+            .down_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
         self.up.store(false, Ordering::Release);
         if let Some(sink) = self.on_error.get() {
             sink(op);
@@ -328,17 +347,25 @@ impl Link {
                     self.came_back.store(true, Ordering::Release);
                 }
                 self.failed_at.store(0, Ordering::Release);
+                self.down_since.store(0, Ordering::Release);
                 Some(value)
             }
             Err(error) => {
                 tracing::warn!(%error, op, "Redis call failed");
-                if error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout() {
-                    *slot = None;
-                }
+                // A fresh connection (scripts loaded again) for the next call: an
+                // error may have left this one mid-reply, or without the scripts.
+                *slot = None;
                 self.failed(op);
                 None
             }
         }
+    }
+
+    /// Whether Redis has been unreachable for longer than `store.outage_grace`: the
+    /// sessions held here are then refused (not ended) until it answers again.
+    fn past_grace(&self) -> bool {
+        let since = self.down_since.load(Ordering::Acquire);
+        since != 0 && wall_now().saturating_sub(since) > self.outage_grace
     }
 
     /// Whether the last call succeeded.
@@ -834,6 +861,16 @@ impl Storage for RedisStorage {
     }
 
     fn get(&self, handle: &Handle) -> Option<Arc<Session>> {
+        // Past the grace, a session is only served once Redis answers again (asked
+        // at most every RETRY_AFTER_FAILURE, however many requests come).
+        if self.link.past_grace()
+            && self
+                .link
+                .run("connect", |conn| redis::cmd("PING").query::<String>(conn))
+                .is_none()
+        {
+            return None;
+        }
         self.local.get(handle).or_else(|| self.load(handle))
     }
 
@@ -1020,25 +1057,17 @@ impl Storage for RedisStorage {
         // The jar as Redis holds it (another replica may have stored cookies), or
         // this replica's copy if Redis is unreachable.
         let current = self.load_jar(handle);
-        let mut result = None;
-        let mut change = Some(change);
-        self.local.update_jar(handle, |slot| {
+        self.local.update_jar(handle, move |slot| {
             if current.is_some() {
-                *slot = current.clone();
+                *slot = current;
             }
             let before = slot.clone();
-            if let Some(change) = change.take() {
-                result = Some(change(slot));
-            }
+            let result = change(slot);
             if *slot != before {
                 self.write_jar(handle, slot.as_ref());
             }
-        });
-        match result {
-            Some(result) => result,
-            // `update_jar` always calls its closure exactly once.
-            None => unreachable!("update_jar ran its change"),
-        }
+            result
+        })
     }
 
     fn remove_jar(&self, handle: &Handle) -> Option<Jar> {
@@ -1219,9 +1248,9 @@ async fn subscribe(store: Arc<RedisStore>, clock: Clock, shutdown: CancellationT
                         }
                     }
                 }
-                Err(_) => link.failed("subscribe"),
+                Err(_) => link.count("subscribe"),
             },
-            Err(_) => link.failed("subscribe"),
+            Err(_) => link.count("subscribe"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -924,3 +924,31 @@ async fn past_the_outage_grace_held_sessions_are_refused_but_not_ended() {
     );
     assert_eq!(r.count("/hooks/end"), 0);
 }
+
+#[tokio::test]
+async fn a_replica_caches_at_most_max_sessions_and_still_serves_the_others() {
+    // The local cache is bounded by session.max_sessions: sessions created
+    // elsewhere beyond it are served from Redis without being kept.
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let start = |max: usize| {
+        let mut config = test_config(&upstream.url());
+        config.session.mode = SessionMode::Browser;
+        config.session.max_sessions = max;
+        on_redis(&mut config, &redis);
+        server::start(config)
+    };
+    let a = start(100).await.unwrap();
+    let b = start(3).await.unwrap();
+    let mut minted = Vec::new();
+    for _ in 0..10 {
+        minted.push(mint(&a).await);
+    }
+    for _ in 0..2 {
+        for (cookies, handle) in &minted {
+            assert_eq!(handle_on(&b, cookies).await.as_deref(), Some(&**handle));
+        }
+    }
+    assert_eq!(b.store.len(), 3, "B holds max_sessions, no more");
+    assert_eq!(a.store.len(), 10);
+}

@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra arguments (Cluster mode), and the directory they write to.
+    extra: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -24,7 +27,12 @@ impl RedisServer {
         // A free port can be taken by someone else between probe and bind: retry.
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer {
+                port,
+                child: None,
+                extra: Vec::new(),
+                _dir: None,
+            };
             if server.try_spawn().await {
                 return server;
             }
@@ -77,6 +85,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,6 +107,70 @@ impl RedisServer {
         }
         self.stop();
         false
+    }
+}
+
+/// A Redis Cluster of `masters` nodes (no replicas) on free loopback ports, each a
+/// [`RedisServer`] with `--cluster-enabled yes` and its node file in a directory of
+/// its own, joined by `redis-cli --cluster create`; ready once every node reports
+/// `cluster_state:ok`.
+pub async fn start_cluster(masters: usize) -> Vec<RedisServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..masters {
+        let mut started = None;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a directory for the node");
+            let port = free_port();
+            let mut server = RedisServer {
+                port,
+                child: None,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    dir.path().join("nodes.conf").display().to_string(),
+                    "--dir".into(),
+                    dir.path().display().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+                _dir: Some(dir),
+            };
+            if server.try_spawn().await {
+                started = Some(server);
+                break;
+            }
+        }
+        nodes.push(started.expect("a cluster node comes up"));
+    }
+    let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+    let addresses: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+    let status = Command::new(cli)
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli runs (package redis-tools)");
+    assert!(status.success(), "redis-cli --cluster create failed");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut ok = true;
+        for node in &nodes {
+            let info = node.command("CLUSTER INFO").await.unwrap_or_default();
+            ok &= info.contains("cluster_state:ok");
+        }
+        if ok {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -952,3 +952,66 @@ async fn a_replica_caches_at_most_max_sessions_and_still_serves_the_others() {
     assert_eq!(b.store.len(), 3, "B holds max_sessions, no more");
     assert_eq!(a.store.len(), 10);
 }
+
+#[tokio::test]
+async fn two_replicas_share_sessions_on_a_three_master_redis_cluster() {
+    let nodes = crate::common::redis::start_cluster(3).await;
+    let upstream = Upstream::start().await;
+    let replica = |node: &RedisServer| {
+        let mut config = test_config(&upstream.url());
+        config.session.mode = SessionMode::Browser;
+        config.session.timeout = Cfg::from_millis(600);
+        config.session.on_timeout = sessiongate::config::OnTimeout::End;
+        config.hooks.start = "/hooks/start".into();
+        config.hooks.end = "/hooks/end".into();
+        on_redis(&mut config, node);
+        server::start(config)
+    };
+    // Each replica is pointed at a different node of the cluster.
+    let a = replica(&nodes[0])
+        .await
+        .expect("replica a starts on the cluster");
+    let b = replica(&nodes[1])
+        .await
+        .expect("replica b starts on the cluster");
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let (cookies, handle) = mint(&a).await;
+        assert_eq!(handle_on(&b, &cookies).await.as_deref(), Some(&*handle));
+        sessions.push(handle);
+    }
+    // The sessions' hashes are spread over the masters (hash-tagged by handle).
+    let mut holding = 0;
+    for node in &nodes {
+        let keys = node.command("KEYS test:s:*").await.unwrap();
+        if !keys.starts_with("*0") {
+            holding += 1;
+        }
+    }
+    assert!(holding >= 2, "sessions on {holding} of 3 masters");
+    // Idle: each ends once (two sweepers, end claims on three masters).
+    for _ in 0..60 {
+        if upstream
+            .requests()
+            .iter()
+            .filter(|r| r.uri.starts_with("/hooks/end"))
+            .count()
+            >= sessions.len()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let seen = upstream.requests();
+    for handle in &sessions {
+        for hook in ["/hooks/start", "/hooks/end"] {
+            let n = seen
+                .iter()
+                .filter(|q| q.uri.starts_with(hook))
+                .filter(|q| q.header("x-session").as_deref() == Some(handle))
+                .count();
+            assert_eq!(n, 1, "{hook} for {handle}: {n} times");
+        }
+    }
+}

@@ -20,6 +20,10 @@
 //! shard `n` (a sorted set, [`DEADLINE_SHARDS`]) · `{prefix}secrets`, `{prefix}clock`
 //! the shared keys and clock scale · `{prefix}t:<mac>` a spent ticket or challenge.
 //!
+//! **Cluster**: if the node `store.url` names has `cluster_enabled:1`, the replica
+//! talks to the Cluster (commands routed by slot); batches are then sent command by
+//! command and scripts whole (`EVAL`), since one batch spans many slots.
+//!
 //! **Request path**: a session in the cache costs no Redis call; a miss (the first
 //! request a replica sees for a session) loads the hash, one round trip on the
 //! calling thread (bounded by [`IO_TIMEOUT`]). Touches only mark the session dirty;
@@ -51,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::{Connection, RedisResult, Script};
+use redis::{Cmd, ConnectionLike, RedisResult, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryStorage;
@@ -198,26 +202,43 @@ for _, h in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], h) end
 return due
 ";
 
+/// A Lua script: its source (sent whole with `EVAL` to a Cluster, whose nodes
+/// cannot all be loaded ahead) and its digest (`EVALSHA` on a standalone Redis,
+/// where every connection loads the scripts first).
+struct Lua {
+    source: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Lua {
+            source,
+            script: Script::new(source),
+        }
+    }
+}
+
 struct Scripts {
-    flush: Script,
-    end: Script,
-    idle: Script,
-    pop: Script,
+    flush: Lua,
+    end: Lua,
+    idle: Lua,
+    pop: Lua,
 }
 
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            flush: Script::new(FLUSH),
-            end: Script::new(END),
-            idle: Script::new(IDLE),
-            pop: Script::new(POP),
+            flush: Lua::new(FLUSH),
+            end: Lua::new(END),
+            idle: Lua::new(IDLE),
+            pop: Lua::new(POP),
         }
     }
 
-    fn load(&self, conn: &mut Connection) -> RedisResult<()> {
-        for script in [&self.flush, &self.end, &self.idle, &self.pop] {
-            script.load(conn)?;
+    fn load(&self, conn: &mut dyn ConnectionLike) -> RedisResult<()> {
+        for lua in [&self.flush, &self.end, &self.idle, &self.pop] {
+            lua.script.load(conn)?;
         }
         Ok(())
     }
@@ -240,12 +261,20 @@ pub const ERROR_OPS: [&str; 10] = [
     "subscribe",
 ];
 
+/// One connection: to a standalone Redis, or to a Cluster (routing each command by
+/// its key's slot).
+type Conn = Box<dyn ConnectionLike + Send>;
+
 /// Connections to Redis and whether it answers.
 pub struct Link {
+    /// The node `store.url` names: every connection of a standalone Redis, and the
+    /// pub/sub subscription (a Cluster passes published messages to every node).
     client: redis::Client,
+    /// Set when that node has `cluster_enabled:1`.
+    cluster: OnceLock<redis::cluster::ClusterClient>,
     keys: Keys,
     scripts: Scripts,
-    pool: Vec<Mutex<Option<Connection>>>,
+    pool: Vec<Mutex<Option<Conn>>>,
     next: AtomicUsize,
     up: AtomicBool,
     /// Wall ms of the last failure (0: none since the last success).
@@ -265,6 +294,7 @@ impl Link {
         let client = redis::Client::open(config.url.as_str()).map_err(RedisStoreError::Url)?;
         Ok(Link {
             client,
+            cluster: OnceLock::new(),
             keys: Keys {
                 prefix: config.prefix.clone(),
             },
@@ -280,12 +310,73 @@ impl Link {
         })
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
+    /// Asks the node `store.url` names whether it is part of a Cluster, and if so
+    /// talks to the Cluster from then on (once, at start).
+    fn detect_cluster(&self) -> RedisResult<()> {
+        let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        let info: String = redis::cmd("INFO").arg("cluster").query(&mut conn)?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            let cluster = redis::cluster::ClusterClient::builder(vec![self
+                .client
+                .get_connection_info()
+                .clone()])
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(IO_TIMEOUT)
+            .build()?;
+            let _ = self.cluster.set(cluster);
+            tracing::info!("store.url is a Redis Cluster node: using the Cluster");
+        }
+        Ok(())
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    fn connect(&self) -> RedisResult<Conn> {
+        if let Some(cluster) = self.cluster.get() {
+            return Ok(Box::new(cluster.get_connection()?));
+        }
         let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))?;
         conn.set_write_timeout(Some(IO_TIMEOUT))?;
         self.scripts.load(&mut conn)?;
-        Ok(conn)
+        Ok(Box::new(conn))
+    }
+
+    /// A call of `lua` with one key: `EVALSHA` (standalone, loaded on connect) or
+    /// `EVAL` (Cluster); the caller adds the arguments.
+    fn eval(&self, lua: &Lua, key: &str) -> Cmd {
+        let mut cmd = if self.is_cluster() {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(lua.source);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(lua.script.get_hash());
+            cmd
+        };
+        cmd.arg(1).arg(key);
+        cmd
+    }
+
+    /// Sends `cmds` and returns their replies in order: one pipeline on a
+    /// standalone Redis; one by one on a Cluster (each routed by its key: the
+    /// commands of one batch live in different slots).
+    fn batch(
+        conn: &mut dyn ConnectionLike,
+        cmds: Vec<Cmd>,
+        cluster: bool,
+    ) -> RedisResult<Vec<Value>> {
+        if cluster {
+            return cmds.iter().map(|cmd| cmd.query::<Value>(conn)).collect();
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        pipe.query(conn)
     }
 
     /// Counts a failure without marking the link down (the subscriber has its own
@@ -314,7 +405,7 @@ impl Link {
     fn run<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>,
     ) -> Option<T> {
         let failed_at = self.failed_at.load(Ordering::Acquire);
         if failed_at != 0 && wall_now().saturating_sub(failed_at) < RETRY_AFTER_FAILURE {
@@ -340,7 +431,7 @@ impl Link {
             }
         }
         let conn = slot.as_mut()?;
-        match f(conn) {
+        match f(conn.as_mut()) {
             Ok(value) => {
                 if !self.up.swap(true, Ordering::AcqRel) {
                     tracing::info!("Redis is reachable again");
@@ -377,18 +468,21 @@ impl Link {
 /// The shared clock scale and keys: those already in Redis, or this replica's, put
 /// there first (`SET NX`, so concurrent first starts agree on one).
 fn shared_clock_and_secrets(link: &Link) -> Result<(Clock, Secrets), RedisStoreError> {
+    link.detect_cluster()
+        .map_err(RedisStoreError::Unreachable)?;
     let mut conn = link.connect().map_err(RedisStoreError::Unreachable)?;
+    let conn = conn.as_mut();
     let fresh = Clock::new();
     let _: bool = redis::cmd("SET")
         .arg(link.keys.clock())
         .arg(fresh.zero_wall())
         .arg("NX")
-        .query::<Option<String>>(&mut conn)
+        .query::<Option<String>>(conn)
         .map(|r| r.is_some())
         .map_err(RedisStoreError::Unreachable)?;
     let zero: u64 = redis::cmd("GET")
         .arg(link.keys.clock())
-        .query(&mut conn)
+        .query(conn)
         .map_err(RedisStoreError::Unreachable)?;
     let clock = if zero == fresh.zero_wall() {
         fresh
@@ -400,11 +494,11 @@ fn shared_clock_and_secrets(link: &Link) -> Result<(Clock, Secrets), RedisStoreE
         .arg(link.keys.secrets())
         .arg(&mine.to_bytes()[..])
         .arg("NX")
-        .query(&mut conn)
+        .query(conn)
         .map_err(RedisStoreError::Unreachable)?;
     let stored: Vec<u8> = redis::cmd("GET")
         .arg(link.keys.secrets())
-        .query(&mut conn)
+        .query(conn)
         .map_err(RedisStoreError::Unreachable)?;
     let bytes: &[u8; Secrets::LEN] = stored
         .as_slice()
@@ -415,23 +509,20 @@ fn shared_clock_and_secrets(link: &Link) -> Result<(Clock, Secrets), RedisStoreE
 
 /// Puts this replica's clock scale and keys back into a Redis that lost them.
 fn republish(
-    conn: &mut Connection,
+    conn: &mut dyn ConnectionLike,
     keys: &Keys,
     clock: &Clock,
     secrets: &Secrets,
+    cluster: bool,
 ) -> RedisResult<()> {
-    redis::pipe()
-        .cmd("SET")
-        .arg(keys.clock())
-        .arg(clock.zero_wall())
-        .arg("NX")
-        .ignore()
-        .cmd("SET")
+    let mut zero = redis::cmd("SET");
+    zero.arg(keys.clock()).arg(clock.zero_wall()).arg("NX");
+    let mut shared = redis::cmd("SET");
+    shared
         .arg(keys.secrets())
         .arg(&secrets.to_bytes()[..])
-        .arg("NX")
-        .ignore()
-        .query(conn)
+        .arg("NX");
+    Link::batch(conn, vec![zero, shared], cluster).map(drop)
 }
 
 /// Sessions in a local cache in front of Redis (see the module docs).
@@ -537,14 +628,14 @@ impl RedisStorage {
         let record = self.record(session);
         let due = session.next_due(&self.rules, 0);
         let zkey = self.link.keys.deadlines_of(&session.handle());
+        let cluster = self.link.is_cluster();
         self.link
             .run(op, |conn| {
-                let mut pipe = redis::pipe();
-                pipe.hset_multiple(&key, &record).ignore();
+                let mut cmds = vec![Cmd::hset_multiple(&key, &record)];
                 if let Some(due) = due {
-                    pipe.zadd(&zkey, session.handle().to_string(), due).ignore();
+                    cmds.push(Cmd::zadd(&zkey, session.handle().to_string(), due));
                 }
-                pipe.query::<()>(conn)
+                Link::batch(conn, cmds, cluster).map(drop)
             })
             .is_some()
     }
@@ -557,7 +648,9 @@ impl RedisStorage {
             let keys = self.link.keys.clone();
             if self
                 .link
-                .run("flush", |conn| republish(conn, &keys, clock, secrets))
+                .run("flush", |conn| {
+                    republish(conn, &keys, clock, secrets, self.link.is_cluster())
+                })
                 .is_none()
             {
                 self.link.came_back.store(true, Ordering::Release);
@@ -577,16 +670,16 @@ impl RedisStorage {
             dirty.drain().collect()
         };
         let sessions: Vec<Arc<Session>> = batch.iter().filter_map(|h| self.local.get(h)).collect();
-        let hash = self.link.scripts.flush.get_hash().to_string();
+        let cluster = self.link.is_cluster();
         let replies: Option<Vec<Vec<String>>> = self.link.run("flush", |conn| {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(sessions.len() * 2);
+            let mut zadds = Vec::with_capacity(sessions.len());
             for session in &sessions {
                 let p = session.parts();
-                pipe.cmd("EVALSHA")
-                    .arg(&hash)
-                    .arg(1)
-                    .arg(self.link.keys.session(&p.handle))
-                    .arg(p.last_activity)
+                let mut cmd = self
+                    .link
+                    .eval(&self.link.scripts.flush, &self.link.keys.session(&p.handle));
+                cmd.arg(p.last_activity)
                     .arg(p.last_seen)
                     .arg(p.binding)
                     .arg(p.created)
@@ -595,16 +688,23 @@ impl RedisStorage {
                     .arg(p.timeout)
                     .arg(u8::from(p.parent_sent))
                     .arg(p.cookies_at);
+                cmds.push(cmd);
                 if let Some(due) = session.next_due(&self.rules, 0) {
-                    pipe.zadd(
+                    zadds.push(Cmd::zadd(
                         self.link.keys.deadlines_of(&p.handle),
                         p.handle.to_string(),
                         due,
-                    )
-                    .ignore();
+                    ));
                 }
             }
-            pipe.query(conn)
+            cmds.extend(zadds);
+            let replies = Link::batch(conn, cmds, cluster)?;
+            replies
+                .into_iter()
+                .take(sessions.len())
+                .map(|reply| redis::from_redis_value::<Vec<String>>(reply))
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
         });
         let Some(replies) = replies else {
             // Unreachable: keep them for the next flush.
@@ -645,19 +745,24 @@ impl RedisStorage {
         {
             return;
         }
-        let hash = self.link.scripts.pop.get_hash().to_string();
+        let cluster = self.link.is_cluster();
         let popped: Option<Vec<Vec<String>>> = self.link.run("sweep", |conn| {
-            let mut pipe = redis::pipe();
-            for shard in 0..DEADLINE_SHARDS {
-                pipe.cmd("EVALSHA")
-                    .arg(&hash)
-                    .arg(1)
-                    .arg(self.link.keys.deadlines(shard))
-                    .arg(now)
-                    .arg(now.saturating_add(LEASE))
-                    .arg(POP_PER_SHARD);
-            }
-            pipe.query(conn)
+            let cmds = (0..DEADLINE_SHARDS)
+                .map(|shard| {
+                    let mut cmd = self
+                        .link
+                        .eval(&self.link.scripts.pop, &self.link.keys.deadlines(shard));
+                    cmd.arg(now)
+                        .arg(now.saturating_add(LEASE))
+                        .arg(POP_PER_SHARD);
+                    cmd
+                })
+                .collect();
+            Link::batch(conn, cmds, cluster)?
+                .into_iter()
+                .map(|reply| redis::from_redis_value::<Vec<String>>(reply))
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
         });
         let Some(popped) = popped else { return };
         let mut gone = Vec::new();
@@ -673,12 +778,13 @@ impl RedisStorage {
         }
         if !gone.is_empty() {
             let _ = self.link.run("sweep", |conn| {
-                let mut pipe = redis::pipe();
-                for handle in &gone {
-                    pipe.zrem(self.link.keys.deadlines_of(handle), handle.to_string())
-                        .ignore();
-                }
-                pipe.query::<()>(conn)
+                let cmds = gone
+                    .iter()
+                    .map(|handle| {
+                        Cmd::zrem(self.link.keys.deadlines_of(handle), handle.to_string())
+                    })
+                    .collect();
+                Link::batch(conn, cmds, cluster).map(drop)
             });
         }
     }
@@ -774,30 +880,27 @@ impl Storage for RedisStorage {
         let reply: Option<Vec<String>> = self.link.run("end", |conn| {
             let reply: Vec<String> = self
                 .link
-                .scripts
-                .end
-                .key(&key)
+                .eval(&self.link.scripts.end, &key)
                 .arg(p.last_activity)
                 .arg(p.last_seen)
                 .arg(p.timeout)
                 .arg(now)
                 .arg(TOMBSTONE)
                 .arg(if check { "1" } else { "0" })
-                .invoke(conn)?;
+                .query(conn)?;
             if reply.first().is_some_and(|r| r == "won") {
-                let mut pipe = redis::pipe();
-                pipe.zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string())
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(self.link.keys.channel())
-                    .arg(&message)
-                    .ignore();
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(self.link.keys.channel()).arg(&message);
+                let mut cmds = vec![
+                    Cmd::zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string()),
+                    publish,
+                ];
                 // The current token's alias, which has no expiry of its own (this
                 // replica may not hold the rotation).
                 if let Some(rotation) = reply.get(1).and_then(|r| parse_rotation(r)) {
-                    pipe.del(self.link.keys.alias(&rotation.current)).ignore();
+                    cmds.push(Cmd::del(self.link.keys.alias(&rotation.current)));
                 }
-                pipe.query::<()>(conn)?;
+                Link::batch(conn, cmds, self.link.is_cluster())?;
             }
             Ok(reply)
         });
@@ -820,11 +923,9 @@ impl Storage for RedisStorage {
         self.link
             .run("claim", |conn| {
                 self.link
-                    .scripts
-                    .idle
-                    .key(&key)
+                    .eval(&self.link.scripts.idle, &key)
                     .arg(since)
-                    .invoke::<i64>(conn)
+                    .query::<i64>(conn)
             })
             .is_some_and(|won| won == 1)
     }
@@ -841,12 +942,13 @@ impl Storage for RedisStorage {
         let p = session.parts();
         let key = self.link.keys.session(&p.handle);
         let written = self.link.run("flush", |conn| {
-            redis::pipe()
-                .hset(&key, "to", p.timeout)
-                .ignore()
-                .hset(&key, "im", opt_mark(p.idle_mark))
-                .ignore()
-                .query::<()>(conn)
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&key)
+                .arg("to")
+                .arg(p.timeout)
+                .arg("im")
+                .arg(opt_mark(p.idle_mark));
+            cmd.query::<()>(conn)
         });
         if written.is_none() {
             self.mark_dirty(p.handle);

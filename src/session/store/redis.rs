@@ -702,7 +702,7 @@ impl RedisStorage {
             replies
                 .into_iter()
                 .take(sessions.len())
-                .map(|reply| redis::from_redis_value::<Vec<String>>(reply))
+                .map(redis::from_redis_value::<Vec<String>>)
                 .collect::<Result<_, _>>()
                 .map_err(Into::into)
         });
@@ -760,7 +760,7 @@ impl RedisStorage {
                 .collect();
             Link::batch(conn, cmds, cluster)?
                 .into_iter()
-                .map(|reply| redis::from_redis_value::<Vec<String>>(reply))
+                .map(redis::from_redis_value::<Vec<String>>)
                 .collect::<Result<_, _>>()
                 .map_err(Into::into)
         });

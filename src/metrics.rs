@@ -65,6 +65,8 @@ pub struct Metrics {
     pub panics: IntCounter,
     /// Upstream cookies the session cookie jars did not keep, by reason.
     pub jar_dropped: IntCounterVec,
+    /// Failed calls to the shared session store (Redis), by operation.
+    pub store_errors: IntCounterVec,
     hot: Hot,
 }
 
@@ -162,6 +164,11 @@ impl Metrics {
             tunnels_open: level(
                 "sessiongate_tunnels_open",
                 "Upgraded (WebSocket) tunnels open now.",
+            )?,
+            store_errors: counter(
+                "sessiongate_store_errors_total",
+                "Failed calls to the shared session store (store.backend = redis), by operation.",
+                &["op"],
             )?,
             hook_dropped: counter(
                 "sessiongate_hook_dropped_total",
@@ -277,6 +284,9 @@ impl Metrics {
         }
         for kind in ClientFailure::ALL {
             self.client_errors.with_label_values(&[kind.as_str()]);
+        }
+        for op in crate::session::store::redis::ERROR_OPS {
+            self.store_errors.with_label_values(&[op]);
         }
         for outcome in ["injected", "skipped"] {
             self.injections.with_label_values(&[outcome]);

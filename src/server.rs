@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::sessions::SessionApi;
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::config::StoreBackend;
 use crate::hooks::{HookKind, Hooks, HooksError};
 use crate::metrics::Metrics;
 use crate::net::{self, Limits};
@@ -28,6 +29,7 @@ use crate::proxy::tunnel::Tunnels;
 use crate::proxy::{Gateway, GatewayError};
 use crate::session::events::{LogObserver, Observers};
 use crate::session::persist::{self, Persister, Snapshot};
+use crate::session::store::redis::{self as redis_store, RedisStore};
 use crate::session::store::{MemoryStore, SessionStore};
 use crate::session::token::Secrets;
 use crate::session::{sweeper, Clock, Lifetime, State};
@@ -53,6 +55,8 @@ pub enum StartError {
     Hooks(#[from] HooksError),
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    #[error(transparent)]
+    Store(#[from] crate::session::store::redis::RedisStoreError),
     #[cfg(unix)]
     #[error("cannot take over from the running gateway")]
     Takeover(#[from] net::handoff::TakeoverError),
@@ -246,30 +250,69 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
         }
         None => None,
     };
-    let (clock, secrets) = clock_and_secrets(snapshot.as_ref())?;
+    // With Redis, the clock scale and the keys are the ones every replica shares.
+    let shared = match config.store.backend {
+        StoreBackend::Memory => None,
+        StoreBackend::Redis => {
+            let store_config = config.store.clone();
+            Some(
+                tokio::task::spawn_blocking(move || redis_store::connect(&store_config))
+                    .await
+                    .map_err(|join| {
+                        StartError::Inherited(std::io::Error::other(join.to_string()))
+                    })??,
+            )
+        }
+    };
+    let (clock, secrets) = match &shared {
+        Some((_, clock, secrets)) => (*clock, secrets.clone()),
+        None => clock_and_secrets(snapshot.as_ref())?,
+    };
     let metrics = Arc::new(Metrics::new()?);
     let hooks = Arc::new(Hooks::new(&config, clock, &metrics)?);
-    let observers = Observers::new()
-        .with(Arc::clone(&metrics) as _)
-        .with(Arc::new(LogObserver))
-        .with(Arc::clone(&hooks) as _);
+    let observers: Arc<dyn crate::session::events::SessionObserver> = Arc::new(
+        Observers::new()
+            .with(Arc::clone(&metrics) as _)
+            .with(Arc::new(LogObserver))
+            .with(Arc::clone(&hooks) as _),
+    );
     // With a `timeout` hook the app is asked first: the countdown waits for its
     // answer, for `hooks.budget` at most.
     let mut rules = Lifetime::from_config(&config.session);
     if hooks.enabled(HookKind::Timeout) {
         rules = rules.with_consult(config.hooks.budget.get());
     }
-    let memory = Arc::new(
-        MemoryStore::new(
-            rules,
-            config.session.max_sessions,
-            config.session.when_full,
-            Arc::new(observers),
-        )?
-        .with_secrets(&secrets)
-        .with_max_per_client(config.session.max_per_client),
-    );
-    let store: Arc<dyn SessionStore> = Arc::clone(&memory) as _;
+    let (store, memory, redis): (Arc<dyn SessionStore>, _, _) = match shared {
+        Some((link, ..)) => {
+            let redis = Arc::new(
+                RedisStore::with_link(
+                    link,
+                    rules,
+                    config.session.max_sessions,
+                    config.session.when_full,
+                    observers,
+                )?
+                .with_secrets(&secrets)
+                .with_max_per_client(config.session.max_per_client),
+            );
+            let errors = metrics.store_errors.clone();
+            redis.on_store_error(Box::new(move |op| errors.with_label_values(&[op]).inc()));
+            (Arc::clone(&redis) as _, None, Some(redis))
+        }
+        None => {
+            let memory = Arc::new(
+                MemoryStore::new(
+                    rules,
+                    config.session.max_sessions,
+                    config.session.when_full,
+                    observers,
+                )?
+                .with_secrets(&secrets)
+                .with_max_per_client(config.session.max_per_client),
+            );
+            (Arc::clone(&memory) as _, Some(memory), None)
+        }
+    };
     // The store reaches the hooks through its observers, so the hooks hold the store
     // weakly: no reference cycle.
     let weak_store = Arc::downgrade(&store);
@@ -280,8 +323,8 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
     }))?;
     // With the hooks wired: restoring may end sessions (`end` hooks) and announce
     // idle ones (`timeout` hooks, whose answers come back through the callback above).
-    if let Some(snapshot) = &snapshot {
-        restore(&memory, snapshot, clock, &metrics).await;
+    if let (Some(snapshot), Some(memory)) = (&snapshot, &memory) {
+        restore(memory, snapshot, clock, &metrics).await;
     }
     let gateway = Arc::new(Gateway::new(
         &config,
@@ -335,14 +378,26 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let handed_off = Arc::new(AtomicBool::new(false));
-    let persister = config.persist.snapshot_path().map(|path| {
-        Arc::new(Persister::new(
-            path.to_path_buf(),
-            Arc::clone(&memory),
+    let persister = config
+        .persist
+        .snapshot_path()
+        .zip(memory.as_ref())
+        .map(|(path, memory)| {
+            Arc::new(Persister::new(
+                path.to_path_buf(),
+                Arc::clone(memory),
+                clock,
+                secrets.clone(),
+            ))
+        });
+    if let Some(redis) = &redis {
+        tasks.spawn(redis_store::run(
+            Arc::clone(redis),
             clock,
             secrets.clone(),
-        ))
-    });
+            shutdown.clone(),
+        ));
+    }
     if let Some(persister) = &persister {
         tasks.spawn(Arc::clone(persister).run(config.persist.interval.get(), shutdown.clone()));
     }

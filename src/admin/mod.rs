@@ -136,7 +136,12 @@ impl Handler for Admin {
         match request.uri().path() {
             "/healthz" => body::json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/readyz" => {
-                if self.upstream_reachable().await {
+                if !self.sessions.store.ready() {
+                    body::json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "session store (redis) unreachable",
+                    )
+                } else if self.upstream_reachable().await {
                     body::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
                 } else {
                     body::json_error(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable")

@@ -98,8 +98,8 @@ pub fn load_from(figment: &Figment) -> Result<Config, ConfigErrors> {
 /// sections last) so the list reads top to bottom; the sort is stable, so within a
 /// section type errors precede semantic ones as they were found.
 fn sort_by_section(errors: &mut [ConfigError]) {
-    const SECTIONS: [&str; 8] = [
-        "listen", "upstream", "session", "browser", "hooks", "admin", "log", "persist",
+    const SECTIONS: [&str; 9] = [
+        "listen", "upstream", "session", "browser", "hooks", "admin", "log", "persist", "store",
     ];
     errors.sort_by_key(|e| {
         let section = e.key.split(['.', '[']).next().unwrap_or_default();

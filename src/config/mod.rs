@@ -38,6 +38,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub persist: PersistConfig,
+    pub store: StoreConfig,
 }
 
 /// `[listen]`: the public listener browsers connect to.
@@ -286,6 +287,42 @@ pub struct HooksConfig {
 pub struct AdminConfig {
     pub address: SocketAddr,
     pub token: String,
+}
+
+/// Where sessions are kept (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process: one gateway (the default).
+    #[default]
+    Memory,
+    /// In Redis: several replicas share every session (DESIGN.md §10).
+    Redis,
+}
+
+/// `[store]`: where sessions are kept (DESIGN.md §8, §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS via rustls).
+    pub url: String,
+    /// Prepended to every Redis key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// How long a replica keeps serving the sessions it holds while Redis is
+    /// unreachable; past it, they are refused (not ended) until Redis is back.
+    pub outage_grace: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Memory,
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "sessiongate:".into(),
+            outage_grace: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[persist]`: the session table saved to disk and restored at start (DESIGN.md §10).

@@ -47,6 +47,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     check_admin(config, &mut problems);
     check_log(config, &mut problems);
     check_persist(config, &mut problems);
+    check_store(config, &mut problems);
     problems.0
 }
 
@@ -522,6 +523,43 @@ fn check_admin(config: &Config, p: &mut Problems) {
     }
 }
 
+/// Longest `store.prefix`: it is part of every key.
+const MAX_STORE_PREFIX: usize = 64;
+
+fn check_store(config: &Config, p: &mut Problems) {
+    let store = &config.store;
+    if store.prefix.len() > MAX_STORE_PREFIX {
+        p.add(
+            "store.prefix",
+            format!(
+                "is {} bytes; at most {MAX_STORE_PREFIX}",
+                store.prefix.len()
+            ),
+        );
+    }
+    if store.prefix.contains(['{', '}']) || store.prefix.chars().any(char::is_control) {
+        p.add(
+            "store.prefix",
+            "must not contain braces (they delimit Redis Cluster hash tags) or control characters",
+        );
+    }
+    p.positive("store.outage_grace", store.outage_grace);
+    if config.store.backend != crate::config::StoreBackend::Redis {
+        return;
+    }
+    if !(store.url.starts_with("redis://") || store.url.starts_with("rediss://")) {
+        p.add("store.url", "must start with redis:// or rediss://");
+    } else if let Err(error) = redis::IntoConnectionInfo::into_connection_info(store.url.as_str()) {
+        p.add("store.url", format!("is not a Redis URL: {error}"));
+    }
+    if config.persist.snapshot_path().is_some() {
+        p.add(
+            "persist.path",
+            "must be empty with store.backend = \"redis\": Redis keeps the sessions",
+        );
+    }
+}
+
 /// Shortest `persist.interval`: writing the whole table more often than this buys
 /// little and costs a full copy of it each time.
 const MIN_PERSIST_INTERVAL: StdDuration = StdDuration::from_secs(1);
@@ -935,6 +973,31 @@ mod tests {
         c.hooks.end = "end".into();
         c.hooks.budget = Duration::ZERO;
         assert_eq!(keys(&c), ["hooks.end", "hooks.budget"]);
+    }
+
+    #[test]
+    fn store_rules() {
+        let mut c = Config::default();
+        assert!(keys(&c).is_empty(), "the memory store is the default");
+        c.store.url = "http://x".into();
+        assert!(keys(&c).is_empty(), "the URL is only checked for redis");
+        c.store.backend = crate::config::StoreBackend::Redis;
+        assert_eq!(keys(&c), ["store.url"]);
+        c.store.url = "rediss://user:pw@cache.internal:6380/2".into();
+        assert!(keys(&c).is_empty());
+        c.store.url = "redis://[::1:6379".into();
+        assert_eq!(keys(&c), ["store.url"]);
+        c.store.url = "redis://127.0.0.1:6379/0".into();
+        c.store.prefix = "app{1}:".into();
+        assert_eq!(keys(&c), ["store.prefix"]);
+        c.store.prefix = "x".repeat(65);
+        assert_eq!(keys(&c), ["store.prefix"]);
+        c.store.prefix = "sessiongate:".into();
+        c.store.outage_grace = Duration::ZERO;
+        assert_eq!(keys(&c), ["store.outage_grace"]);
+        c.store.outage_grace = Duration::from_secs(300);
+        c.persist.path = "/var/lib/sessiongate/sessions.snap".into();
+        assert_eq!(keys(&c), ["persist.path"]);
     }
 
     #[test]

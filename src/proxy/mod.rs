@@ -125,7 +125,9 @@ impl Gateway {
             .map_err(|_| GatewayError::SessionHeader(config.upstream.header.clone()))?;
         // Under the gateway's (possibly restored) ticket key: tickets and challenges
         // issued before a restart still verify after it.
-        let tickets = Arc::new(Tickets::with_secret(SPENT_BROWSERS, secrets.tickets()));
+        let tickets = Arc::new(
+            Tickets::with_secret(SPENT_BROWSERS, secrets.tickets()).with_ledger(store.ledger()),
+        );
         let resolver = Arc::new(
             Resolver::new(
                 Arc::clone(&store),

@@ -50,6 +50,8 @@ pub enum SessionError {
     Limited(Millis),
     #[error("this client address holds its limit of {0} live sessions")]
     PerClient(usize),
+    #[error("the shared session store is unreachable")]
+    StoreDown,
 }
 
 impl SessionError {
@@ -63,6 +65,7 @@ impl SessionError {
             },
             // Sessions end by themselves; a minute is a fair time to look again.
             SessionError::PerClient(_) => Refusal::Limited { retry_ms: 60_000 },
+            SessionError::StoreDown => Refusal::StoreDown,
         }
     }
 }

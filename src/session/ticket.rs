@@ -30,7 +30,7 @@
 //! periodic and never on the request path.
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -75,10 +75,20 @@ pub enum Rejected {
 /// Per browser key: (MAC, expiry) of its redeemed, not yet expired values.
 type SpentByBrowser = LruCache<BrowserKey, Vec<([u8; MAC_BYTES], Millis)>>;
 
+/// Where spent values are recorded across gateway replicas (a shared store): the
+/// local table only knows this process's redemptions.
+pub trait SpentLedger: Send + Sync {
+    /// Records `id` as spent until `ttl` ms from now: `Some(true)` the first time
+    /// anywhere, `Some(false)` if it was spent already, `None` if the ledger cannot
+    /// be reached (the value is then refused: single use is not given up).
+    fn spend(&self, id: &str, ttl: Millis) -> Option<bool>;
+}
+
 /// Issues and redeems tickets and challenges.
 pub struct Tickets {
     key: hmac::Key,
     spent: Mutex<SpentByBrowser>,
+    ledger: Option<Arc<dyn SpentLedger>>,
 }
 
 impl Tickets {
@@ -100,7 +110,14 @@ impl Tickets {
             spent: Mutex::new(LruCache::new(
                 NonZeroUsize::new(max_browsers).unwrap_or(NonZeroUsize::MIN),
             )),
+            ledger: None,
         }
+    }
+
+    /// The same issuer, recording every redemption in a ledger shared by replicas.
+    pub fn with_ledger(mut self, ledger: Option<Arc<dyn SpentLedger>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Issues a value of `kind` for `handle` (challenges use the nil handle), valid
@@ -152,6 +169,13 @@ impl Tickets {
             }
         }
         values.push((mac, expires));
+        drop(spent);
+        if let Some(ledger) = &self.ledger {
+            let id = URL_SAFE_NO_PAD.encode(mac);
+            if ledger.spend(&id, expires.saturating_sub(now)) != Some(true) {
+                return Err(Rejected::Spent);
+            }
+        }
         Ok(handle)
     }
 

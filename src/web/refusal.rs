@@ -99,6 +99,9 @@ pub enum Refusal {
     UpstreamBusy,
     /// `max_sessions` reached under `when_full = "reject"`.
     SessionsFull,
+    /// A new session was needed while the shared session store (Redis) is
+    /// unreachable: none is minted until it is back.
+    StoreDown,
     /// Too many new sessions from this client address; retry after so many ms.
     Limited { retry_ms: u64 },
     /// The gateway failed itself: the OS random number generator failed, or handling
@@ -120,7 +123,7 @@ enum Style {
 
 impl Refusal {
     /// Every label [`Refusal::label`] can return, to initialise the metric at zero.
-    pub const LABELS: [&'static str; 21] = [
+    pub const LABELS: [&'static str; 22] = [
         "method",
         "origin",
         "needs_session",
@@ -136,6 +139,7 @@ impl Refusal {
         "body_aborted",
         "upstream_busy",
         "sessions_full",
+        "store_unavailable",
         "rate_limited",
         "internal",
         "upstream_connect",
@@ -164,6 +168,7 @@ impl Refusal {
             Refusal::BodyAborted => "body_aborted",
             Refusal::UpstreamBusy => "upstream_busy",
             Refusal::SessionsFull => "sessions_full",
+            Refusal::StoreDown => "store_unavailable",
             Refusal::Limited { .. } => "rate_limited",
             Refusal::Internal => "internal",
             Refusal::Upstream(UpstreamError::Connect) => "upstream_connect",
@@ -176,7 +181,10 @@ impl Refusal {
     pub fn source(self) -> Source {
         match self {
             Refusal::Upstream(_) => Source::Upstream,
-            Refusal::SessionsFull | Refusal::UpstreamBusy | Refusal::Internal => Source::Internal,
+            Refusal::SessionsFull
+            | Refusal::StoreDown
+            | Refusal::UpstreamBusy
+            | Refusal::Internal => Source::Internal,
             _ => Source::Downstream,
         }
     }
@@ -266,6 +274,11 @@ impl Refusal {
                 Text,
                 "503 Service Unavailable: too many sessions; try again later",
             ),
+            Refusal::StoreDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Text,
+                "503 Service Unavailable: the session store is unreachable; try again shortly",
+            ),
             Refusal::Limited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 Text,
@@ -320,6 +333,9 @@ impl Refusal {
             Refusal::UpstreamBusy => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Refusal::StoreDown => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+            }
             _ => {}
         }
         response.extensions_mut().insert(Refused(self.label()));
@@ -354,6 +370,7 @@ mod tests {
             Refusal::BodyAborted,
             Refusal::UpstreamBusy,
             Refusal::SessionsFull,
+            Refusal::StoreDown,
             Refusal::Limited { retry_ms: 1 },
             Refusal::Internal,
             Refusal::Upstream(UpstreamError::Connect),

@@ -21,6 +21,7 @@ mod jar;
 mod limits;
 mod ops;
 mod persist;
+mod redis;
 mod reserved;
 mod responses;
 mod restart;

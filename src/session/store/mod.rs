@@ -16,13 +16,14 @@
 
 mod memory;
 mod policy;
+pub mod redis;
 mod storage;
 
 use std::sync::Arc;
 
 pub use memory::{MemoryStorage, MemoryStore};
 pub use policy::{RestoreReport, RestoredTable, Sessions, TableView, ENDED_AGE, ENDED_CAP};
-pub use storage::{Alias, Rotation, Storage};
+pub use storage::{Alias, EndClaim, Rotation, Storage};
 
 use super::jar::Jar;
 use super::{
@@ -137,4 +138,16 @@ pub trait SessionStore: Send + Sync {
 
     /// Jars stored (at most one per live session).
     fn jar_count(&self) -> usize;
+
+    /// Whether the backing storage can serve (`/readyz`): `false` while a shared
+    /// store (Redis) is unreachable.
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// Where redeemed tickets and challenges are recorded across replicas (a shared
+    /// store); `None`: this process's own table is the whole truth.
+    fn ledger(&self) -> Option<Arc<dyn super::ticket::SpentLedger>> {
+        None
+    }
 }

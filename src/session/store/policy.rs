@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use super::storage::{Alias, Rotation, Storage};
+use super::storage::{Alias, EndClaim, Rotation, Storage};
 use super::{Created, Resolved, SessionStore, ROTATION_GRACE};
 use crate::config::{OnTimeout, WhenFull};
 use crate::session::events::{SessionEvent, SessionObserver};
@@ -434,17 +434,18 @@ impl<S: Storage> Sessions<S> {
     fn settle(&self, session: &Session, now: Millis) -> State {
         let verdict = session.verdict(&self.rules, now);
         match verdict {
-            Verdict::Due(reason) => {
-                self.end(session, reason, now);
-                return State::Ended;
-            }
+            Verdict::Due(reason) => return self.end_due(session, reason, now),
             Verdict::Live(State::Ended) => return State::Ended,
             Verdict::Live(_) => {}
         }
         // Announced where someone listens for it: under `keep`, or when a `timeout`
         // hook is asked before the countdown (`consult`).
         let announce = self.rules.on_timeout == OnTimeout::Keep || self.rules.consult > 0;
-        if announce && session.idle_reached(&self.rules, now) && session.announce_idle_period() {
+        if announce
+            && session.idle_reached(&self.rules, now)
+            && session.announce_idle_period()
+            && self.storage.claim_idle(session, session.last_activity())
+        {
             self.observer.observe(&SessionEvent::Idle { session });
         }
         match verdict {
@@ -464,6 +465,26 @@ impl<S: Storage> Sessions<S> {
             _ => {}
         }
         session.stored_state()
+    }
+
+    /// Ends a session found past a deadline, and returns its state afterwards. With
+    /// a shared store the end may not happen: the store showed newer activity
+    /// (merged into the session, so it is judged once more), or it could not be
+    /// reached — then the session, past its deadline here, is reported ended but
+    /// nothing is ended because of an outage: the sweeper ends it once the store is
+    /// back.
+    fn end_due(&self, session: &Session, reason: EndReason, now: Millis) -> State {
+        let mut reason = reason;
+        for _ in 0..2 {
+            if self.end(session, reason, now) || session.stored_state() == State::Ended {
+                return State::Ended;
+            }
+            match session.verdict(&self.rules, now) {
+                Verdict::Due(again) => reason = again,
+                Verdict::Live(_) => return self.settle(session, now),
+            }
+        }
+        State::Ended
     }
 
     /// Settles a looked-up session: `None` if it is (or just was) ended.
@@ -489,6 +510,34 @@ impl<S: Storage> Sessions<S> {
             None => Some((derived, None)),
             Some(rotation) if now < rotation.original_retires_at => Some((derived, rotation.token)),
             Some(_) => None,
+        }
+    }
+
+    /// Forgets, in this process only and without an event, a session another
+    /// replica ended (its end was claimed there, so its `Ended` was emitted there).
+    /// The session must already be marked ended here.
+    pub(crate) fn drop_local(&self, session: &Session, now: Millis) {
+        let handle = session.handle();
+        if self.storage.remove(&handle).is_none() {
+            return; // dropped already (or never stored here)
+        }
+        self.storage.remove_jar(&handle);
+        self.storage.remember_ended(handle, now, self.ended_cap);
+        if let Some(rotation) = self.storage.remove_rotation(&handle) {
+            self.storage.remove_alias(&rotation.current);
+        }
+        self.storage.release();
+        self.uncount_client(session.client());
+    }
+
+    /// A session another replica ended: marked ended and forgotten here, silently.
+    pub fn ended_elsewhere(&self, handle: &Handle, now: Millis) {
+        if let Some(session) = self.storage.cached(handle) {
+            // Whoever marks it ended here cleans up (a local end racing with this
+            // one already did, or will).
+            if session.mark_ended().is_some() {
+                self.drop_local(&session, now);
+            }
         }
     }
 
@@ -520,6 +569,8 @@ impl<S: Storage> SessionStore for Sessions<S> {
         client: Option<IpAddr>,
         now: Millis,
     ) -> Result<Created, SessionError> {
+        // A shared store that cannot be reached mints nothing.
+        self.storage.admit()?;
         // The per-client limit answers before anything is reserved or evicted.
         self.count_client(client)?;
         if let Err(error) = self.reserve_slot(now) {
@@ -590,6 +641,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         // a touch moves a deadline earlier, so the one case it writes the index.
         let leaves_kept_period = touch == Touch::Activity && session.idle_period_marked();
         session.touch(touch, now);
+        self.storage.touched(session);
         if leaves_kept_period {
             if let Some(due) = session.next_due(&self.rules, now) {
                 self.storage.file_earlier(session, due);
@@ -602,6 +654,18 @@ impl<S: Storage> SessionStore for Sessions<S> {
         let Some(was) = session.mark_ended() else {
             return false;
         };
+        match self.storage.claim_end(session, reason, now) {
+            EndClaim::Won => {}
+            EndClaim::Gone => {
+                self.drop_local(session, now);
+                return false;
+            }
+            EndClaim::Stale | EndClaim::Unreachable => {
+                // Not ended after all: back to the state it had.
+                session.transition(State::Ended, was);
+                return false;
+            }
+        }
         let handle = session.handle();
         self.storage.remove(&handle);
         self.storage.remove_jar(&handle);
@@ -624,6 +688,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn set_timeout(&self, session: &Session, timeout: Millis, now: Millis) {
         session.set_timeout(timeout);
+        self.storage.changed(session);
         if let Some(due) = session.next_due(&self.rules, now) {
             self.storage.file_earlier(session, due);
         }
@@ -674,6 +739,7 @@ impl<S: Storage> SessionStore for Sessions<S> {
         if !session.keep_idle_period(idle_since) {
             return;
         }
+        self.storage.changed(&session);
         // Answered within the budget: the countdown never starts. Answered later:
         // it is called off.
         let from_warning = session.transition(State::Warning, State::Active);
@@ -736,6 +802,14 @@ impl<S: Storage> SessionStore for Sessions<S> {
 
     fn jar_count(&self) -> usize {
         self.storage.jar_count()
+    }
+
+    fn ready(&self) -> bool {
+        self.storage.ready()
+    }
+
+    fn ledger(&self) -> Option<Arc<dyn crate::session::ticket::SpentLedger>> {
+        self.storage.ledger()
     }
 }
 

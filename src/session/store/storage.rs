@@ -15,7 +15,22 @@ use std::sync::Arc;
 
 use crate::session::expiry::{Bucket, DueEntry};
 use crate::session::jar::Jar;
-use crate::session::{Handle, Millis, Session, Token};
+use crate::session::{EndReason, Handle, Millis, Session, SessionError, Token};
+
+/// What committing an end to the storage every replica shares came to
+/// ([`Storage::claim_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndClaim {
+    /// This process ended it: it alone emits the `Ended` event (and the `end` hook).
+    Won,
+    /// Another replica ended it first: drop it here, silently.
+    Gone,
+    /// The shared record shows more recent activity than this process had seen (it
+    /// was merged into the session): it is not due after all.
+    Stale,
+    /// The shared store could not be asked: nothing is ended because of that.
+    Unreachable,
+}
 
 /// A session whose token was rotated: what the current token derives to, the token
 /// itself (for a browser still presenting the old one), and when each older token
@@ -44,10 +59,61 @@ pub struct Alias {
 /// no lock is held once a call returns; the `update_*` closures may run under the
 /// one record's lock, so they only change that record.
 pub trait Storage: Send + Sync {
+    // Replica safety (DESIGN.md §10): what a store shared by several gateway
+    // processes must decide once for all of them. In one process the policy's
+    // compare-and-swaps on the session are authoritative, so the defaults agree.
+
+    /// Whether a new session may be created now; a shared store that cannot be
+    /// reached refuses ([`SessionError::StoreDown`]).
+    fn admit(&self) -> Result<(), SessionError> {
+        Ok(())
+    }
+
+    /// Commits the end of `session` (already marked ended in this process) where
+    /// every replica sees it; only [`EndClaim::Won`] may emit the event.
+    fn claim_end(&self, session: &Session, reason: EndReason, now: Millis) -> EndClaim {
+        let _ = (session, reason, now);
+        EndClaim::Won
+    }
+
+    /// Claims the announcement (`Idle` event, `timeout` hook) of the idle period
+    /// that began at `since`: `true` for exactly one caller across replicas.
+    fn claim_idle(&self, session: &Session, since: Millis) -> bool {
+        let _ = (session, since);
+        true
+    }
+
+    /// A touch moved the session's timestamps (a shared store batches these).
+    fn touched(&self, session: &Session) {
+        let _ = session;
+    }
+
+    /// The session's own timeout or its kept idle period changed (a shared store
+    /// writes it through).
+    fn changed(&self, session: &Session) {
+        let _ = session;
+    }
+
+    /// Whether the storage can serve (a shared store: whether it is reachable).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// The ledger of spent tickets and challenges shared by replicas, if any.
+    fn ledger(&self) -> Option<Arc<dyn crate::session::ticket::SpentLedger>> {
+        None
+    }
+
     // Sessions, by handle.
 
     /// The session stored under `handle`.
     fn get(&self, handle: &Handle) -> Option<Arc<Session>>;
+
+    /// The session under `handle` if this process holds it, without asking a shared
+    /// store (the same as [`Storage::get`] for a local one).
+    fn cached(&self, handle: &Handle) -> Option<Arc<Session>> {
+        self.get(handle)
+    }
 
     /// Whether a session is stored under `handle`.
     fn contains(&self, handle: &Handle) -> bool;

@@ -1,0 +1,176 @@
+//! Two gateway replicas on one Redis (`store.backend = "redis"`), in real Chromium:
+//! a tiny round-robin TCP proxy in front of them sends each new connection to the
+//! next replica (the replicas close idle keep-alive connections after 100 ms, so a
+//! tab's requests keep changing replica). One tab keeps one session across
+//! navigations, heartbeats and the countdown; stopping one replica mid-test loses
+//! nothing; the `start` and `end` hooks arrive once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiongate::config::{Config, Duration as Cfg, Heartbeat, SessionMode, StoreBackend};
+use sessiongate::server::{self, Running};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::common::redis::RedisServer;
+use crate::common::test_config;
+use crate::harness::{wait_until, Browser};
+
+/// Round-robin over `backends`, per connection; a backend that refuses is skipped.
+struct RoundRobin {
+    addr: SocketAddr,
+    /// Connections handed to each backend.
+    counts: Arc<Vec<AtomicUsize>>,
+    stop: CancellationToken,
+}
+
+impl RoundRobin {
+    async fn start(backends: Vec<SocketAddr>) -> RoundRobin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(
+            backends
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect::<Vec<_>>(),
+        );
+        let stop = CancellationToken::new();
+        let (counts2, stop2) = (Arc::clone(&counts), stop.clone());
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            loop {
+                let (client, _) = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                };
+                let first = next;
+                next = next.wrapping_add(1);
+                let (backends, counts) = (backends.clone(), Arc::clone(&counts2));
+                tokio::spawn(async move {
+                    for i in 0..backends.len() {
+                        let which = (first + i) % backends.len();
+                        if let Ok(mut upstream) = TcpStream::connect(backends[which]).await {
+                            counts[which].fetch_add(1, Ordering::Relaxed);
+                            let mut client = client;
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RoundRobin { addr, counts, stop }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn count(&self, backend: usize) -> usize {
+        self.counts[backend].load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn replica_config(app: &App, redis: &RedisServer) -> Config {
+    let mut c = test_config(&app.url());
+    c.session.mode = SessionMode::Tab;
+    c.session.timeout = Cfg::from_secs(3);
+    c.session.countdown = Some(Cfg::from_secs(2));
+    c.session.abandon = Some(Cfg::from_secs(20));
+    c.browser.heartbeat = Heartbeat::Every(Cfg::from_secs(1));
+    c.listen.idle_timeout = Cfg::from_millis(100);
+    c.hooks.start = "/hooks/start".into();
+    c.hooks.end = "/hooks/end".into();
+    c.store.backend = StoreBackend::Redis;
+    c.store.url = redis.url();
+    c
+}
+
+fn heartbeats(gateway: &Running) -> u64 {
+    gateway.metrics.heartbeats.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_replica_stop() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let a = server::start(replica_config(&app, &redis)).await.unwrap();
+    let b = server::start(replica_config(&app, &redis)).await.unwrap();
+    let proxy = RoundRobin::start(vec![a.public_addr, b.public_addr]).await;
+    let browser = Browser::launch().await;
+
+    browser.goto(&proxy.url("/page")).await;
+    let (handle, page) = browser.wait_handle(None, "first visit").await;
+    browser.wait_agent("first visit").await;
+    let mut seq = page.seq;
+    for i in 0..4 {
+        browser.reload().await;
+        let (again, page) = browser.wait_handle(seq, &format!("reload {i}")).await;
+        assert_eq!(again, handle, "reload {i} keeps the tab's session");
+        seq = page.seq;
+        browser.click("#link").await;
+        let (again, page) = browser.wait_handle(seq, &format!("link {i}")).await;
+        assert_eq!(again, handle, "link {i} keeps the tab's session");
+        seq = page.seq;
+    }
+    assert!(
+        proxy.count(0) > 0 && proxy.count(1) > 0,
+        "both replicas served: {} / {}",
+        proxy.count(0),
+        proxy.count(1)
+    );
+    // Heartbeats, wherever they land, keep it.
+    wait_until("heartbeats", Duration::from_secs(10), || async {
+        (heartbeats(&a) + heartbeats(&b) >= 2).then_some(())
+    })
+    .await;
+
+    // One replica goes away mid-test: the tab carries on on the other.
+    a.shutdown();
+    a.stopping().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.reload().await;
+    let (again, _) = browser.wait_handle(seq, "after a replica stopped").await;
+    assert_eq!(again, handle, "no session lost with a replica");
+
+    // Idle: the countdown shows, then the session ends — once.
+    browser
+        .wait_agent_state("warning", Duration::from_secs(10), "idle tab")
+        .await;
+    wait_until("the end hook", Duration::from_secs(15), || async {
+        app.hits()
+            .iter()
+            .any(|h| h.path() == "/hooks/end")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let hits = app.hits();
+    for hook in ["/hooks/start", "/hooks/end"] {
+        let n = hits
+            .iter()
+            .filter(|h| h.path() == hook && h.session.as_deref() == Some(&*handle))
+            .count();
+        assert_eq!(n, 1, "{hook} for the tab's session: {n} times");
+    }
+    let starts = hits.iter().filter(|h| h.path() == "/hooks/start").count();
+    assert_eq!(starts, 1, "one session for the one tab");
+    browser
+        .assert_no_console_errors_except("replicas", crate::harness::reserved_401)
+        .await;
+    browser.close().await;
+    b.shutdown();
+}

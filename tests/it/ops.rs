@@ -120,12 +120,33 @@ async fn metrics_are_not_on_the_public_port() {
 }
 
 /// Every metric-like name (`sessiongate_*`, `process_*`) in a PromQL expression.
-fn metric_names(expr: &str) -> Vec<String> {
-    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|word| word.starts_with("sessiongate_") || word.starts_with("process_"))
-        .map(str::to_string)
+fn metric_names(expr: &str) -> Vec<&str> {
+    metric_uses(expr)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect()
 }
+
+/// Each metric-like name in a PromQL expression with the text that follows it.
+fn metric_uses(expr: &str) -> Vec<(&str, &str)> {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut uses = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(is_word) {
+        let word = &rest[start..];
+        let end = word.find(|c: char| !is_word(c)).unwrap_or(word.len());
+        let (name, after) = word.split_at(end);
+        if name.starts_with("sessiongate_") || name.starts_with("process_") {
+            uses.push((name, after));
+        }
+        rest = after;
+    }
+    uses
+}
+
+/// What every panel query selects on, so that the Instance variable (one replica,
+/// several, or All) applies to every panel.
+const INSTANCE_FILTER: &str = "{instance=~\"$instance\"";
 
 fn collect_panels<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     if let Some(panels) = value.get("panels").and_then(Value::as_array) {
@@ -162,11 +183,15 @@ async fn every_dashboard_expression_names_an_exported_metric() {
         assert!(!targets.is_empty(), "panel {title:?} has no query");
         for target in targets {
             let expr = target["expr"].as_str().unwrap_or_default();
-            let names = metric_names(expr);
-            assert!(!names.is_empty(), "panel {title:?}: no metric in {expr:?}");
-            for name in names {
+            let uses = metric_uses(expr);
+            assert!(!uses.is_empty(), "panel {title:?}: no metric in {expr:?}");
+            for (name, after) in uses {
                 assert!(
-                    exported.contains(&name),
+                    after.starts_with(INSTANCE_FILTER),
+                    "panel {title:?}: {name} is not selected by {INSTANCE_FILTER}}}: {expr:?}"
+                );
+                assert!(
+                    exported.contains(name),
                     "panel {title:?} uses {name}, which the gateway does not export"
                 );
                 checked += 1;
@@ -175,11 +200,46 @@ async fn every_dashboard_expression_names_an_exported_metric() {
     }
     assert!(checked >= 20, "only {checked} metric uses found");
     // Variables query exported metrics too.
-    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    for variable in variables {
         let query = variable["query"].to_string();
         for name in metric_names(&query) {
-            assert!(exported.contains(&name), "variable uses {name}");
+            assert!(exported.contains(name), "variable uses {name}");
         }
+    }
+    // The Instance variable lists the gateways, several at once, All by default.
+    let instance = variables
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an instance variable");
+    assert!(instance["query"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("label_values(sessiongate_"));
+    assert!(instance["query"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with(", instance)"));
+    assert_eq!(instance["multi"], true);
+    assert_eq!(instance["includeAll"], true);
+    assert_eq!(instance["current"]["value"], serde_json::json!(["$__all"]));
+    // A row breaks the key figures down by replica.
+    let by_instance: BTreeSet<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+        .filter_map(|t| t["expr"].as_str())
+        .filter(|expr| expr.starts_with("sum by (instance"))
+        .flat_map(metric_names)
+        .collect();
+    for name in [
+        "sessiongate_requests_total",
+        "sessiongate_sessions_active",
+        "sessiongate_store_errors_total",
+    ] {
+        assert!(
+            by_instance.contains(name),
+            "no panel shows {name} by instance"
+        );
     }
 }
 
@@ -265,6 +325,7 @@ fn the_sample_alerts_and_scrape_config_pass_promtool() {
     let docker = concat!(env!("CARGO_MANIFEST_DIR"), "/docker");
     for args in [
         &["check", "config", "prometheus.yml"][..],
+        &["check", "config", "prometheus.replicas.yml"],
         &["check", "rules", "alerts.yml"],
         &["test", "rules", "alerts_test.yml"],
     ] {

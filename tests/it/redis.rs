@@ -744,7 +744,9 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
     // A session created by a replica that is gone and never seen by the one left:
     // only the shared deadline index can bring it to its end (and its end hook).
     let r = Replicas::start(SessionMode::Browser, |c| {
-        c.session.timeout = Cfg::from_millis(500);
+        // Long enough that A is surely gone before the session is due, even on a
+        // loaded machine (A ending it itself would prove nothing).
+        c.session.timeout = Cfg::from_millis(2_000);
         c.session.on_timeout = sessiongate::config::OnTimeout::End;
         c.hooks.end = "/hooks/end".into();
     })
@@ -753,7 +755,15 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
     r.a.shutdown();
     r.a.stopping().await;
     // A's sweeper is gone; B never held the session.
-    for _ in 0..40 {
+    assert_eq!(
+        r.a.metrics
+            .sessions_ended
+            .with_label_values(&["timeout"])
+            .get(),
+        0,
+        "A was gone before the session was due"
+    );
+    for _ in 0..80 {
         if r.count("/hooks/end") >= 1 {
             break;
         }

@@ -54,9 +54,10 @@ start_upstream() {
   [ -n "$UPSTREAM" ] || die "the upstream did not start"
 }
 
-# start_gate NAME MODE [EXTRA_TOML] — a gateway in front of the bench upstream with
-# WORKERS worker threads, log level warn; sets PID_<NAME>, PORT_<NAME> and ADMIN_<NAME>,
-# and returns once its admin listener answers.
+# start_gate NAME MODE [SESSION_TOML] [EXTRA_TOML] — a gateway in front of the bench
+# upstream with WORKERS worker threads, log level warn; SESSION_TOML goes into its
+# [session] table, EXTRA_TOML (more tables) at the end. Sets PID_<NAME>, PORT_<NAME>
+# and ADMIN_<NAME>, and returns once its admin listener answers.
 start_gate() {
   local port admin
   port=$(free_port); admin=$(free_port)
@@ -67,11 +68,12 @@ address = "127.0.0.1:$port"
 url = "http://$UPSTREAM"
 [session]
 mode = "$2"
+${3:-}
 [admin]
 address = "127.0.0.1:$admin"
 [log]
 level = "warn"
-${3:-}
+${4:-}
 CONF
   TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$GATE_BIN" --config "$work/$1.toml" 2> "$work/$1.log" &
   pids+=($!)

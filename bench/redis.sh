@@ -3,7 +3,7 @@
 # (examples/bench_upstream.rs, the 1 KiB page), plus the Redis load that active
 # sessions cause.
 #
-#   bench/redis.sh                # about 1 minute
+#   bench/redis.sh                # about 1 minute (shares bench/lib.sh with compare.sh)
 #
 # 1. Request path: two gateways in browser mode, one with store.backend = "memory",
 #    one with "redis" (a redis-server of its own on a free loopback port, no
@@ -34,49 +34,13 @@ WORKERS=${WORKERS:-$(nproc)}
 SESSIONS=${SESSIONS:-1000}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
 
-die() { echo "redis.sh: $*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1; }
-
-if ! need wrk || ! need redis-server || ! need redis-cli; then
-  need apt-get || die "wrk/redis-server/redis-cli are missing and there is no apt-get"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then need sudo || die "not root and no sudo"; SUDO=sudo; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk redis-server redis-tools >/dev/null
-fi
+BENCH_NAME=redis.sh
+source bench/lib.sh
+need wrk && need redis-server && need redis-cli || install_packages wrk redis-server redis-tools
 need curl || die "curl is missing"
 need python3 || die "python3 is missing"
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin sessiongate --example bench_upstream
-fi
-GATE_BIN=target/release/sessiongate
-UPSTREAM_BIN=target/release/examples/bench_upstream
-[ -x "$GATE_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries missing (run without SKIP_BUILD)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  local _
-  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
-  die "nothing answers at $1"
-}
-
-"$UPSTREAM_BIN" 127.0.0.1:0 1 > "$work/upstream.out" &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$work/upstream.out" 2>/dev/null && break; sleep 0.1; done
-UPSTREAM=$(awk '/listening on/ {print $3}' "$work/upstream.out")
-[ -n "$UPSTREAM" ] || die "the upstream did not start"
+start_upstream 1
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
@@ -84,37 +48,12 @@ pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not start"
 
-gate() { # name backend
-  local port admin
-  port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.toml" <<CONF
-[listen]
-address = "127.0.0.1:$port"
-[upstream]
-url = "http://$UPSTREAM"
-[session]
-mode = "browser"
-max_per_client = 0
-new_per_client = 0
-[admin]
-address = "127.0.0.1:$admin"
-[log]
-level = "warn"
-[store]
-backend = "$2"
-url = "redis://127.0.0.1:$REDIS_PORT/0"
-CONF
-  TOKIO_WORKER_THREADS=$WORKERS "$GATE_BIN" --config "$work/$1.toml" 2> "$work/$1.log" &
-  pids+=($!)
-  printf -v "PID_$1" '%s' $!
-  printf -v "PORT_$1" '%s' "$port"
-  wait_http "http://127.0.0.1:$admin/healthz"
-}
-gate memory memory
-gate redis redis
+# Two gateways, one per store; no per-client limits (every session comes from 127.0.0.1).
+for store in memory redis; do
+  start_gate "$store" browser $'max_per_client = 0\nnew_per_client = 0' \
+    $'[store]\nbackend = "'"$store"$'"\nurl = "redis://127.0.0.1:'"$REDIS_PORT"$'/0"'
+done
 
-NAVIGATE=(-H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Dest: document" -H "Accept: text/html")
-cookies_of() { awk -F'[: ;]+' 'tolower($1)=="set-cookie" {printf "%s%s", sep, $2; sep="; "}' "$1"; }
 for store in memory redis; do
   port_var="PORT_$store"
   curl -fs -o /dev/null -D "$work/$store.head" "${NAVIGATE[@]}" "http://127.0.0.1:${!port_var}/1k"

@@ -840,6 +840,42 @@ async fn an_end_on_a_replica_that_missed_the_rotation_leaves_no_alias_in_redis()
     );
 }
 
+/// One replica alone, so no other sweeper can take the session over: the sweeper
+/// that met the outage on the session's deadline must still end it once Redis is
+/// back (it once dropped the session from its index when the end could not be
+/// committed, and the session then lived on until its next request).
+#[tokio::test]
+async fn a_deadline_met_during_an_outage_is_swept_once_redis_is_back() {
+    let mut r = Replicas::start(SessionMode::Browser, |c| {
+        c.session.timeout = Cfg::from_millis(600);
+        c.session.on_timeout = sessiongate::config::OnTimeout::End;
+        c.hooks.end = "/hooks/end".into();
+    })
+    .await;
+    r.b.shutdown();
+    r.b.stopping().await;
+    let (_, handle) = mint(&r.a).await;
+    r.redis.stop();
+    // The deadline passes, and the sweeper meets it, while Redis is away.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(r.count("/hooks/end"), 0, "ended during the outage");
+    r.redis.restart().await;
+    for _ in 0..50 {
+        if r.count("/hooks/end") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ends: Vec<_> = r
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|q| q.uri.starts_with("/hooks/end"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
+}
+
 #[tokio::test]
 async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
     let mut r = Replicas::start(SessionMode::Browser, |c| {

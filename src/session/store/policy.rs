@@ -548,7 +548,10 @@ impl<S: Storage> Sessions<S> {
         if !entry.is_current(&session) {
             return; // a leftover entry: the session is filed earlier elsewhere
         }
-        if self.settle(&session, now) == State::Ended {
+        // A session past its deadline whose end the store could not commit (a shared
+        // store unreachable) is reported ended but is not: it stays filed, so the
+        // sweeper ends it once the store is back.
+        if self.settle(&session, now) == State::Ended && session.stored_state() == State::Ended {
             return;
         }
         self.storage

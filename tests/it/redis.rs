@@ -317,6 +317,18 @@ impl Tab {
         html[start..end].to_string()
     }
 
+    /// The bootstrap exchange on `gateway`: a new session's token and handle.
+    async fn open(&self, gateway: &Running) -> (String, String) {
+        let challenge = self.challenge(gateway).await;
+        let reply: Value = self
+            .post(gateway, "session", None, json!({"challenge": challenge}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (field(&reply, "token"), field(&reply, "handle"))
+    }
+
     async fn post(
         &self,
         gateway: &Running,
@@ -400,14 +412,7 @@ async fn tab_tokens_work_everywhere_and_challenges_and_tickets_are_single_use_ac
 async fn a_rotated_token_and_its_grace_hold_on_every_replica() {
     let r = Replicas::start(SessionMode::Tab, |_| {}).await;
     let tab = Tab::new(&r.a).await;
-    let challenge = tab.challenge(&r.a).await;
-    let reply: Value = tab
-        .post(&r.a, "session", None, json!({"challenge": challenge}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let (old, handle) = (field(&reply, "token"), field(&reply, "handle"));
+    let (old, handle) = tab.open(&r.a).await;
     // B holds the session before the rotation, so it must learn of it.
     assert_eq!(
         tab.handle_with(&r.b, &old, "/echo").await.as_deref(),
@@ -791,14 +796,7 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
 async fn an_end_on_a_replica_that_missed_the_rotation_leaves_no_alias_in_redis() {
     let r = Replicas::start(SessionMode::Tab, |_| {}).await;
     let tab = Tab::new(&r.a).await;
-    let challenge = tab.challenge(&r.a).await;
-    let reply: Value = tab
-        .post(&r.a, "session", None, json!({"challenge": challenge}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let (old, handle) = (field(&reply, "token"), field(&reply, "handle"));
+    let (old, handle) = tab.open(&r.a).await;
     assert_eq!(
         tab.handle_with(&r.b, &old, "/echo").await.as_deref(),
         Some(&*handle)

@@ -838,6 +838,26 @@ async fn an_end_on_a_replica_that_missed_the_rotation_leaves_no_alias_in_redis()
     );
 }
 
+/// Waits (up to 5 s) for the `end` hook, then a little longer for a second one
+/// that must not come: exactly one, for `handle`.
+async fn ended_once(r: &Replicas, handle: &str) {
+    for _ in 0..50 {
+        if r.count("/hooks/end") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ends: Vec<_> = r
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|q| q.uri.starts_with("/hooks/end"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].header("x-session").as_deref(), Some(handle));
+}
+
 /// One replica alone, so no other sweeper can take the session over: the sweeper
 /// that met the outage on the session's deadline must still end it once Redis is
 /// back (it once dropped the session from its index when the end could not be
@@ -858,20 +878,7 @@ async fn a_deadline_met_during_an_outage_is_swept_once_redis_is_back() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(r.count("/hooks/end"), 0, "ended during the outage");
     r.redis.restart().await;
-    for _ in 0..50 {
-        if r.count("/hooks/end") >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ends: Vec<_> = r
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|q| q.uri.starts_with("/hooks/end"))
-        .collect();
-    assert_eq!(ends.len(), 1, "{ends:?}");
-    assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
+    ended_once(&r, &handle).await;
 }
 
 #[tokio::test]
@@ -904,21 +911,7 @@ async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
     );
     // Redis is back: the session is ended, with its hook, once.
     r.redis.restart().await;
-    for _ in 0..50 {
-        if r.count("/hooks/end") >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let ends: Vec<_> = r
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|q| q.uri.starts_with("/hooks/end"))
-        .collect();
-    assert_eq!(ends.len(), 1, "{ends:?}");
-    assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
+    ended_once(&r, &handle).await;
 }
 
 #[tokio::test]

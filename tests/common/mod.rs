@@ -114,7 +114,11 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
 
 /// Mints a session with a polite client and returns its `Cookie` header value.
 pub async fn session_cookies(fx: &Fixture) -> String {
-    let response = reqwest::get(fx.url("/")).await.unwrap();
+    cookies_of(&reqwest::get(fx.url("/")).await.unwrap())
+}
+
+/// The cookie pairs a response sets, as one `Cookie` header value.
+pub fn cookies_of(response: &reqwest::Response) -> String {
     response
         .headers()
         .get_all("set-cookie")
@@ -122,6 +126,15 @@ pub async fn session_cookies(fx: &Fixture) -> String {
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A client that follows no redirects and gives up after 10 s.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// A client with a cookie jar, like a browser without JavaScript.

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sessiongate::config::{Config, CookieJar, Duration as Cfg, SessionMode, StoreBackend};
 use sessiongate::server::{self, Running};
 
 use crate::common::redis::RedisServer;
-use crate::common::{metric_value, test_config, Upstream};
+use crate::common::upstream::Recorded;
+use crate::common::{client, cookies_of, metric_value, test_config, Upstream};
 
 #[tokio::test]
 async fn harness_starts_isolated_servers_and_survives_an_outage() {
@@ -75,12 +76,17 @@ impl Replicas {
         }
     }
 
-    fn count(&self, path: &str) -> usize {
+    /// The hook calls (`/hooks/...`) the upstream got under `path`.
+    fn hooks(&self, path: &str) -> Vec<Recorded> {
         self.upstream
             .requests()
-            .iter()
-            .filter(|r| r.uri.starts_with(path))
-            .count()
+            .into_iter()
+            .filter(|q| q.uri.starts_with(path))
+            .collect()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.hooks(path).len()
     }
 }
 
@@ -92,23 +98,13 @@ fn admin(gateway: &Running, path: &str) -> String {
     format!("http://{}{}", gateway.admin_addr, path)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
+/// `method` on the admin API's `/sessions/{handle}` of `gateway`, without a body.
+async fn on_session(gateway: &Running, method: Method, handle: &str) -> reqwest::Response {
+    client()
+        .request(method, admin(gateway, &format!("/sessions/{handle}")))
+        .send()
+        .await
         .unwrap()
-}
-
-/// The cookie pairs a response sets, as one `Cookie` header value.
-fn cookies_of(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// The `X-Session` (and every other header) the upstream got, from `/echo`.
@@ -178,11 +174,7 @@ async fn an_admin_end_on_one_replica_is_refused_on_the_other_at_once() {
     let (cookies, handle) = mint(&r.a).await;
     // Both replicas hold it in their caches now.
     assert_eq!(handle_on(&r.b, &cookies).await.as_deref(), Some(&*handle));
-    let ended = client()
-        .delete(admin(&r.a, &format!("/sessions/{handle}")))
-        .send()
-        .await
-        .unwrap();
+    let ended = on_session(&r.a, Method::DELETE, &handle).await;
     assert_eq!(ended.status(), StatusCode::OK);
     // The invalidation is published; give the subscriber a moment (well under a
     // flush interval), then B must not serve the session.
@@ -193,26 +185,13 @@ async fn an_admin_end_on_one_replica_is_refused_on_the_other_at_once() {
         Some(&*handle),
         "ended on A, still live on B"
     );
-    let gone = client()
-        .get(admin(&r.b, &format!("/sessions/{handle}")))
-        .send()
-        .await
-        .unwrap();
+    let gone = on_session(&r.b, Method::GET, &handle).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     // A second end on B changes nothing; the end hook came once.
-    let again = client()
-        .delete(admin(&r.b, &format!("/sessions/{handle}")))
-        .send()
-        .await
-        .unwrap();
+    let again = on_session(&r.b, Method::DELETE, &handle).await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ends: Vec<_> = r
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|q| q.uri.starts_with("/hooks/end"))
-        .collect();
+    let ends: Vec<_> = r.hooks("/hooks/end");
     assert_eq!(ends.len(), 1, "one end hook: {ends:?}");
 }
 
@@ -524,11 +503,7 @@ async fn while_redis_is_down_cached_sessions_work_none_is_minted_and_all_resumes
             continue;
         }
         // A's flush has run once Redis holds the session again.
-        let one = client()
-            .get(admin(&r.b, &format!("/sessions/{handle}")))
-            .send()
-            .await
-            .unwrap();
+        let one = on_session(&r.b, Method::GET, &handle).await;
         if one.status() == StatusCode::OK {
             found = handle_on(&r.b, &cookies).await;
             break;
@@ -774,12 +749,7 @@ async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ends: Vec<_> = r
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|q| q.uri.starts_with("/hooks/end"))
-        .collect();
+    let ends: Vec<_> = r.hooks("/hooks/end");
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0].header("x-session").as_deref(), Some(&*handle));
     assert_eq!(
@@ -825,11 +795,7 @@ async fn an_end_on_a_replica_that_missed_the_rotation_leaves_no_alias_in_redis()
     r.a.shutdown();
     r.a.stopping().await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let ended = client()
-        .delete(admin(&r.b, &format!("/sessions/{handle}")))
-        .send()
-        .await
-        .unwrap();
+    let ended = on_session(&r.b, Method::DELETE, &handle).await;
     assert_eq!(ended.status(), StatusCode::OK);
     assert_eq!(
         r.redis.command("KEYS test:a:*").await.unwrap(),
@@ -848,12 +814,7 @@ async fn ended_once(r: &Replicas, handle: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let ends: Vec<_> = r
-        .upstream
-        .requests()
-        .into_iter()
-        .filter(|q| q.uri.starts_with("/hooks/end"))
-        .collect();
+    let ends: Vec<_> = r.hooks("/hooks/end");
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0].header("x-session").as_deref(), Some(handle));
 }

@@ -2,12 +2,10 @@
 //! that carry a session are never cached, the upstream's control headers are read
 //! strictly, and the gateway's own answers carry its security headers.
 
-use std::time::Duration;
-
 use reqwest::header::HeaderMap;
 use sessiongate::config::SessionMode;
 
-use crate::common::{header_of, raw_exchange, session_cookies, status_of, Fixture};
+use crate::common::{client, header_of, raw_exchange, session_cookies, status_of, Fixture};
 
 fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
@@ -15,14 +13,6 @@ fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
 }
 
 /// An upstream `Set-Cookie` for any of the gateway's cookie names, with or without

@@ -144,10 +144,11 @@ pub(crate) fn pack(client: Option<IpAddr>) -> (u8, u64) {
     match client.map(group) {
         None => (GROUP_NONE, 0),
         Some(IpAddr::V4(v4)) => (GROUP_V4, u64::from(u32::from(v4))),
-        Some(IpAddr::V6(v6)) => {
-            let [prefix, _] = split_u128(u128::from(v6));
-            (GROUP_V6, prefix)
-        }
+        // The upper half of 128 bits always fits 64: the fallback is never taken.
+        Some(IpAddr::V6(v6)) => (
+            GROUP_V6,
+            u64::try_from(u128::from(v6) >> 64).unwrap_or(u64::MAX),
+        ),
     }
 }
 
@@ -158,14 +159,6 @@ pub(crate) fn unpack(kind: u8, bits: u64) -> Option<IpAddr> {
         GROUP_V6 => Some(IpAddr::V6((u128::from(bits) << 64).into())),
         _ => None,
     }
-}
-
-/// The upper and lower halves of a 128-bit value.
-fn split_u128(value: u128) -> [u64; 2] {
-    let bytes = value.to_be_bytes();
-    let (high, low) = bytes.split_at(8);
-    let half = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-    [half(high), half(low)]
 }
 
 #[cfg(test)]

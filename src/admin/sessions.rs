@@ -89,7 +89,7 @@ impl SessionApi {
         let path = request.uri().path().trim_end_matches('/');
         match path.strip_prefix("/sessions") {
             Some("") => match *request.method() {
-                Method::GET | Method::HEAD => self.list(request.uri().query()),
+                Method::GET | Method::HEAD => self.list(request.uri().query()).await,
                 _ => body::method_not_allowed("GET, HEAD"),
             },
             Some(rest) => match rest.strip_prefix('/').map(Handle::try_parse) {
@@ -100,7 +100,7 @@ impl SessionApi {
         }
     }
 
-    fn list(&self, query: Option<&str>) -> Response<ProxyBody> {
+    async fn list(&self, query: Option<&str>) -> Response<ProxyBody> {
         let param = |name| query.and_then(|q| query::param(q, name));
         let limit = match param("limit").map(|v| v.parse::<usize>()) {
             None => DEFAULT_LIMIT,
@@ -136,25 +136,43 @@ impl SessionApi {
         };
         // One pass: count every match, and keep the `limit + 1` smallest handles after
         // the cursor in a bounded max-heap (one more than asked tells whether there is
-        // a next page).
-        let mut count = 0usize;
-        let mut heap = BinaryHeap::with_capacity(limit + 2);
-        self.store.for_each(&mut |session| {
-            if state.is_some_and(|want| session.stored_state() != want) {
-                return;
+        // a next page). With a shared store the pass reads Redis: off the runtime.
+        let store = Arc::clone(&self.store);
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut count = 0usize;
+            let mut heap = BinaryHeap::with_capacity(limit + 2);
+            store
+                .for_each(&mut |session| {
+                    if state.is_some_and(|want| session.stored_state() != want) {
+                        return;
+                    }
+                    count += 1;
+                    let handle = session.handle();
+                    if after.is_some_and(|a| handle <= a) {
+                        return;
+                    }
+                    if heap.len() <= limit {
+                        heap.push(ByHandle(handle, Arc::clone(session)));
+                    } else if heap.peek().is_some_and(|top: &ByHandle| handle < top.0) {
+                        heap.pop();
+                        heap.push(ByHandle(handle, Arc::clone(session)));
+                    }
+                })
+                .map(|()| (count, heap))
+        })
+        .await;
+        let (count, heap) = match pass {
+            Ok(Ok(found)) => found,
+            Ok(Err(_)) => {
+                return body::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the shared session store is unreachable: cannot list every session",
+                )
             }
-            count += 1;
-            let handle = session.handle();
-            if after.is_some_and(|a| handle <= a) {
-                return;
+            Err(_) => {
+                return body::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the listing failed")
             }
-            if heap.len() <= limit {
-                heap.push(ByHandle(handle, Arc::clone(session)));
-            } else if heap.peek().is_some_and(|top: &ByHandle| handle < top.0) {
-                heap.pop();
-                heap.push(ByHandle(handle, Arc::clone(session)));
-            }
-        });
+        };
         let mut sessions = heap.into_sorted_vec();
         let next = (sessions.len() > limit).then(|| {
             sessions.truncate(limit);

@@ -195,6 +195,114 @@ async fn an_admin_end_on_one_replica_is_refused_on_the_other_at_once() {
     assert_eq!(ends.len(), 1, "one end hook: {ends:?}");
 }
 
+/// A `GET` on `gateway`'s admin API: its status and JSON body.
+async fn admin_get(gateway: &Running, path: &str) -> (StatusCode, Value) {
+    let response = client().get(admin(gateway, path)).send().await.unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+/// The handles of a `/sessions` listing page.
+fn listed(page: &Value) -> Vec<String> {
+    page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["handle"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_admin_api_of_either_replica_lists_patches_and_ends_every_session() {
+    let mut r = Replicas::start(SessionMode::Browser, |c| {
+        c.hooks.end = "/hooks/end".into();
+    })
+    .await;
+    // Three minted on A, two on B; neither replica has seen the other's.
+    let mut handles = Vec::new();
+    for gateway in [&r.a, &r.a, &r.a, &r.b, &r.b] {
+        handles.push(mint(gateway).await.1);
+    }
+    let on_a = &handles[0].clone();
+    handles.sort();
+    for gateway in [&r.a, &r.b] {
+        let (status, page) = admin_get(gateway, "/sessions").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["count"], 5, "{page}");
+        assert_eq!(
+            listed(&page),
+            handles,
+            "every replica's sessions, by handle"
+        );
+        // Paged two at a time, each session once, in order.
+        let mut paged = Vec::new();
+        let mut path = "/sessions?limit=2".to_string();
+        loop {
+            let (_, page) = admin_get(gateway, &path).await;
+            paged.extend(listed(&page));
+            match page["next"].as_str() {
+                Some(next) => path = format!("/sessions?limit=2&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(paged, handles);
+        let (_, active) = admin_get(gateway, "/sessions?state=active").await;
+        assert_eq!(active["count"], 5);
+        let (_, warning) = admin_get(gateway, "/sessions?state=warning").await;
+        assert_eq!(warning["count"], 0);
+    }
+
+    // A's session patched on B: A applies the new timeout within a flush interval.
+    let patched = client()
+        .patch(admin(&r.b, &format!("/sessions/{on_a}")))
+        .json(&json!({ "timeout_ms": 123_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let mut timeout = Value::Null;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        timeout = admin_get(&r.a, &format!("/sessions/{on_a}")).await.1["timeout_ms"].clone();
+        if timeout == 123_000 {
+            break;
+        }
+    }
+    assert_eq!(timeout, 123_000, "A sees B's patch");
+
+    // Ended on B: gone from A's listing at once, its end hook once.
+    let ended = on_session(&r.b, Method::DELETE, on_a).await;
+    assert_eq!(ended.status(), StatusCode::OK);
+    let (_, page) = admin_get(&r.a, "/sessions").await;
+    assert_eq!(page["count"], 4, "{page}");
+    assert!(!listed(&page).contains(on_a));
+    assert_eq!(r.count("/hooks/end"), 1);
+
+    // An index entry whose session is gone (its replica died between ending it and
+    // unlisting it) is not listed, and is unlisted.
+    let ghost = "00000000-0000-4000-8000-000000000000";
+    assert_eq!(
+        r.redis
+            .command(&format!("SADD test:i:{{0}} {ghost}"))
+            .await
+            .unwrap(),
+        ":1\r\n"
+    );
+    let (_, page) = admin_get(&r.b, "/sessions").await;
+    assert_eq!(page["count"], 4, "{page}");
+    assert_eq!(
+        r.redis
+            .command(&format!("SISMEMBER test:i:{{0}} {ghost}"))
+            .await
+            .unwrap(),
+        ":0\r\n"
+    );
+
+    // Redis down: a listing would be partial, so it is refused.
+    r.redis.stop();
+    let (status, body) = admin_get(&r.a, "/sessions").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
 #[tokio::test]
 async fn an_idle_session_ends_once_with_two_sweepers_and_each_hook_fires_once() {
     let r = Replicas::start(SessionMode::Browser, |c| {
@@ -987,6 +1095,10 @@ async fn two_replicas_share_sessions_on_a_three_master_redis_cluster() {
         }
     }
     assert!(holding >= 2, "sessions on {holding} of 3 masters");
+    // B lists all six (its index shards are spread over the masters too).
+    let (status, page) = admin_get(&b, "/sessions").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["count"], 6, "{page}");
     // Idle: each ends once (two sweepers, end claims on three masters).
     for _ in 0..60 {
         if upstream

@@ -283,11 +283,13 @@ fn run(rules: Lifetime, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(state, model.of(&session), "{:?}", op);
             }
             let (mut active, mut warning) = (0.0, 0.0);
-            store.for_each(&mut |s| match s.stored_state() {
-                State::Active => active += 1.0,
-                State::Warning => warning += 1.0,
-                State::Ended => {}
-            });
+            store
+                .for_each(&mut |s| match s.stored_state() {
+                    State::Active => active += 1.0,
+                    State::Warning => warning += 1.0,
+                    State::Ended => {}
+                })
+                .expect("the memory store lists without failing");
             prop_assert_eq!(gauge(&metrics, "active"), active, "{:?}", op);
             prop_assert_eq!(gauge(&metrics, "warning"), warning, "{:?}", op);
         }

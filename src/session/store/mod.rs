@@ -119,8 +119,10 @@ pub trait SessionStore: Send + Sync {
     fn page(&self, after: Option<Handle>, limit: usize) -> Vec<Arc<Session>>;
 
     /// Calls `visit` with every session in the table, in no particular order (the
-    /// admin API's filtered, counted listing). `visit` must not call the store.
-    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
+    /// admin API's filtered, counted listing): with a shared store, every replica's
+    /// sessions, or [`SessionError::StoreDown`] when it cannot be read whole. `visit`
+    /// must not call the store; this may block on the shared store.
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError>;
 
     fn len(&self) -> usize;
 

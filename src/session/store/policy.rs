@@ -778,8 +778,8 @@ impl<S: Storage> SessionStore for Sessions<S> {
         self.storage.scan(after, limit)
     }
 
-    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) {
-        self.storage.for_each(visit);
+    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
+        self.storage.for_each_shared(visit)
     }
 
     fn len(&self) -> usize {

@@ -17,8 +17,10 @@
 //! Keys (every per-session key carries the handle as its Cluster hash tag):
 //! `{prefix}s:{<handle>}` the session hash · `{prefix}a:{<derived>}` a rotated token's
 //! alias · `{prefix}e:{<derived>}` a recently ended token · `{prefix}d:{<n>}` deadline
-//! shard `n` (a sorted set, [`DEADLINE_SHARDS`]) · `{prefix}secrets`, `{prefix}clock`
-//! the shared keys and clock scale · `{prefix}t:<mac>` a spent ticket or challenge.
+//! shard `n` (a sorted set, [`SHARDS`]) · `{prefix}i:{<n>}` index shard `n` (a set
+//! of the live sessions' handles, for the admin API's listing) · `{prefix}secrets`,
+//! `{prefix}clock` the shared keys and clock scale · `{prefix}t:<mac>` a spent ticket
+//! or challenge.
 //!
 //! **Cluster**: if the node `store.url` names has `cluster_enabled:1`, the replica
 //! talks to the Cluster (commands routed by slot); batches are then sent command by
@@ -83,8 +85,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 pub const IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failure, calls fail at once for this long before one is tried again.
 pub const RETRY_AFTER_FAILURE: Millis = 500;
-/// Sorted sets the shared deadline index is spread over (one Cluster slot each).
-pub const DEADLINE_SHARDS: u8 = 16;
+/// Sorted sets the shared deadline index, and sets the index of every session, are
+/// each spread over (one Cluster slot each).
+pub const SHARDS: u8 = 16;
+/// Handles asked for per `SSCAN` (and sessions loaded per pipeline) when listing.
+const LIST_BATCH: usize = 500;
 /// How often a replica pops due entries from the shared index.
 pub const REMOTE_SWEEP: Millis = 500;
 /// How far ahead a popped entry is re-filed: the time a replica has to handle it
@@ -110,6 +115,11 @@ pub enum RedisStoreError {
     Session(#[from] SessionError),
 }
 
+/// The shard of the deadline index and of the session index a session is in.
+fn shard_of(handle: &Handle) -> u8 {
+    handle.as_bytes()[0] % SHARDS
+}
+
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -130,7 +140,13 @@ impl Keys {
         format!("{}d:{{{shard}}}", self.prefix)
     }
     fn deadlines_of(&self, handle: &Handle) -> String {
-        self.deadlines(handle.as_bytes()[0] % DEADLINE_SHARDS)
+        self.deadlines(shard_of(handle))
+    }
+    fn index(&self, shard: u8) -> String {
+        format!("{}i:{{{shard}}}", self.prefix)
+    }
+    fn index_of(&self, handle: &Handle) -> String {
+        self.index(shard_of(handle))
     }
     fn secrets(&self) -> String {
         format!("{}secrets", self.prefix)
@@ -248,9 +264,10 @@ impl Scripts {
 pub type ErrorSink = Box<dyn Fn(&'static str) + Send + Sync>;
 
 /// Every label the store error metric can carry.
-pub const ERROR_OPS: [&str; 10] = [
+pub const ERROR_OPS: [&str; 11] = [
     "connect",
     "load",
+    "list",
     "create",
     "flush",
     "end",
@@ -622,16 +639,21 @@ impl RedisStorage {
         }
     }
 
-    /// Writes one session's whole record and files its deadline.
+    /// Writes one session's whole record, lists it in the session index and files
+    /// its deadline.
     fn write_record(&self, op: &'static str, session: &Session) -> bool {
-        let key = self.link.keys.session(&session.handle());
+        let handle = session.handle();
+        let key = self.link.keys.session(&handle);
         let record = self.record(session);
         let due = session.next_due(&self.rules, 0);
-        let zkey = self.link.keys.deadlines_of(&session.handle());
+        let zkey = self.link.keys.deadlines_of(&handle);
         let cluster = self.link.is_cluster();
         self.link
             .run(op, |conn| {
-                let mut cmds = vec![Cmd::hset_multiple(&key, &record)];
+                let mut cmds = vec![
+                    Cmd::hset_multiple(&key, &record),
+                    Cmd::sadd(self.link.keys.index_of(&handle), handle.to_string()),
+                ];
                 if let Some(due) = due {
                     cmds.push(Cmd::zadd(&zkey, session.handle().to_string(), due));
                 }
@@ -657,6 +679,9 @@ impl RedisStorage {
             }
             let mut all = Vec::new();
             self.local.for_each(&mut |s| all.push(s.handle()));
+            if !self.relist(&all) {
+                self.link.came_back.store(true, Ordering::Release);
+            }
             self.dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -732,6 +757,66 @@ impl RedisStorage {
         ended
     }
 
+    /// Lists `handles` in the session index again (one `SADD` per shard).
+    fn relist(&self, handles: &[Handle]) -> bool {
+        let mut shards: Vec<Vec<String>> = vec![Vec::new(); usize::from(SHARDS)];
+        for handle in handles {
+            shards[usize::from(shard_of(handle))].push(handle.to_string());
+        }
+        let cmds: Vec<Cmd> = (0..SHARDS)
+            .zip(shards)
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(shard, members)| Cmd::sadd(self.link.keys.index(shard), members))
+            .collect();
+        cmds.is_empty()
+            || self
+                .link
+                .run("flush", |conn| {
+                    Link::batch(conn, cmds, self.link.is_cluster()).map(drop)
+                })
+                .is_some()
+    }
+
+    /// The sessions behind one page of index handles: this replica's copy where it
+    /// holds one, the rest read from Redis in one pipeline (not cached: a listing
+    /// does not fill the cache). Handles whose session is gone or ended are returned
+    /// as stale. `None`: Redis could not be read.
+    fn listed(&self, handles: Vec<String>) -> Option<(Vec<Arc<Session>>, Vec<String>)> {
+        let mut sessions = Vec::with_capacity(handles.len());
+        let mut stale = Vec::new();
+        let mut remote = Vec::new();
+        for text in handles {
+            match text.parse::<Handle>() {
+                Ok(handle) => match self.local.get(&handle) {
+                    Some(session) => sessions.push(session),
+                    None => remote.push((handle, text)),
+                },
+                Err(_) => stale.push(text),
+            }
+        }
+        if remote.is_empty() {
+            return Some((sessions, stale));
+        }
+        let cmds = remote
+            .iter()
+            .map(|(handle, _)| Cmd::hgetall(self.link.keys.session(handle)))
+            .collect();
+        let records = self.link.run("list", |conn| {
+            Link::batch(conn, cmds, self.link.is_cluster())?
+                .into_iter()
+                .map(redis::from_redis_value::<HashMap<String, String>>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Into::into)
+        })?;
+        for ((handle, text), fields) in remote.into_iter().zip(records) {
+            match parse_parts(handle, &fields).filter(|p| p.state != State::Ended) {
+                Some(parts) => sessions.push(Arc::new(Session::from_parts(&parts))),
+                None => stale.push(text),
+            }
+        }
+        Some((sessions, stale))
+    }
+
     /// Pops due entries of the shared index (every [`REMOTE_SWEEP`]) and files them
     /// in the local index, loading sessions this replica does not hold.
     fn remote_sweep(&self, now: Millis) {
@@ -747,7 +832,7 @@ impl RedisStorage {
         }
         let cluster = self.link.is_cluster();
         let popped: Option<Vec<Vec<String>>> = self.link.run("sweep", |conn| {
-            let cmds = (0..DEADLINE_SHARDS)
+            let cmds = (0..SHARDS)
                 .map(|shard| {
                     let mut cmd = self
                         .link
@@ -893,6 +978,7 @@ impl Storage for RedisStorage {
                 publish.arg(self.link.keys.channel()).arg(&message);
                 let mut cmds = vec![
                     Cmd::zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string()),
+                    Cmd::srem(self.link.keys.index_of(&p.handle), p.handle.to_string()),
                     publish,
                 ];
                 // The current token's alias, which has no expiry of its own (this
@@ -1009,6 +1095,44 @@ impl Storage for RedisStorage {
 
     fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) {
         self.local.for_each(visit);
+    }
+
+    fn for_each_shared(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
+        // Every index shard, `SSCAN` page by page (a handle added or removed during the
+        // walk may or may not be seen; every other one is seen once).
+        for shard in 0..SHARDS {
+            let key = self.link.keys.index(shard);
+            let mut cursor = 0u64;
+            loop {
+                let (next, handles): (u64, Vec<String>) = self
+                    .link
+                    .run("list", |conn| {
+                        redis::cmd("SSCAN")
+                            .arg(&key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(LIST_BATCH)
+                            .query(conn)
+                    })
+                    .ok_or(SessionError::StoreDown)?;
+                let (sessions, stale) = self.listed(handles).ok_or(SessionError::StoreDown)?;
+                for session in &sessions {
+                    visit(session);
+                }
+                if !stale.is_empty() {
+                    // Left by a replica that died between ending a session and
+                    // unlisting it, or expired: unlisted now.
+                    let _ = self.link.run("list", |conn| {
+                        redis::cmd("SREM").arg(&key).arg(&stale).query::<()>(conn)
+                    });
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
     }
 
     fn reserve(&self, max: usize) -> bool {

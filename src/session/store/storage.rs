@@ -133,6 +133,15 @@ pub trait Storage: Send + Sync {
     /// Calls `visit` with every stored session, in no particular order.
     fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>));
 
+    /// Calls `visit` with every session of every replica (the admin API's listing),
+    /// in no particular order: the same as [`Storage::for_each`] for a local store;
+    /// a shared store walks what it shares, and fails
+    /// ([`SessionError::StoreDown`]) rather than answer with part of it.
+    fn for_each_shared(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
+        self.for_each(visit);
+        Ok(())
+    }
+
     // Slots: the count `max_sessions` is checked against.
 
     /// Takes one of `max` slots for a session about to be inserted; `false` if all

@@ -76,6 +76,7 @@ impl Gateway {
         let mut pairs = None;
         self.store
             .update_jar(session, &mut |slot: &mut Option<Jar>| {
+                pairs = None; // each run starts afresh: only the last counts
                 if let Some(jar) = slot {
                     pairs = jar.header(&site.site(), now);
                     if jar.is_empty() {
@@ -114,6 +115,7 @@ impl Gateway {
         let mut dropped = Vec::new();
         self.store
             .update_jar(session, &mut |slot: &mut Option<Jar>| {
+                dropped.clear();
                 let jar = slot.get_or_insert_with(Jar::default);
                 for value in &taken {
                     dropped.extend(jar.store(value.as_bytes(), &site.site(), now));

@@ -654,18 +654,23 @@ impl sessiongate::session::events::SessionObserver for Ends {
     }
 }
 
-#[tokio::test]
-async fn two_stores_that_both_hold_a_due_session_end_it_once() {
+/// A replica's store on `redis` without the gateway around it or its background
+/// tasks (no flush, no invalidation): a test drives it call by call. Sessions time
+/// out after a minute and end.
+async fn bare_store(
+    redis: &RedisServer,
+) -> (
+    sessiongate::session::store::redis::RedisStore,
+    sessiongate::session::Clock,
+    std::sync::Arc<Ends>,
+) {
     use sessiongate::config::{OnTimeout, WhenFull};
     use sessiongate::lifetime::Activity;
     use sessiongate::session::store::redis::{connect, RedisStore};
-    use sessiongate::session::store::SessionStore;
-    use sessiongate::session::{BrowserKey, CreatedKind, EndReason, Lifetime};
-    use std::sync::Arc;
+    use sessiongate::session::Lifetime;
 
-    let redis = RedisServer::start().await;
     let mut config = Config::default();
-    on_redis(&mut config, &redis);
+    on_redis(&mut config, redis);
     let rules = Lifetime::new(
         Duration::from_secs(60),
         OnTimeout::End,
@@ -674,27 +679,29 @@ async fn two_stores_that_both_hold_a_due_session_end_it_once() {
         Duration::ZERO,
         Activity::Interaction,
     );
+    let store_config = config.store.clone();
+    let (link, clock, secrets) = tokio::task::spawn_blocking(move || connect(&store_config))
+        .await
+        .unwrap()
+        .expect("redis reachable");
+    let ends = std::sync::Arc::new(Ends::default());
+    let store = RedisStore::with_link(link, rules, 1000, WhenFull::Reject, ends.clone())
+        .unwrap()
+        .with_secrets(&secrets);
+    (store, clock, ends)
+}
+
+#[tokio::test]
+async fn two_stores_that_both_hold_a_due_session_end_it_once() {
+    use sessiongate::session::store::SessionStore;
+    use sessiongate::session::{BrowserKey, CreatedKind, EndReason};
+
     // Two replicas' stores, without their background tasks: no invalidation
     // reaches the other, so only the end claim in Redis can keep the second end
     // from happening.
-    let open = || {
-        let store_config = config.store.clone();
-        let rules = rules.clone();
-        async move {
-            let (link, clock, secrets) =
-                tokio::task::spawn_blocking(move || connect(&store_config))
-                    .await
-                    .unwrap()
-                    .expect("redis reachable");
-            let ends = Arc::new(Ends::default());
-            let store = RedisStore::with_link(link, rules, 1000, WhenFull::Reject, ends.clone())
-                .unwrap()
-                .with_secrets(&secrets);
-            (store, clock, ends)
-        }
-    };
-    let (a, clock, ends_a) = open().await;
-    let (b, _, ends_b) = open().await;
+    let redis = RedisServer::start().await;
+    let (a, clock, ends_a) = bare_store(&redis).await;
+    let (b, _, ends_b) = bare_store(&redis).await;
     let browser = BrowserKey::generate().unwrap();
     let now = clock.now();
     let created = a
@@ -717,6 +724,105 @@ async fn two_stores_that_both_hold_a_due_session_end_it_once() {
     assert_eq!(total, 1, "exactly one replica ended it");
     assert!(a.get(&created.session.handle(), later).is_none());
     assert!(b.get(&created.session.handle(), later).is_none());
+}
+
+#[tokio::test]
+async fn cookies_two_replicas_store_in_one_jar_at_the_same_time_are_both_kept() {
+    use sessiongate::session::jar::{Jar, Site};
+    use sessiongate::session::store::SessionStore;
+    use sessiongate::session::{BrowserKey, CreatedKind};
+
+    const SITE: Site<'static> = Site {
+        host: "app",
+        path: "/",
+        secure: false,
+    };
+    let redis = RedisServer::start().await;
+    let (a, clock, _) = bare_store(&redis).await;
+    let (b, _, _) = bare_store(&redis).await;
+    let browser = BrowserKey::generate().unwrap();
+    let now = clock.now();
+    let created = a
+        .create(&browser, None, CreatedKind::New, None, now)
+        .unwrap();
+    let on_b = b.resolve(&created.token, &browser, now).unwrap().session;
+    // A stores `a=1` while B stores `b=2` in the same session's jar: B's write lands
+    // between A reading the jar and A writing it back.
+    let mut raced = false;
+    a.update_jar(&created.session, &mut |slot: &mut Option<Jar>| {
+        if !raced {
+            raced = true;
+            b.update_jar(&on_b, &mut |slot: &mut Option<Jar>| {
+                slot.get_or_insert_with(Jar::default)
+                    .store(b"b=2", &SITE, 1);
+            });
+        }
+        slot.get_or_insert_with(Jar::default)
+            .store(b"a=1", &SITE, 1);
+    });
+    for store in [&a, &b] {
+        let mut jar = store.jar(&created.session.handle()).expect("a jar");
+        assert_eq!(
+            jar.header(&SITE, 2).as_deref(),
+            Some("b=2; a=1"),
+            "neither change is lost"
+        );
+    }
+}
+
+/// The `Cookie` header the upstream got for a request with `cookies` to `gateway`.
+async fn cookie_sent(gateway: &Running, cookies: &str) -> String {
+    let response = client()
+        .get(url(gateway, "/echo"))
+        .header("cookie", cookies)
+        .send()
+        .await
+        .unwrap();
+    header_in(&echoed(response).await, "cookie").unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_cookie_set_while_redis_is_down_is_kept_and_written_back() {
+    let mut r = Replicas::start(SessionMode::Browser, |c| {
+        c.upstream.cookie_jar = CookieJar::Builtin
+    })
+    .await;
+    let (cookies, handle) = mint(&r.a).await;
+    let set = |cookie: &'static str| {
+        let request = client()
+            .get(url(
+                &r.a,
+                &format!("/respond?header=Set-Cookie:{cookie};%20Path=/"),
+            ))
+            .header("cookie", &cookies);
+        async move { assert_eq!(request.send().await.unwrap().status(), StatusCode::OK) }
+    };
+    set("JSESSIONID=before").await;
+    r.redis.stop();
+    // The session is in A's cache: served, and the upstream's new cookie is kept.
+    set("PHPSESSID=during").await;
+    let sent = cookie_sent(&r.a, &cookies).await;
+    assert!(
+        sent.contains("JSESSIONID=before") && sent.contains("PHPSESSID=during"),
+        "A replays its jar during the outage: {sent:?}"
+    );
+    // Redis comes back empty: A writes the jar back with the session, so B replays
+    // both cookies, and A still does.
+    r.redis.restart().await;
+    let mut on_b = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if on_session(&r.b, Method::GET, &handle).await.status() == StatusCode::OK {
+            on_b = cookie_sent(&r.b, &cookies).await;
+            break;
+        }
+    }
+    assert!(
+        on_b.contains("JSESSIONID=before") && on_b.contains("PHPSESSID=during"),
+        "B replays the jar A kept through the outage: {on_b:?}"
+    );
+    let sent = cookie_sent(&r.a, &cookies).await;
+    assert!(sent.contains("PHPSESSID=during"), "{sent:?}");
 }
 
 /// A config file for a replica process on `redis` (JSON logs, for `Gate`).

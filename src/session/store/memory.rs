@@ -290,7 +290,7 @@ impl Storage for MemoryStorage {
         self.jars.insert(handle, jar);
     }
 
-    fn update_jar<R>(&self, handle: &Handle, change: impl FnOnce(&mut Option<Jar>) -> R) -> R {
+    fn update_jar<R>(&self, handle: &Handle, mut change: impl FnMut(&mut Option<Jar>) -> R) -> R {
         match self.jars.entry(*handle) {
             dashmap::Entry::Occupied(mut entry) => {
                 let mut slot = Some(std::mem::take(entry.get_mut()));

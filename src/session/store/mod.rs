@@ -131,8 +131,10 @@ pub trait SessionStore: Send + Sync {
     }
 
     /// Changes `session`'s cookie jar under its lock (see [`Storage::update_jar`]):
-    /// `change` sees `None` when it has none, and may create or drop it. Nothing is
-    /// kept for a session that has ended (or ends meanwhile).
+    /// `change` sees `None` when it has none, and may create or drop it; it may run
+    /// more than once (a shared store tries it again on a jar another replica changed
+    /// meanwhile), and only its last run counts. Nothing is kept for a session that
+    /// has ended (or ends meanwhile).
     fn update_jar(&self, session: &Session, change: &mut dyn FnMut(&mut Option<Jar>));
 
     /// A copy of the cookie jar of the session with this handle.

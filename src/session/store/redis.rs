@@ -34,6 +34,12 @@
 //! what other replicas changed (a tombstone: dropped; newer activity, timeout,
 //! rotation: merged). So Redis load grows with active sessions, not with requests.
 //!
+//! **Cookie jars** are the hash's `jar` field (JSON) with a version `jv`: read on
+//! every request of a jarred session, changed by compare-and-set ([`JAR`]): a change
+//! made on a jar another replica changed meanwhile is made again on the newer one.
+//! While Redis is unreachable the replica's own copy serves and takes changes, which
+//! the next flush that reaches Redis writes back.
+//!
 //! **Sweeping**: each replica sweeps its cached sessions with the local index, and
 //! every [`REMOTE_SWEEP`] pops due entries from the shared sorted sets with an atomic
 //! pop-and-lease (the entry is re-filed [`LEASE`] ahead): a session whose replica died
@@ -49,7 +55,7 @@
 //! session is created ([`SessionError::StoreDown`], 503 with `Retry-After`), touches
 //! stay dirty (at most one entry per cached session) and are flushed on return, when
 //! every cached session is written back whole (a Redis that came back empty is
-//! refilled) and the shared keys are put back.
+//! refilled, jars and the session index included) and the shared keys are put back.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -218,6 +224,47 @@ for _, h in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], h) end
 return due
 ";
 
+/// Writes a session's cookie jar. KEYS[1] session · ARGV mode, version read, the
+/// jar as JSON ('' drops it). Modes: `cas` writes only if the jar is still at the
+/// version read, `any` whatever it is, `absent` only if Redis holds no jar. Each write
+/// moves the version on. Returns 1 written, 0 not (read again), -1 the session is
+/// gone or ended (nothing to keep).
+const JAR: &str = r"
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st or st == '2' then return -1 end
+local v = tonumber(redis.call('HGET', KEYS[1], 'jv') or '0')
+if ARGV[1] == 'cas' and v ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[1] == 'absent' and redis.call('HEXISTS', KEYS[1], 'jar') == 1 then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'jar') else redis.call('HSET', KEYS[1], 'jar', ARGV[3]) end
+redis.call('HSET', KEYS[1], 'jv', v + 1)
+return 1
+";
+
+/// Which jar write [`JAR`] makes.
+#[derive(Debug, Clone, Copy)]
+enum JarWrite {
+    /// Only over the version read (a change on the request path).
+    IfVersion(u64),
+    /// Whatever Redis holds (a change made here while Redis was unreachable).
+    Always,
+    /// Only where Redis has none (refilling a Redis that came back empty).
+    IfAbsent,
+}
+
+/// What a jar write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JarWritten {
+    Yes,
+    /// Another replica changed the jar since it was read.
+    Raced,
+    /// The session is gone from Redis or ended.
+    Gone,
+}
+
+/// Reads of a jar a change is tried on before this replica falls back to its own
+/// copy (written back by the next flush, last writer winning).
+const JAR_ATTEMPTS: usize = 4;
+
 /// A Lua script: its source (sent whole with `EVAL` to a Cluster, whose nodes
 /// cannot all be loaded ahead) and its digest (`EVALSHA` on a standalone Redis,
 /// where every connection loads the scripts first).
@@ -240,6 +287,7 @@ struct Scripts {
     end: Lua,
     idle: Lua,
     pop: Lua,
+    jar: Lua,
 }
 
 impl Scripts {
@@ -249,11 +297,12 @@ impl Scripts {
             end: Lua::new(END),
             idle: Lua::new(IDLE),
             pop: Lua::new(POP),
+            jar: Lua::new(JAR),
         }
     }
 
     fn load(&self, conn: &mut dyn ConnectionLike) -> RedisResult<()> {
-        for lua in [&self.flush, &self.end, &self.idle, &self.pop] {
+        for lua in [&self.flush, &self.end, &self.idle, &self.pop, &self.jar] {
             lua.script.load(conn)?;
         }
         Ok(())
@@ -550,6 +599,9 @@ pub struct RedisStorage {
     max_sessions: usize,
     /// Sessions touched since the last flush: at most one entry per cached session.
     dirty: Mutex<HashSet<Handle>>,
+    /// Sessions whose jar this replica changed without reaching Redis: its copy is
+    /// the truth until the next flush writes it back (one entry per cached jar).
+    jars_pending: Mutex<HashSet<Handle>>,
     /// This process, in invalidation messages (its own are skipped).
     replica: String,
     /// Wall ms of the last remote sweep.
@@ -665,7 +717,8 @@ impl RedisStorage {
     /// The periodic flush: batched touches out, other replicas' changes in. Returns
     /// the handles Redis holds as ended (dropped by the caller, which has the policy).
     fn flush(&self, clock: &Clock, secrets: &Secrets) -> Vec<Handle> {
-        if self.link.came_back.swap(false, Ordering::AcqRel) {
+        let came_back = self.link.came_back.swap(false, Ordering::AcqRel);
+        if came_back {
             // Redis may have come back empty: put everything back.
             let keys = self.link.keys.clone();
             if self
@@ -687,6 +740,14 @@ impl RedisStorage {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(all);
         }
+        let ended = self.flush_touches();
+        // After the touches: a session Redis lost has its record again.
+        self.write_back_jars(came_back);
+        ended
+    }
+
+    /// Sends the batched touches (see [`RedisStorage::flush`]).
+    fn flush_touches(&self) -> Vec<Handle> {
         let batch: Vec<Handle> = {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             if dirty.is_empty() {
@@ -1086,6 +1147,7 @@ impl Storage for RedisStorage {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(handle);
+        self.pending_jars().remove(handle);
         self.local.remove(handle)
     }
 
@@ -1271,32 +1333,76 @@ impl Storage for RedisStorage {
     }
 
     fn jar(&self, handle: &Handle) -> Option<Jar> {
-        self.load_jar(handle).or_else(|| self.local.jar(handle))
+        // Redis's jar, unless this replica holds a change Redis has not got yet or
+        // Redis cannot be read: then its own copy.
+        if !self.pending_jars().contains(handle) {
+            if let Some((jar, _)) = self.read_jar(handle) {
+                self.keep_jar(handle, jar.clone());
+                return jar;
+            }
+        }
+        self.local.jar(handle)
     }
 
     fn put_jar(&self, handle: Handle, jar: Jar) {
-        self.write_jar(&handle, Some(&jar));
         self.local.put_jar(handle, jar);
+        self.pending_jars().insert(handle);
     }
 
-    fn update_jar<R>(&self, handle: &Handle, change: impl FnOnce(&mut Option<Jar>) -> R) -> R {
-        // The jar as Redis holds it (another replica may have stored cookies), or
-        // this replica's copy if Redis is unreachable.
-        let current = self.load_jar(handle);
-        self.local.update_jar(handle, move |slot| {
-            if current.is_some() {
-                *slot = current;
+    fn update_jar<R>(&self, handle: &Handle, mut change: impl FnMut(&mut Option<Jar>) -> R) -> R {
+        // Read, change, write back if still at the version read; another replica's
+        // write in between: again on its jar.
+        if !self.pending_jars().contains(handle) {
+            for _ in 0..JAR_ATTEMPTS {
+                let Some((read, version)) = self.read_jar(handle) else {
+                    break;
+                };
+                let mut slot = read.clone();
+                let result = change(&mut slot);
+                if slot == read {
+                    self.keep_jar(handle, slot);
+                    return result;
+                }
+                match self.write_jar(handle, slot.as_ref(), JarWrite::IfVersion(version)) {
+                    Some(JarWritten::Raced) => continue,
+                    Some(JarWritten::Yes | JarWritten::Gone) => {
+                        self.keep_jar(handle, slot);
+                        return result;
+                    }
+                    None => {
+                        // Unreachable mid-way: the change is kept here, and written
+                        // back by the next flush that reaches Redis.
+                        self.keep_jar(handle, slot);
+                        if self.local.contains(handle) {
+                            self.pending_jars().insert(*handle);
+                        }
+                        return result;
+                    }
+                }
             }
+        }
+        // Redis unreachable, a change of ours not written back yet, or the jar changed
+        // by others on every attempt: change this replica's copy, written back by the
+        // next flush (a session this replica does not hold has no copy here: the
+        // change is made on nothing kept).
+        if !self.local.contains(handle) {
+            return change(&mut None);
+        }
+        let mut changed = false;
+        let result = self.local.update_jar(handle, |slot| {
             let before = slot.clone();
             let result = change(slot);
-            if *slot != before {
-                self.write_jar(handle, slot.as_ref());
-            }
+            changed = *slot != before;
             result
-        })
+        });
+        if changed {
+            self.pending_jars().insert(*handle);
+        }
+        result
     }
 
     fn remove_jar(&self, handle: &Handle) -> Option<Jar> {
+        self.pending_jars().remove(handle);
         self.local.remove_jar(handle)
     }
 
@@ -1348,31 +1454,108 @@ impl RedisStorage {
         });
     }
 
-    fn load_jar(&self, handle: &Handle) -> Option<Jar> {
-        let key = self.link.keys.session(handle);
-        let text: Option<String> = self
-            .link
-            .run("jar", |conn| {
-                redis::cmd("HGET").arg(&key).arg("jar").query(conn)
-            })
-            .flatten();
-        serde_json::from_str::<Jar>(&text?)
-            .ok()
-            .filter(Jar::within_bounds)
+    fn pending_jars(&self) -> std::sync::MutexGuard<'_, HashSet<Handle>> {
+        self.jars_pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_jar(&self, handle: &Handle, jar: Option<&Jar>) {
+    /// Sets this replica's copy of a jar (what it falls back on while Redis is
+    /// unreachable, and what a snapshot saves) — for a session it holds: the copies
+    /// are bounded by the cache.
+    fn keep_jar(&self, handle: &Handle, jar: Option<Jar>) {
+        match jar {
+            Some(jar) if self.local.contains(handle) => self.local.put_jar(*handle, jar),
+            Some(_) => {}
+            None => {
+                self.local.remove_jar(handle);
+            }
+        }
+    }
+
+    /// The jar Redis holds for the session (`None` if it holds none, or one that does
+    /// not decode or is over the bounds) and its version; `None` if Redis could not be
+    /// read.
+    fn read_jar(&self, handle: &Handle) -> Option<(Option<Jar>, u64)> {
         let key = self.link.keys.session(handle);
-        let encoded = jar.and_then(|jar| serde_json::to_string(jar).ok());
-        let _ = self.link.run("jar", |conn| match &encoded {
-            Some(json) => redis::cmd("HSET")
+        let (text, version): (Option<String>, Option<u64>) = self.link.run("jar", |conn| {
+            redis::cmd("HMGET")
                 .arg(&key)
                 .arg("jar")
-                .arg(json)
-                .query::<()>(conn),
-            None => redis::cmd("HDEL").arg(&key).arg("jar").query::<()>(conn),
-        });
+                .arg("jv")
+                .query(conn)
+        })?;
+        let jar = text
+            .and_then(|text| serde_json::from_str::<Jar>(&text).ok())
+            .filter(Jar::within_bounds);
+        Some((jar, version.unwrap_or(0)))
     }
+
+    /// Writes the session's jar (`None` drops it) as `how` says; `None` if Redis
+    /// could not be reached.
+    fn write_jar(&self, handle: &Handle, jar: Option<&Jar>, how: JarWrite) -> Option<JarWritten> {
+        let key = self.link.keys.session(handle);
+        let mut cmd = self.link.eval(&self.link.scripts.jar, &key);
+        jar_args(&mut cmd, jar, how);
+        let written: i64 = self.link.run("jar", |conn| cmd.query(conn))?;
+        Some(match written {
+            1 => JarWritten::Yes,
+            0 => JarWritten::Raced,
+            _ => JarWritten::Gone,
+        })
+    }
+
+    /// After a flush: writes back the jars changed here while Redis was unreachable
+    /// (whatever Redis holds: the last writer wins) and, when Redis came back, every
+    /// other jar this replica holds where Redis lost it.
+    fn write_back_jars(&self, refill: bool) {
+        let pending: Vec<Handle> = self.pending_jars().drain().collect();
+        let mut writes: Vec<(Handle, Option<Jar>, JarWrite)> = pending
+            .iter()
+            .map(|handle| (*handle, self.local.jar(handle), JarWrite::Always))
+            .collect();
+        if refill {
+            writes.extend(
+                self.local
+                    .jars()
+                    .into_iter()
+                    .filter(|(handle, _)| !pending.contains(handle))
+                    .map(|(handle, jar)| (handle, Some(jar), JarWrite::IfAbsent)),
+            );
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let cmds = writes
+            .iter()
+            .map(|(handle, jar, how)| {
+                let mut cmd = self
+                    .link
+                    .eval(&self.link.scripts.jar, &self.link.keys.session(handle));
+                jar_args(&mut cmd, jar.as_ref(), *how);
+                cmd
+            })
+            .collect();
+        let sent = self.link.run("jar", |conn| {
+            Link::batch(conn, cmds, self.link.is_cluster())
+        });
+        if sent.is_none() {
+            // Still unreachable: kept for the next flush (a refill is asked for again
+            // when Redis comes back).
+            self.pending_jars().extend(pending);
+        }
+    }
+}
+
+/// The arguments of a [`JAR`] call.
+fn jar_args(cmd: &mut Cmd, jar: Option<&Jar>, how: JarWrite) {
+    let encoded = jar
+        .and_then(|jar| serde_json::to_string(jar).ok())
+        .unwrap_or_default();
+    let (mode, version) = match how {
+        JarWrite::IfVersion(version) => ("cas", version),
+        JarWrite::Always => ("any", 0),
+        JarWrite::IfAbsent => ("absent", 0),
+    };
+    cmd.arg(mode).arg(version).arg(encoded);
 }
 
 /// How long a retiring alias stays in Redis: the rotation grace, and some slack.
@@ -1401,6 +1584,7 @@ impl RedisStore {
             rules: rules.clone(),
             max_sessions,
             dirty: Mutex::new(HashSet::new()),
+            jars_pending: Mutex::new(HashSet::new()),
             replica: uuid::Uuid::new_v4().simple().to_string(),
             swept_at: AtomicU64::new(0),
         };

@@ -224,11 +224,13 @@ pub trait Storage: Send + Sync {
     /// Stores the session's jar, replacing any.
     fn put_jar(&self, handle: Handle, jar: Jar);
 
-    /// Changes the session's jar under its one lock: `change` sees `None` when there
-    /// is none, and may create one (`Some`) or drop it (`None`). Two requests of one
-    /// session setting cookies at once are applied one after the other, so neither
-    /// update is lost.
-    fn update_jar<R>(&self, handle: &Handle, change: impl FnOnce(&mut Option<Jar>) -> R) -> R;
+    /// Changes the session's jar: `change` sees `None` when there is none, and may
+    /// create one (`Some`) or drop it (`None`). Two requests of one session setting
+    /// cookies at once are applied one after the other, so neither update is lost: in
+    /// one process under the jar's lock; in a shared store by compare-and-set, so
+    /// `change` may run again on a jar another replica changed meanwhile (only its
+    /// last run counts: it must start from what it is given).
+    fn update_jar<R>(&self, handle: &Handle, change: impl FnMut(&mut Option<Jar>) -> R) -> R;
 
     fn remove_jar(&self, handle: &Handle) -> Option<Jar>;
 

@@ -1056,6 +1056,29 @@ async fn a_deadline_met_during_an_outage_is_swept_once_redis_is_back() {
     ended_once(&r, &handle).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_request_waiting_on_a_frozen_redis_holds_up_no_other() {
+    // One runtime worker for the gateway and this test: a call to Redis that blocked
+    // the worker would stall every other request until it timed out.
+    let r = Replicas::start(SessionMode::Browser, |_| {}).await;
+    let (cookies, handle) = mint(&r.a).await;
+    r.redis.freeze();
+    let started = std::time::Instant::now();
+    // A new session needs Redis: its admission waits for an answer that never comes...
+    let fresh = tokio::spawn(client().get(url(&r.a, "/echo")).send());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...while the session this replica holds is served at once.
+    assert_eq!(handle_on(&r.a, &cookies).await.as_deref(), Some(&*handle));
+    let took = started.elapsed();
+    let fresh = fresh.await.unwrap().unwrap();
+    assert_eq!(fresh.status(), StatusCode::SERVICE_UNAVAILABLE);
+    r.redis.thaw();
+    assert!(
+        took < Duration::from_millis(300),
+        "a held session waited {took:?} behind a Redis call"
+    );
+}
+
 #[tokio::test]
 async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
     let mut r = Replicas::start(SessionMode::Browser, |c| {

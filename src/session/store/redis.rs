@@ -47,6 +47,20 @@
 //! third takes it. The end claim makes the `end` event happen once whatever the
 //! number of sweepers.
 //!
+//! **Client**: redis-rs (`redis` 1.x, the stable line; fred was the other choice):
+//! its `Script` (EVALSHA with the source at hand), pipelines, Cluster client (slot
+//! routing, `MOVED` followed) and rustls TLS cover what this store needs, with fewer
+//! moving parts than fred's pool and event tasks. The calls are synchronous because
+//! [`Storage`] is: the lifetime policy decides with compare-and-swaps on the session
+//! and never awaits, and with the cache and the batched flush the request path rarely
+//! calls Redis at all (a cache miss, a creation, a claim, a jar). Each call runs on a
+//! connection of this replica's own pool ([`POOL`]; a connection that failed is
+//! dropped and made again at the next call, scripts reloaded) with
+//! [`CONNECT_TIMEOUT`] and [`IO_TIMEOUT`], batches go out as one pipeline, and a call
+//! made on a runtime worker moves the worker's other tasks to another thread while it
+//! waits (`block_in_place`), so a slow Redis delays only the requests that need it.
+//! The invalidation subscription is redis-rs's async (tokio) pub/sub connection.
+//!
 //! **Outage**: a failed call marks the link down; for [`RETRY_AFTER_FAILURE`] calls
 //! fail fast, then one is tried again. While down, cached sessions keep working for
 //! `store.outage_grace`, within their own deadlines, then are refused until Redis
@@ -477,6 +491,15 @@ impl Link {
         if failed_at != 0 && wall_now().saturating_sub(failed_at) < RETRY_AFTER_FAILURE {
             return None;
         }
+        off_the_runtime(|| self.call(op, f))
+    }
+
+    /// [`Link::run`]'s call, on whatever thread it is made.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>,
+    ) -> Option<T> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // The first free connection from a rotating start; all busy: wait for one.
         let mut slot = (0..POOL)
@@ -528,6 +551,20 @@ impl Link {
     /// Whether the last call succeeded.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+}
+
+/// Runs `blocking` (a call to Redis, or a wait for a pooled connection) so that it
+/// holds up no other task: on a worker of a multi-thread runtime (the gateway's), the
+/// worker's other tasks move to another thread meanwhile (`block_in_place`);
+/// elsewhere (a blocking-pool thread, a current-thread runtime in tests) it just runs.
+fn off_the_runtime<T>(blocking: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(blocking)
+        }
+        _ => blocking(),
     }
 }
 

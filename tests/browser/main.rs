@@ -18,7 +18,8 @@
 //! - `php`: a real PHP app (`php -S`, Debian's `php-cli`) behind the cookie jar:
 //!   one PHP session per tab with it, one shared by all tabs without it;
 //! - `replicas`: two gateways on one `redis-server` behind a round-robin proxy: one
-//!   session per tab across replicas, through a replica stopping, hooks once;
+//!   session per tab across replicas (real processes), through a replica killed
+//!   with SIGKILL, hooks once;
 //! - `page_truth`: documents only, the countdown's language and texts, an ended
 //!   tab keeps its form, EventSource reconnects, shadow-root forms, no token in the
 //!   DOM.

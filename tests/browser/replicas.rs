@@ -1,23 +1,24 @@
 //! Two gateway replicas on one Redis (`store.backend = "redis"`), in real Chromium:
-//! a tiny round-robin TCP proxy in front of them sends each new connection to the
-//! next replica (the replicas close idle keep-alive connections after 100 ms, so a
-//! tab's requests keep changing replica). One tab keeps one session across
-//! navigations, heartbeats and the countdown; stopping one replica mid-test loses
-//! nothing; the `start` and `end` hooks arrive once.
+//! both are processes of the real binary, and a tiny round-robin TCP proxy in front
+//! of them sends each new connection to the next replica (the replicas close idle
+//! keep-alive connections after 100 ms, so a tab's requests keep changing replica).
+//! One tab keeps one session across navigations, heartbeats and the countdown;
+//! killing one replica (SIGKILL) mid-test loses nothing; the `start` and `end` hooks
+//! arrive once.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiongate::config::{Config, Duration as Cfg, Heartbeat, SessionMode, StoreBackend};
-use sessiongate::server::{self, Running};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::common::metric_value;
+use crate::common::process::Gate;
 use crate::common::redis::RedisServer;
-use crate::common::test_config;
 use crate::harness::{wait_until, Browser};
 
 /// Round-robin over `backends`, per connection; a backend that refuses is skipped.
@@ -84,32 +85,70 @@ impl Drop for RoundRobin {
     }
 }
 
-fn replica_config(app: &App, redis: &RedisServer) -> Config {
-    let mut c = test_config(&app.url());
-    c.session.mode = SessionMode::Tab;
-    c.session.timeout = Cfg::from_secs(3);
-    c.session.countdown = Some(Cfg::from_secs(2));
-    c.session.abandon = Some(Cfg::from_secs(20));
-    c.browser.heartbeat = Heartbeat::Every(Cfg::from_secs(1));
-    c.listen.idle_timeout = Cfg::from_millis(100);
-    c.hooks.start = "/hooks/start".into();
-    c.hooks.end = "/hooks/end".into();
-    c.store.backend = StoreBackend::Redis;
-    c.store.url = redis.url();
-    c
+/// A replica's config file in `dir`: tab mode, a 3 s timeout with a 2 s countdown,
+/// a heartbeat a second, idle keep-alive connections closed after 100 ms, hooks to
+/// the app, sessions on `redis`.
+fn replica_config(dir: &Path, name: &str, app: &App, redis: &RedisServer) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+idle_timeout = "100ms"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "{app}"
+
+[session]
+mode = "tab"
+timeout = "3s"
+countdown = "2s"
+abandon = "20s"
+
+[browser]
+heartbeat = "1s"
+
+[hooks]
+start = "/hooks/start"
+end = "/hooks/end"
+
+[log]
+format = "json"
+level = "info"
+
+[store]
+backend = "redis"
+url = "{redis}"
+"#,
+        app = app.url(),
+        redis = redis.url(),
+    );
+    std::fs::write(&path, text).expect("config written");
+    path
 }
 
-fn heartbeats(gateway: &Running) -> u64 {
-    gateway.metrics.heartbeats.get()
+/// Heartbeats `replica` has received (`sessiongate_heartbeats_total`).
+async fn heartbeats(replica: &Gate) -> f64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", replica.admin))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics body");
+    metric_value(&metrics, "sessiongate_heartbeats_total").unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_replica_stop() {
+async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_replica_kill() {
     let redis = RedisServer::start().await;
     let app = App::start().await;
-    let a = server::start(replica_config(&app, &redis)).await.unwrap();
-    let b = server::start(replica_config(&app, &redis)).await.unwrap();
-    let proxy = RoundRobin::start(vec![a.public_addr, b.public_addr]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gate::start(&replica_config(dir.path(), "a", &app, &redis), &[]).await;
+    let b = Gate::start(&replica_config(dir.path(), "b", &app, &redis), &[]).await;
+    let proxy = RoundRobin::start(vec![a.listen, b.listen]).await;
     let browser = Browser::launch().await;
 
     browser.goto(&proxy.url("/page")).await;
@@ -134,17 +173,27 @@ async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_repl
     );
     // Heartbeats, wherever they land, keep it.
     wait_until("heartbeats", Duration::from_secs(10), || async {
-        (heartbeats(&a) + heartbeats(&b) >= 2).then_some(())
+        (heartbeats(&a).await + heartbeats(&b).await >= 2.0).then_some(())
     })
     .await;
 
-    // One replica goes away mid-test: the tab carries on on the other.
-    a.shutdown();
-    a.stopping().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One replica is killed mid-test: the tab carries on on the other.
+    a.signal(libc::SIGKILL);
+    a.exit_within(Duration::from_secs(5)).await;
+    let before = heartbeats(&b).await;
     browser.reload().await;
-    let (again, _) = browser.wait_handle(seq, "after a replica stopped").await;
+    let (again, page) = browser.wait_handle(seq, "after a replica was killed").await;
     assert_eq!(again, handle, "no session lost with a replica");
+    seq = page.seq;
+    browser.click("#link").await;
+    let (again, _) = browser.wait_handle(seq, "a link after the kill").await;
+    assert_eq!(again, handle, "navigation after the kill keeps the session");
+    wait_until(
+        "heartbeats on the replica left",
+        Duration::from_secs(10),
+        || async { (heartbeats(&b).await > before).then_some(()) },
+    )
+    .await;
 
     // Idle: the countdown shows, then the session ends — once.
     browser
@@ -172,5 +221,4 @@ async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_repl
         .assert_no_console_errors_except("replicas", crate::harness::reserved_401)
         .await;
     browser.close().await;
-    b.shutdown();
 }

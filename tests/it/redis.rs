@@ -872,7 +872,7 @@ prefix = "kill:"
 
 #[tokio::test]
 async fn sigkill_of_a_replica_loses_no_session_and_every_hook_fires_once() {
-    use crate::persist::Gate;
+    use crate::common::process::Gate;
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();

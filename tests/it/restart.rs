@@ -13,8 +13,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::common::process::{Gate, WAIT};
 use crate::common::Upstream;
-use crate::persist::{snapshot_path, write_config, Gate, WAIT};
+use crate::persist::{snapshot_path, write_config};
 
 const WORKERS: usize = 16;
 

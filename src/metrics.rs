@@ -67,6 +67,8 @@ pub struct Metrics {
     pub jar_dropped: IntCounterVec,
     /// Failed calls to the shared session store (Redis), by operation.
     pub store_errors: IntCounterVec,
+    /// `end` hooks this replica took over from one that stopped before firing them.
+    pub end_hooks_taken_over: IntCounter,
     hot: Hot,
 }
 
@@ -170,6 +172,14 @@ impl Metrics {
                 "Failed calls to the shared session store (store.backend = redis), by operation.",
                 &["op"],
             )?,
+            end_hooks_taken_over: {
+                let c = IntCounter::new(
+                    "sessiongate_end_hooks_taken_over_total",
+                    "End hooks taken over from a replica that stopped before firing them (store.backend = redis).",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             hook_dropped: counter(
                 "sessiongate_hook_dropped_total",
                 "Hook jobs not made because a queue bound was reached (timeout) or merged into a queued one, by hook.",
@@ -433,6 +443,8 @@ impl SessionObserver for Metrics {
                     .with_label_values(&[reason.as_str()])
                     .observe(lived as f64 / 1000.0);
             }
+            // Counted where it ended; here only the hook is taken over.
+            SessionEvent::EndOwed { .. } => self.end_hooks_taken_over.inc(),
         }
     }
 }

@@ -297,6 +297,9 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
             );
             let errors = metrics.store_errors.clone();
             redis.on_store_error(Box::new(move |op| errors.with_label_values(&[op]).inc()));
+            if hooks.enabled(HookKind::End) {
+                redis.owe_end_hooks(hooks.end_worst_case());
+            }
             (Arc::clone(&redis) as _, None, Some(redis))
         }
         None => {
@@ -319,6 +322,12 @@ pub async fn start_with_options(config: Config, options: Options) -> Result<Runn
     hooks.on_timeout_handled(Arc::new(move |handle, idle_since| {
         if let Some(store) = weak_store.upgrade() {
             store.timeout_handled(&handle, idle_since, clock.now());
+        }
+    }))?;
+    let weak_store = Arc::downgrade(&store);
+    hooks.on_end_done(Arc::new(move |handle| {
+        if let Some(store) = weak_store.upgrade() {
+            store.end_hook_done(&handle);
         }
     }))?;
     // With the hooks wired: restoring may end sessions (`end` hooks) and announce

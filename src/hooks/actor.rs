@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::call::{CallError, Caller, Counters, Outcome, Reply};
 use super::schedule::{Admission, Job, Schedule};
 use super::target::Targets;
-use super::{HookKind, TimeoutHandled};
+use super::{EndDone, HookKind, TimeoutHandled};
 use crate::session::Handle;
 
 /// What the actor receives.
@@ -38,6 +38,20 @@ impl Retry {
         self.backoff
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
     }
+
+    /// Every attempt taking all of `budget`, with the pauses between them.
+    pub(crate) fn worst_case(&self, budget: Duration) -> Duration {
+        let mut total = budget;
+        for attempt in 1..self.attempts {
+            if total == Duration::MAX {
+                break;
+            }
+            total = total
+                .saturating_add(self.pause(attempt))
+                .saturating_add(budget);
+        }
+        total
+    }
 }
 
 /// Everything a job task needs, shared by all of them.
@@ -47,6 +61,7 @@ pub(crate) struct Runner {
     pub counters: Counters,
     pub retry: Retry,
     pub handler: OnceLock<Arc<dyn TimeoutHandled>>,
+    pub end_done: OnceLock<Arc<dyn EndDone>>,
     /// `sessiongate_hook_dropped_total`, by hook.
     pub dropped: [prometheus::IntCounter; 3],
     /// Jobs waiting in the schedule, as of the actor's last turn.
@@ -184,7 +199,12 @@ impl Runner {
                     }
                 }
             }
-            HookKind::End => self.end(uri, session, body).await,
+            HookKind::End => {
+                self.end(uri, session, body).await;
+                if let Some(done) = self.end_done.get() {
+                    done.done(session);
+                }
+            }
         }
     }
 
@@ -272,5 +292,31 @@ mod tests {
             backoff: Duration::MAX,
         };
         assert_eq!(huge.pause(u32::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn worst_case_adds_every_attempt_and_pause() {
+        let retry = Retry {
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+        };
+        // 2 s + 0.2 s + 2 s + 0.4 s + 2 s.
+        assert_eq!(
+            retry.worst_case(Duration::from_secs(2)),
+            Duration::from_millis(6_600)
+        );
+        let once = Retry {
+            attempts: 1,
+            ..retry
+        };
+        assert_eq!(
+            once.worst_case(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        let huge = Retry {
+            attempts: u32::MAX,
+            backoff: Duration::MAX,
+        };
+        assert_eq!(huge.worst_case(Duration::MAX), Duration::MAX);
     }
 }

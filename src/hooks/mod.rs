@@ -90,6 +90,19 @@ impl<F: Fn(Handle, Millis) + Send + Sync> TimeoutHandled for F {
     }
 }
 
+/// Told when a session's `end` hook is over — answered, or given up after its
+/// attempts — so a shared store can stop holding it as owed (another replica would
+/// take it over otherwise). Called from a hook task: must not block for long.
+pub trait EndDone: Send + Sync {
+    fn done(&self, session: Handle);
+}
+
+impl<F: Fn(Handle) + Send + Sync> EndDone for F {
+    fn done(&self, session: Handle) {
+        self(session)
+    }
+}
+
 /// Why the hooks cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
@@ -103,6 +116,8 @@ pub enum HooksError {
     Header(String),
     #[error("a timeout-handled callback is already set")]
     HandlerAlreadySet,
+    #[error("an end-done callback is already set")]
+    EndDoneAlreadySet,
 }
 
 /// Limits that are not in the config file (tests shorten them).
@@ -186,6 +201,7 @@ impl Hooks {
                 backoff: tuning.end_backoff,
             },
             handler: OnceLock::new(),
+            end_done: OnceLock::new(),
             dropped: HookKind::ALL
                 .map(|hook| metrics.hook_dropped.with_label_values(&[hook.as_str()])),
             waiting: AtomicUsize::new(0),
@@ -220,6 +236,21 @@ impl Hooks {
             .handler
             .set(handler)
             .map_err(|_| HooksError::HandlerAlreadySet)
+    }
+
+    /// Sets what is told when an `end` hook is over (set once, like
+    /// [`on_timeout_handled`](Hooks::on_timeout_handled)).
+    pub fn on_end_done(&self, handler: Arc<dyn EndDone>) -> Result<(), HooksError> {
+        self.runner
+            .end_done
+            .set(handler)
+            .map_err(|_| HooksError::EndDoneAlreadySet)
+    }
+
+    /// The longest an `end` hook can take, all its attempts and pauses included:
+    /// how long a replica that fired one may still be at it.
+    pub fn end_worst_case(&self) -> Duration {
+        self.runner.retry.worst_case(self.budget)
     }
 
     /// Returns when the `start` hook of `session` has completed or failed, or after
@@ -294,6 +325,11 @@ impl SessionObserver for Hooks {
                 reason,
                 at,
                 ..
+            }
+            | SessionEvent::EndOwed {
+                session,
+                reason,
+                at,
             } => (HookKind::End, session, Some(reason), Some(at)),
         };
         // No hook, no work: nothing is queued or remembered for this session.

@@ -40,6 +40,15 @@ pub enum SessionEvent<'a> {
         /// The state it was in until it ended.
         was: State,
     },
+    /// Not a transition here: a session another replica ended (shared store,
+    /// DESIGN.md §10) whose `end` hook that replica did not get through before it
+    /// stopped. This replica has taken the hook over and fires it (`session` is the
+    /// session as the shared store kept it; `at` is when it ended).
+    EndOwed {
+        session: &'a Session,
+        reason: EndReason,
+        at: Millis,
+    },
 }
 
 /// Receives session transitions.
@@ -104,6 +113,13 @@ impl SessionObserver for LogObserver {
                 reason = %reason.as_str(),
                 lived_ms = at.saturating_sub(session.created()),
                 "session ended"
+            ),
+            SessionEvent::EndOwed {
+                session, reason, ..
+            } => tracing::info!(
+                session = %session.handle(),
+                reason = %reason.as_str(),
+                "end hook taken over from a replica that stopped"
             ),
         }
     }

@@ -832,6 +832,18 @@ fn replica_config(
     upstream: &Upstream,
     redis: &RedisServer,
 ) -> std::path::PathBuf {
+    replica_config_with(dir, name, upstream, redis, "/hooks/end", "2s")
+}
+
+/// [`replica_config`] with the `end` hook's target and `hooks.budget`.
+fn replica_config_with(
+    dir: &std::path::Path,
+    name: &str,
+    upstream: &Upstream,
+    redis: &RedisServer,
+    end_hook: &str,
+    budget: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"
@@ -852,7 +864,8 @@ on_timeout = "end"
 
 [hooks]
 start = "/hooks/start"
-end = "/hooks/end"
+end = "{end_hook}"
+budget = "{budget}"
 
 [log]
 format = "json"
@@ -931,6 +944,85 @@ async fn sigkill_of_a_replica_loses_no_session_and_every_hook_fires_once() {
             assert_eq!(n, 1, "{hook} for {handle}: {n} times");
         }
     }
+}
+
+#[tokio::test]
+async fn an_end_hook_owed_by_a_killed_replica_is_fired_once_by_another() {
+    use crate::common::process::Gate;
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A's `end` hook goes to a listener that accepts and never answers: A is killed
+    // while its hook is in flight. B's goes to the upstream, which records it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hooks/end", silent.local_addr().unwrap());
+    let (a_config, b_config) = (
+        replica_config_with(dir.path(), "a", &upstream, &redis, &silent_url, "300ms"),
+        replica_config_with(dir.path(), "b", &upstream, &redis, "/hooks/end", "300ms"),
+    );
+    let mut a = Gate::start(&a_config, &[]).await;
+    let b = Gate::start(&b_config, &[]).await;
+    let get = |url: String| async move { client().get(url).send().await.unwrap() };
+    let handle_of = |response: reqwest::Response| async move {
+        header_in(&echoed(response).await, "x-session").expect("a session")
+    };
+    // One session ended on A (its hook never gets through), one on B (delivered).
+    let on_a = handle_of(get(a.url("/echo")).await).await;
+    let on_b = handle_of(get(b.url("/echo")).await).await;
+    let delete = |admin: std::net::SocketAddr, handle: String| async move {
+        let url = format!("http://{admin}/sessions/{handle}");
+        let response = client().delete(url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    delete(b.admin, on_b.clone()).await;
+    delete(a.admin, on_a.clone()).await;
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept())
+        .await
+        .expect("A calls its end hook")
+        .unwrap();
+    a.signal(libc::SIGKILL);
+    a.exit_within(Duration::from_secs(5)).await;
+    // Once A's lease on the hook is out (its worst case: 3 attempts of 300 ms and
+    // the pauses, plus margins), B takes the hook over and fires it, once.
+    let ends_of = |handle: &str| {
+        upstream
+            .requests()
+            .into_iter()
+            .filter(|q| q.uri.starts_with("/hooks/end"))
+            .filter(|q| q.header("x-session").as_deref() == Some(handle))
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..100 {
+        if !ends_of(&on_a).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let taken_over = ends_of(&on_a);
+    assert_eq!(
+        taken_over.len(),
+        1,
+        "A's end hook, fired by B: {taken_over:?}"
+    );
+    let payload: Value = serde_json::from_slice(&taken_over[0].body).unwrap();
+    assert_eq!(payload["event"], "end");
+    assert_eq!(payload["reason"], "admin");
+    assert_eq!(payload["session"], on_a.as_str());
+    // B's own hook got through, so nobody took it over: still once.
+    assert_eq!(ends_of(&on_b).len(), 1);
+    let metrics = client()
+        .get(format!("http://{}/metrics", b.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "sessiongate_end_hooks_taken_over_total"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -139,7 +139,8 @@ impl SessionObserver for Model {
             SessionEvent::Handled { session, .. } => {
                 states.insert(session.handle(), State::Active);
             }
-            SessionEvent::Idle { .. } => {}
+            // Only a shared store takes over another replica's `end` hook.
+            SessionEvent::Idle { .. } | SessionEvent::EndOwed { .. } => {}
             SessionEvent::Ended { session, .. } => {
                 states.insert(session.handle(), State::Ended);
             }

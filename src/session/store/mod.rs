@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use memory::{MemoryStorage, MemoryStore};
 pub use policy::{RestoreReport, RestoredTable, Sessions, TableView, ENDED_AGE, ENDED_CAP};
-pub use storage::{Alias, EndClaim, Rotation, Storage};
+pub use storage::{Alias, EndClaim, OwedEnd, Rotation, Storage};
 
 use super::jar::Jar;
 use super::{
@@ -104,6 +104,12 @@ pub trait SessionStore: Send + Sync {
     /// The `timeout` hook answered `handled` for the idle period that began at
     /// `idle_since`: keep the session (as `on_timeout = "keep"` would).
     fn timeout_handled(&self, handle: &Handle, idle_since: Millis, now: Millis);
+
+    /// The `end` hook of the session with this handle is over (answered or given
+    /// up): a shared store stops holding it as owed, so no other replica fires it.
+    fn end_hook_done(&self, handle: &Handle) {
+        let _ = handle;
+    }
 
     /// Handles up to `max` due deadlines; returns how many entries it looked at.
     fn sweep(&self, now: Millis, max: usize) -> usize;

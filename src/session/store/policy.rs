@@ -758,7 +758,20 @@ impl<S: Storage> SessionStore for Sessions<S> {
         for entry in &due {
             self.sweep_one(entry, now);
         }
+        let mut owed = Vec::new();
+        self.storage.owed_ends(&mut owed);
+        for end in &owed {
+            self.observer.observe(&SessionEvent::EndOwed {
+                session: &end.session,
+                reason: end.reason,
+                at: end.at,
+            });
+        }
         due.len()
+    }
+
+    fn end_hook_done(&self, handle: &Handle) {
+        self.storage.end_delivered(handle);
     }
 
     fn maintain(&self, now: Millis) {
@@ -850,6 +863,11 @@ mod tests {
                     at,
                     ..
                 } => ("ended", session.handle(), Some(reason), at),
+                SessionEvent::EndOwed {
+                    session,
+                    reason,
+                    at,
+                } => ("end owed", session.handle(), Some(reason), at),
             };
             self.0.lock().unwrap().push(row);
         }

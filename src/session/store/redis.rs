@@ -13,6 +13,11 @@
 //!   the handle on `{prefix}ended`, and every other replica drops its copy at once.
 //! - **timeout announcement** (`Idle`, the `timeout` hook): claimed per idle period.
 //! - **start**: only the creating replica emits it.
+//! - **`end` hook**: owed until the winner says it is over
+//!   ([`Storage::end_delivered`], sent with the next flush); meanwhile the session's
+//!   deadline entry is a lease on it, as long as the hook's attempts can take. A
+//!   replica that pops an ended session whose hook is still owed takes the hook over
+//!   ([`Storage::owed_ends`]: the policy emits `EndOwed`, the hooks fire it).
 //!
 //! Keys (every per-session key carries the handle as its Cluster hash tag):
 //! `{prefix}s:{<handle>}` the session hash · `{prefix}a:{<derived>}` a rotated token's
@@ -82,7 +87,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryStorage;
 use super::policy::Sessions;
-use super::storage::{Alias, EndClaim, Rotation, Storage};
+use super::storage::{Alias, EndClaim, OwedEnd, Rotation, Storage};
 use crate::config::{StoreConfig, WhenFull};
 use crate::session::clock::{wall_now, Clock};
 use crate::session::events::SessionObserver;
@@ -119,6 +124,8 @@ pub const LEASE: Millis = 30_000;
 const POP_PER_SHARD: usize = 256;
 /// How long an ended session's tombstone and an ended token's record stay in Redis.
 pub const TOMBSTONE: Millis = 60 * 60 * 1000;
+/// Added to an `end` hook's longest run for its lease: slack for a busy replica.
+const OWED_MARGIN: Millis = 1_000;
 /// Synchronous connections per replica (each used by one caller at a time).
 const POOL: usize = 8;
 
@@ -202,7 +209,8 @@ return {st, la, ls, redis.call('HGET', KEYS[1], 'to') or ARGV[7], redis.call('HG
 
 /// Claims a session's end. KEYS[1] session · ARGV la, ls, to (what the decision was
 /// based on), ended at, tombstone ms, check ('1': a timeout or abandonment, refused
-/// if Redis holds newer activity or another timeout).
+/// if Redis holds newer activity or another timeout), reason, owed ('1': an `end`
+/// hook is configured, and owed until its replica says it is over).
 const END: &str = r"
 local st = redis.call('HGET', KEYS[1], 'st')
 if st == '2' then return {'gone'} end
@@ -215,7 +223,8 @@ if st and ARGV[6] == '1' then
   end
 end
 local rot = redis.call('HGET', KEYS[1], 'rot') or ''
-redis.call('HSET', KEYS[1], 'st', '2', 'ea', ARGV[4])
+redis.call('HSET', KEYS[1], 'st', '2', 'ea', ARGV[4], 'er', ARGV[7])
+if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'eh', '1') end
 redis.call('HDEL', KEYS[1], 'jar', 'rot')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {'won', rot}
@@ -641,6 +650,14 @@ pub struct RedisStorage {
     jars_pending: Mutex<HashSet<Handle>>,
     /// This process, in invalidation messages (its own are skipped).
     replica: String,
+    /// How long an `end` hook this replica fires is its own before another replica
+    /// may take it over (ms; 0: no `end` hook, nothing is owed).
+    end_hook_lease: AtomicU64,
+    /// Sessions whose `end` hook this replica got through (or gave up on) since the
+    /// last flush: no longer owed.
+    delivered: Mutex<HashSet<Handle>>,
+    /// `end` hooks taken over by the last remote sweep, for the policy to fire.
+    owed: Mutex<Vec<OwedEnd>>,
     /// Wall ms of the last remote sweep.
     swept_at: AtomicU64,
 }
@@ -780,6 +797,7 @@ impl RedisStorage {
         let ended = self.flush_touches();
         // After the touches: a session Redis lost has its record again.
         self.write_back_jars(came_back);
+        self.flush_delivered();
         ended
     }
 
@@ -936,7 +954,7 @@ impl RedisStorage {
                         .link
                         .eval(&self.link.scripts.pop, &self.link.keys.deadlines(shard));
                     cmd.arg(now)
-                        .arg(now.saturating_add(LEASE))
+                        .arg(now.saturating_add(self.lease()))
                         .arg(POP_PER_SHARD);
                     cmd
                 })
@@ -959,6 +977,12 @@ impl RedisStorage {
                 None => {}
             }
         }
+        // Not a live session: an ended one whose `end` hook is still owed (its
+        // replica stopped before the hook was over; the pop has leased it to this
+        // one), or nothing left to do.
+        if !gone.is_empty() {
+            self.take_over_owed(&mut gone);
+        }
         if !gone.is_empty() {
             let _ = self.link.run("sweep", |conn| {
                 let cmds = gone
@@ -969,6 +993,81 @@ impl RedisStorage {
                     .collect();
                 Link::batch(conn, cmds, cluster).map(drop)
             });
+        }
+    }
+
+    /// How long a popped entry of the shared index is this replica's: [`LEASE`], or
+    /// longer if an `end` hook can take longer.
+    fn lease(&self) -> Millis {
+        LEASE.max(self.end_hook_lease.load(Ordering::Relaxed))
+    }
+
+    /// Of the popped handles in `gone`, takes over those whose `end` hook is still
+    /// owed (queued for the policy to fire, see [`Storage::owed_ends`]) and leaves
+    /// the others, which hold nothing more, in `gone`.
+    fn take_over_owed(&self, gone: &mut Vec<Handle>) {
+        if self.end_hook_lease.load(Ordering::Relaxed) == 0 {
+            return; // this replica has no `end` hook to fire
+        }
+        let cmds = gone
+            .iter()
+            .map(|handle| Cmd::hgetall(self.link.keys.session(handle)))
+            .collect();
+        let Some(records) = self.link.run("sweep", |conn| {
+            Link::batch(conn, cmds, self.link.is_cluster())?
+                .into_iter()
+                .map(redis::from_redis_value::<HashMap<String, String>>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Into::into)
+        }) else {
+            gone.clear(); // asked again at the next pop, once the lease is out
+            return;
+        };
+        let mut owed = Vec::new();
+        let mut still_gone = Vec::new();
+        for (handle, fields) in gone.iter().zip(records) {
+            match owed_end(*handle, &fields) {
+                Some(end) => owed.push(end),
+                None => still_gone.push(*handle),
+            }
+        }
+        *gone = still_gone;
+        self.owed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(owed);
+    }
+
+    /// Tells Redis which owed `end` hooks are over (part of the flush).
+    fn flush_delivered(&self) {
+        let delivered: Vec<Handle> = self
+            .delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        let cmds = delivered
+            .iter()
+            .flat_map(|handle| {
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(self.link.keys.session(handle)).arg("eh");
+                [
+                    hdel,
+                    Cmd::zrem(self.link.keys.deadlines_of(handle), handle.to_string()),
+                ]
+            })
+            .collect();
+        let sent = self.link.run("end", |conn| {
+            Link::batch(conn, cmds, self.link.is_cluster())
+        });
+        if sent.is_none() {
+            self.delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(delivered);
         }
     }
 
@@ -1021,6 +1120,23 @@ fn parse_parts(handle: Handle, f: &HashMap<String, String>) -> Option<SessionPar
     })
 }
 
+/// The `end` hook a tombstone says is still owed (`eh`), with what it needs: the
+/// session's fields, the end reason (`er`) and time (`ea`).
+fn owed_end(handle: Handle, f: &HashMap<String, String>) -> Option<OwedEnd> {
+    if f.get("eh").is_none_or(|eh| eh != "1") {
+        return None;
+    }
+    let parts = parse_parts(handle, f)?;
+    let reason = f
+        .get("er")
+        .and_then(|r| EndReason::ALL.into_iter().find(|e| e.as_str() == r))?;
+    Some(OwedEnd {
+        session: Arc::new(Session::from_parts(&parts)),
+        reason,
+        at: f.get("ea")?.parse().ok()?,
+    })
+}
+
 /// `rot` = "<current derived handle> <original retires at>".
 fn parse_rotation(text: &str) -> Option<Rotation> {
     let (current, retires) = text.split_once(' ')?;
@@ -1058,6 +1174,8 @@ impl Storage for RedisStorage {
     fn claim_end(&self, session: &Session, reason: EndReason, now: Millis) -> EndClaim {
         let p = session.parts();
         let check = matches!(reason, EndReason::Timeout | EndReason::Abandoned);
+        let lease = self.end_hook_lease.load(Ordering::Relaxed);
+        let owed = lease > 0;
         let key = self.link.keys.session(&p.handle);
         let message = format!("{} {}", self.replica, p.handle);
         let reply: Option<Vec<String>> = self.link.run("end", |conn| {
@@ -1070,12 +1188,24 @@ impl Storage for RedisStorage {
                 .arg(now)
                 .arg(TOMBSTONE)
                 .arg(if check { "1" } else { "0" })
+                .arg(reason.as_str())
+                .arg(if owed { "1" } else { "0" })
                 .query(conn)?;
             if reply.first().is_some_and(|r| r == "won") {
                 let mut publish = redis::cmd("PUBLISH");
                 publish.arg(self.link.keys.channel()).arg(&message);
+                let (deadlines, member) =
+                    (self.link.keys.deadlines_of(&p.handle), p.handle.to_string());
+                // While its `end` hook is owed, the session's entry in the deadline
+                // index is the hook's lease: if this replica stops before the hook is
+                // over, another pops it once the lease is out and fires the hook.
+                let entry = if owed {
+                    Cmd::zadd(deadlines, member, now.saturating_add(lease))
+                } else {
+                    Cmd::zrem(deadlines, member)
+                };
                 let mut cmds = vec![
-                    Cmd::zrem(self.link.keys.deadlines_of(&p.handle), p.handle.to_string()),
+                    entry,
                     Cmd::srem(self.link.keys.index_of(&p.handle), p.handle.to_string()),
                     publish,
                 ];
@@ -1116,6 +1246,19 @@ impl Storage for RedisStorage {
 
     fn touched(&self, session: &Session) {
         self.mark_dirty(session.handle());
+    }
+
+    fn end_delivered(&self, handle: &Handle) {
+        if self.end_hook_lease.load(Ordering::Relaxed) > 0 {
+            self.delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*handle);
+        }
+    }
+
+    fn owed_ends(&self, out: &mut Vec<OwedEnd>) {
+        out.append(&mut self.owed.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     fn ledger(&self) -> Option<Arc<dyn SpentLedger>> {
@@ -1623,6 +1766,9 @@ impl RedisStore {
             dirty: Mutex::new(HashSet::new()),
             jars_pending: Mutex::new(HashSet::new()),
             replica: uuid::Uuid::new_v4().simple().to_string(),
+            end_hook_lease: AtomicU64::new(0),
+            delivered: Mutex::new(HashSet::new()),
+            owed: Mutex::new(Vec::new()),
             swept_at: AtomicU64::new(0),
         };
         Sessions::with_storage(storage, rules, max_sessions, when_full, observer)
@@ -1631,6 +1777,21 @@ impl RedisStore {
     /// Counts failed Redis operations with `sink` (set once).
     pub fn on_store_error(&self, sink: ErrorSink) {
         let _ = self.storage().link.on_error.set(sink);
+    }
+
+    /// An `end` hook is configured, and takes at most `worst_case` (all attempts):
+    /// each end this replica wins is owed until [`SessionStore::end_hook_done`] says
+    /// its hook is over, and another replica takes it over if this one stops first.
+    ///
+    /// [`SessionStore::end_hook_done`]: super::SessionStore::end_hook_done
+    pub fn owe_end_hooks(&self, worst_case: Duration) {
+        // Past the worst case, a margin for the flush that tells Redis it is over.
+        let lease = crate::lifetime::millis(worst_case)
+            .saturating_add(crate::lifetime::millis(FLUSH_INTERVAL))
+            .saturating_add(OWED_MARGIN);
+        self.storage()
+            .end_hook_lease
+            .store(lease.max(1), Ordering::Relaxed);
     }
 }
 

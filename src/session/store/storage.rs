@@ -32,6 +32,15 @@ pub enum EndClaim {
     Unreachable,
 }
 
+/// An `end` hook a replica that stopped still owed, taken over by this one: the
+/// session as the shared store kept it, why and when it ended.
+#[derive(Debug)]
+pub struct OwedEnd {
+    pub session: Arc<Session>,
+    pub reason: EndReason,
+    pub at: Millis,
+}
+
 /// A session whose token was rotated: what the current token derives to, the token
 /// itself (for a browser still presenting the old one), and when each older token
 /// stops working.
@@ -81,6 +90,18 @@ pub trait Storage: Send + Sync {
     fn claim_idle(&self, session: &Session, since: Millis) -> bool {
         let _ = (session, since);
         true
+    }
+
+    /// The `end` hook of a session this process ended is over: a shared store stops
+    /// holding it as owed.
+    fn end_delivered(&self, handle: &Handle) {
+        let _ = handle;
+    }
+
+    /// Moves into `out` the `end` hooks this process has taken over from replicas
+    /// that stopped before firing them (a shared store finds them while sweeping).
+    fn owed_ends(&self, out: &mut Vec<OwedEnd>) {
+        let _ = out;
     }
 
     /// A touch moved the session's timestamps (a shared store batches these).

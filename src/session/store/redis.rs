@@ -1545,13 +1545,15 @@ impl Storage for RedisStorage {
                 }
                 match self.write_jar(handle, slot.as_ref(), JarWrite::IfVersion(version)) {
                     Some(JarWritten::Raced) => continue,
-                    Some(JarWritten::Yes | JarWritten::Gone) => {
+                    Some(JarWritten::Yes) => {
                         self.keep_jar(handle, slot);
                         return result;
                     }
-                    None => {
-                        // Unreachable mid-way: the change is kept here, and written
-                        // back by the next flush that reaches Redis.
+                    Some(JarWritten::Gone) | None => {
+                        // Unreachable mid-way, or the record is gone (ended elsewhere,
+                        // or lost by a Redis that restarted empty): the change is kept
+                        // here, and written back by the next flush that reaches Redis
+                        // (where an ended session takes no jar).
                         self.keep_jar(handle, slot);
                         if self.local.contains(handle) {
                             self.pending_jars().insert(*handle);

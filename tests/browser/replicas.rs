@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::common::metric_value;
-use crate::common::process::Gate;
+use crate::common::process::{self, Gate};
 use crate::common::redis::RedisServer;
 use crate::harness::{wait_until, Browser};
 
@@ -89,19 +89,13 @@ impl Drop for RoundRobin {
 /// a heartbeat a second, idle keep-alive connections closed after 100 ms, hooks to
 /// the app, sessions on `redis`.
 fn replica_config(dir: &Path, name: &str, app: &App, redis: &RedisServer) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
+    process::replica_config(
+        dir,
+        name,
+        &app.url(),
+        &redis.url(),
+        r#"idle_timeout = "100ms""#,
         r#"
-[listen]
-address = "127.0.0.1:0"
-idle_timeout = "100ms"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstream]
-url = "{app}"
-
 [session]
 mode = "tab"
 timeout = "3s"
@@ -114,20 +108,8 @@ heartbeat = "1s"
 [hooks]
 start = "/hooks/start"
 end = "/hooks/end"
-
-[log]
-format = "json"
-level = "info"
-
-[store]
-backend = "redis"
-url = "{redis}"
 "#,
-        app = app.url(),
-        redis = redis.url(),
-    );
-    std::fs::write(&path, text).expect("config written");
-    path
+    )
 }
 
 /// Heartbeats `replica` has received (`sessiongate_heartbeats_total`).

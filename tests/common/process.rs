@@ -4,7 +4,7 @@
 //! leaks one.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -129,4 +129,44 @@ impl Gate {
             }
         }
     }
+}
+
+/// Writes `<dir>/<name>.toml` for a replica process sharing its sessions on the
+/// Redis at `redis_url`: loopback ports (`listen` adds `[listen]` keys), JSON logs
+/// (which [`Gate`] reads), `upstream_url`, and `sections` (`[session]`, `[hooks]`,
+/// ... as the test needs).
+pub fn replica_config(
+    dir: &Path,
+    name: &str,
+    upstream_url: &str,
+    redis_url: &str,
+    listen: &str,
+    sections: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+{listen}
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "{upstream_url}"
+
+[log]
+format = "json"
+level = "info"
+
+[store]
+backend = "redis"
+url = "{redis_url}"
+
+{sections}
+"#
+    );
+    std::fs::write(&path, text).expect("config written");
+    path
 }

@@ -691,65 +691,104 @@ async fn bare_store(
     (store, clock, ends)
 }
 
+/// Two replicas' bare stores on one Redis (see [`bare_store`]), with a session
+/// created on A and loaded by B.
+struct TwoStores {
+    /// Kept (bind it when destructuring): dropping it stops the server.
+    _redis: RedisServer,
+    a: sessiongate::session::store::redis::RedisStore,
+    b: sessiongate::session::store::redis::RedisStore,
+    ends: [std::sync::Arc<Ends>; 2],
+    /// The session as A holds it, and as B does.
+    on_a: std::sync::Arc<sessiongate::session::Session>,
+    on_b: std::sync::Arc<sessiongate::session::Session>,
+    now: sessiongate::session::Millis,
+}
+
+impl TwoStores {
+    async fn start() -> TwoStores {
+        use sessiongate::session::store::SessionStore;
+        use sessiongate::session::{BrowserKey, CreatedKind};
+
+        let redis = RedisServer::start().await;
+        let (a, clock, ends_a) = bare_store(&redis).await;
+        let (b, _, ends_b) = bare_store(&redis).await;
+        let browser = BrowserKey::generate().unwrap();
+        let now = clock.now();
+        let created = a
+            .create(&browser, None, CreatedKind::New, None, now)
+            .unwrap();
+        let on_b = b
+            .resolve(&created.token, &browser, now)
+            .expect("B loads the session A created")
+            .session;
+        assert_eq!(on_b.handle(), created.session.handle());
+        TwoStores {
+            _redis: redis,
+            a,
+            b,
+            ends: [ends_a, ends_b],
+            on_a: created.session,
+            on_b,
+            now,
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_stores_that_both_hold_a_due_session_end_it_once() {
     use sessiongate::session::store::SessionStore;
-    use sessiongate::session::{BrowserKey, CreatedKind, EndReason};
+    use sessiongate::session::EndReason;
 
     // Two replicas' stores, without their background tasks: no invalidation
     // reaches the other, so only the end claim in Redis can keep the second end
     // from happening.
-    let redis = RedisServer::start().await;
-    let (a, clock, ends_a) = bare_store(&redis).await;
-    let (b, _, ends_b) = bare_store(&redis).await;
-    let browser = BrowserKey::generate().unwrap();
-    let now = clock.now();
-    let created = a
-        .create(&browser, None, CreatedKind::New, None, now)
-        .unwrap();
-    let on_b = b
-        .resolve(&created.token, &browser, now)
-        .expect("B loads the session A created")
-        .session;
-    assert_eq!(on_b.handle(), created.session.handle());
-
+    let TwoStores {
+        _redis,
+        a,
+        b,
+        ends,
+        on_a,
+        on_b,
+        now,
+    } = TwoStores::start().await;
     // Both find it past its deadline: both try to end it.
     let later = now + 61_000;
-    for (store, session) in [(&a, &created.session), (&b, &on_b)] {
+    for (store, session) in [(&a, &on_a), (&b, &on_b)] {
         store.sweep(later, 100);
         store.end(session, EndReason::Timeout, later);
     }
-    let total = ends_a.0.load(std::sync::atomic::Ordering::SeqCst)
-        + ends_b.0.load(std::sync::atomic::Ordering::SeqCst);
+    let total: usize = ends
+        .iter()
+        .map(|e| e.0.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
     assert_eq!(total, 1, "exactly one replica ended it");
-    assert!(a.get(&created.session.handle(), later).is_none());
-    assert!(b.get(&created.session.handle(), later).is_none());
+    assert!(a.get(&on_a.handle(), later).is_none());
+    assert!(b.get(&on_a.handle(), later).is_none());
 }
 
 #[tokio::test]
 async fn cookies_two_replicas_store_in_one_jar_at_the_same_time_are_both_kept() {
     use sessiongate::session::jar::{Jar, Site};
     use sessiongate::session::store::SessionStore;
-    use sessiongate::session::{BrowserKey, CreatedKind};
 
     const SITE: Site<'static> = Site {
         host: "app",
         path: "/",
         secure: false,
     };
-    let redis = RedisServer::start().await;
-    let (a, clock, _) = bare_store(&redis).await;
-    let (b, _, _) = bare_store(&redis).await;
-    let browser = BrowserKey::generate().unwrap();
-    let now = clock.now();
-    let created = a
-        .create(&browser, None, CreatedKind::New, None, now)
-        .unwrap();
-    let on_b = b.resolve(&created.token, &browser, now).unwrap().session;
+    let TwoStores {
+        _redis,
+        a,
+        b,
+        on_a,
+        on_b,
+        ..
+    } = TwoStores::start().await;
     // A stores `a=1` while B stores `b=2` in the same session's jar: B's write lands
     // between A reading the jar and A writing it back.
     let mut raced = false;
-    a.update_jar(&created.session, &mut |slot: &mut Option<Jar>| {
+    a.update_jar(&on_a, &mut |slot: &mut Option<Jar>| {
         if !raced {
             raced = true;
             b.update_jar(&on_b, &mut |slot: &mut Option<Jar>| {
@@ -761,7 +800,7 @@ async fn cookies_two_replicas_store_in_one_jar_at_the_same_time_are_both_kept() 
             .store(b"a=1", &SITE, 1);
     });
     for store in [&a, &b] {
-        let mut jar = store.jar(&created.session.handle()).expect("a jar");
+        let mut jar = store.jar(&on_a.handle()).expect("a jar");
         assert_eq!(
             jar.header(&SITE, 2).as_deref(),
             Some("b=2; a=1"),
@@ -844,19 +883,14 @@ fn replica_config_with(
     end_hook: &str,
     budget: &str,
 ) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"
-[listen]
-address = "127.0.0.1:0"
-drain_timeout = "2s"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstream]
-url = "{upstream}"
-
+    crate::common::process::replica_config(
+        dir,
+        name,
+        &upstream.url(),
+        &redis.url(),
+        r#"drain_timeout = "2s""#,
+        &format!(
+            r#"
 [session]
 mode = "browser"
 timeout = "1s"
@@ -866,21 +900,9 @@ on_timeout = "end"
 start = "/hooks/start"
 end = "{end_hook}"
 budget = "{budget}"
-
-[log]
-format = "json"
-level = "info"
-
-[store]
-backend = "redis"
-url = "{redis}"
-prefix = "kill:"
-"#,
-        upstream = upstream.url(),
-        redis = redis.url(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+"#
+        ),
+    )
 }
 
 #[tokio::test]

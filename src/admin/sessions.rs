@@ -138,11 +138,12 @@ impl SessionApi {
         // the cursor in a bounded max-heap (one more than asked tells whether there is
         // a next page). With a shared store the pass reads Redis: off the runtime.
         let store = Arc::clone(&self.store);
+        let now = self.clock.now();
         let pass = tokio::task::spawn_blocking(move || {
             let mut count = 0usize;
             let mut heap = BinaryHeap::with_capacity(limit + 2);
             store
-                .for_each(&mut |session| {
+                .for_each(now, &mut |session| {
                     if state.is_some_and(|want| session.stored_state() != want) {
                         return;
                     }

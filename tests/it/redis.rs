@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sessiongate::config::{Config, CookieJar, Duration as Cfg, SessionMode, StoreBackend};
+use sessiongate::config::{
+    Config, CookieJar, Duration as Cfg, OnTimeout, SessionMode, StoreBackend,
+};
 use sessiongate::server::{self, Running};
 
 use crate::common::redis::RedisServer;
@@ -655,16 +657,17 @@ impl sessiongate::session::events::SessionObserver for Ends {
 }
 
 /// A replica's store on `redis` without the gateway around it or its background
-/// tasks (no flush, no invalidation): a test drives it call by call. Sessions time
-/// out after a minute and end.
+/// tasks (no flush, no invalidation, no sweep): a test drives it call by call.
+/// Sessions time out after a minute, then `on_timeout` applies.
 async fn bare_store(
     redis: &RedisServer,
+    on_timeout: sessiongate::config::OnTimeout,
 ) -> (
     sessiongate::session::store::redis::RedisStore,
     sessiongate::session::Clock,
     std::sync::Arc<Ends>,
 ) {
-    use sessiongate::config::{OnTimeout, WhenFull};
+    use sessiongate::config::WhenFull;
     use sessiongate::lifetime::Activity;
     use sessiongate::session::store::redis::{connect, RedisStore};
     use sessiongate::session::Lifetime;
@@ -673,7 +676,7 @@ async fn bare_store(
     on_redis(&mut config, redis);
     let rules = Lifetime::new(
         Duration::from_secs(60),
-        OnTimeout::End,
+        on_timeout,
         None,
         None,
         Duration::ZERO,
@@ -706,13 +709,13 @@ struct TwoStores {
 }
 
 impl TwoStores {
-    async fn start() -> TwoStores {
+    async fn start(on_timeout: sessiongate::config::OnTimeout) -> TwoStores {
         use sessiongate::session::store::SessionStore;
         use sessiongate::session::{BrowserKey, CreatedKind};
 
         let redis = RedisServer::start().await;
-        let (a, clock, ends_a) = bare_store(&redis).await;
-        let (b, _, ends_b) = bare_store(&redis).await;
+        let (a, clock, ends_a) = bare_store(&redis, on_timeout).await;
+        let (b, _, ends_b) = bare_store(&redis, on_timeout).await;
         let browser = BrowserKey::generate().unwrap();
         let now = clock.now();
         let created = a
@@ -751,7 +754,7 @@ async fn two_stores_that_both_hold_a_due_session_end_it_once() {
         on_a,
         on_b,
         now,
-    } = TwoStores::start().await;
+    } = TwoStores::start(OnTimeout::End).await;
     // Both find it past its deadline: both try to end it.
     let later = now + 61_000;
     for (store, session) in [(&a, &on_a), (&b, &on_b)] {
@@ -784,7 +787,7 @@ async fn cookies_two_replicas_store_in_one_jar_at_the_same_time_are_both_kept() 
         on_a,
         on_b,
         ..
-    } = TwoStores::start().await;
+    } = TwoStores::start(OnTimeout::End).await;
     // A stores `a=1` while B stores `b=2` in the same session's jar: B's write lands
     // between A reading the jar and A writing it back.
     let mut raced = false;
@@ -807,6 +810,30 @@ async fn cookies_two_replicas_store_in_one_jar_at_the_same_time_are_both_kept() 
             "neither change is lost"
         );
     }
+}
+
+#[tokio::test]
+async fn a_session_in_its_countdown_is_listed_as_warning_by_a_replica_that_does_not_hold_it() {
+    use sessiongate::session::store::SessionStore;
+    use sessiongate::session::{BrowserKey, CreatedKind, State};
+
+    let redis = RedisServer::start().await;
+    let (a, clock, _) = bare_store(&redis, OnTimeout::Countdown).await;
+    let (b, _, _) = bare_store(&redis, OnTimeout::Countdown).await;
+    let browser = BrowserKey::generate().unwrap();
+    let now = clock.now();
+    let created = a
+        .create(&browser, None, CreatedKind::New, None, now)
+        .unwrap();
+    // A minute idle: A's sweeper starts the countdown. Redis holds the timestamps,
+    // not A's view of them.
+    let later = now + 61_000;
+    a.sweep(later, 100);
+    assert_eq!(created.session.stored_state(), State::Warning);
+    let mut seen = Vec::new();
+    b.for_each(later, &mut |s| seen.push((s.handle(), s.stored_state())))
+        .expect("Redis reachable");
+    assert_eq!(seen, [(created.session.handle(), State::Warning)]);
 }
 
 /// The `Cookie` header the upstream got for a request with `cookies` to `gateway`.

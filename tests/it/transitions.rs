@@ -285,7 +285,7 @@ fn run(rules: Lifetime, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             let (mut active, mut warning) = (0.0, 0.0);
             store
-                .for_each(&mut |s| match s.stored_state() {
+                .for_each(clock.now(), &mut |s| match s.stored_state() {
                     State::Active => active += 1.0,
                     State::Warning => warning += 1.0,
                     State::Ended => {}

@@ -126,9 +126,14 @@ pub trait SessionStore: Send + Sync {
 
     /// Calls `visit` with every session in the table, in no particular order (the
     /// admin API's filtered, counted listing): with a shared store, every replica's
-    /// sessions, or [`SessionError::StoreDown`] when it cannot be read whole. `visit`
+    /// sessions (one this process does not hold in the state the rules give it at
+    /// `now`), or [`SessionError::StoreDown`] when it cannot be read whole. `visit`
     /// must not call the store; this may block on the shared store.
-    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError>;
+    fn for_each(
+        &self,
+        now: Millis,
+        visit: &mut dyn FnMut(&Arc<Session>),
+    ) -> Result<(), SessionError>;
 
     fn len(&self) -> usize;
 

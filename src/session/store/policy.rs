@@ -791,8 +791,12 @@ impl<S: Storage> SessionStore for Sessions<S> {
         self.storage.scan(after, limit)
     }
 
-    fn for_each(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
-        self.storage.for_each_shared(visit)
+    fn for_each(
+        &self,
+        now: Millis,
+        visit: &mut dyn FnMut(&Arc<Session>),
+    ) -> Result<(), SessionError> {
+        self.storage.for_each_shared(now, visit)
     }
 
     fn len(&self) -> usize {

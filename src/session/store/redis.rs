@@ -96,7 +96,7 @@ use crate::session::jar::Jar;
 use crate::session::ticket::SpentLedger;
 use crate::session::token::Secrets;
 use crate::session::{
-    EndReason, Handle, Lifetime, Millis, Session, SessionError, SessionParts, State,
+    EndReason, Handle, Lifetime, Millis, Session, SessionError, SessionParts, State, Verdict,
 };
 
 /// The lifetime policy over Redis-backed storage.
@@ -895,9 +895,15 @@ impl RedisStorage {
 
     /// The sessions behind one page of index handles: this replica's copy where it
     /// holds one, the rest read from Redis in one pipeline (not cached: a listing
-    /// does not fill the cache). Handles whose session is gone or ended are returned
-    /// as stale. `None`: Redis could not be read.
-    fn listed(&self, handles: Vec<String>) -> Option<(Vec<Arc<Session>>, Vec<String>)> {
+    /// does not fill the cache) and put in the state the rules give them at `now`
+    /// (Redis keeps timestamps, not the state the replica holding a session settled
+    /// it in). Handles whose session is gone or ended are returned as stale. `None`:
+    /// Redis could not be read.
+    fn listed(
+        &self,
+        handles: Vec<String>,
+        now: Millis,
+    ) -> Option<(Vec<Arc<Session>>, Vec<String>)> {
         let mut sessions = Vec::with_capacity(handles.len());
         let mut stale = Vec::new();
         let mut remote = Vec::new();
@@ -926,7 +932,13 @@ impl RedisStorage {
         })?;
         for ((handle, text), fields) in remote.into_iter().zip(records) {
             match parse_parts(handle, &fields).filter(|p| p.state != State::Ended) {
-                Some(parts) => sessions.push(Arc::new(Session::from_parts(&parts))),
+                Some(mut parts) => {
+                    let rules_say = Session::from_parts(&parts).verdict(&self.rules, now);
+                    if let Verdict::Live(state) = rules_say {
+                        parts.state = state;
+                    }
+                    sessions.push(Arc::new(Session::from_parts(&parts)));
+                }
                 None => stale.push(text),
             }
         }
@@ -1339,7 +1351,11 @@ impl Storage for RedisStorage {
         self.local.for_each(visit);
     }
 
-    fn for_each_shared(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
+    fn for_each_shared(
+        &self,
+        now: Millis,
+        visit: &mut dyn FnMut(&Arc<Session>),
+    ) -> Result<(), SessionError> {
         // Every index shard, `SSCAN` page by page (a handle added or removed during the
         // walk may or may not be seen; every other one is seen once).
         for shard in 0..SHARDS {
@@ -1357,7 +1373,7 @@ impl Storage for RedisStorage {
                             .query(conn)
                     })
                     .ok_or(SessionError::StoreDown)?;
-                let (sessions, stale) = self.listed(handles).ok_or(SessionError::StoreDown)?;
+                let (sessions, stale) = self.listed(handles, now).ok_or(SessionError::StoreDown)?;
                 for session in &sessions {
                     visit(session);
                 }

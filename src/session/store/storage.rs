@@ -156,9 +156,15 @@ pub trait Storage: Send + Sync {
 
     /// Calls `visit` with every session of every replica (the admin API's listing),
     /// in no particular order: the same as [`Storage::for_each`] for a local store;
-    /// a shared store walks what it shares, and fails
-    /// ([`SessionError::StoreDown`]) rather than answer with part of it.
-    fn for_each_shared(&self, visit: &mut dyn FnMut(&Arc<Session>)) -> Result<(), SessionError> {
+    /// a shared store walks what it shares (a session this process does not hold in
+    /// the state the rules give it at `now`), and fails ([`SessionError::StoreDown`])
+    /// rather than answer with part of it.
+    fn for_each_shared(
+        &self,
+        now: Millis,
+        visit: &mut dyn FnMut(&Arc<Session>),
+    ) -> Result<(), SessionError> {
+        let _ = now;
         self.for_each(visit);
         Ok(())
     }

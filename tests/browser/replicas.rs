@@ -112,15 +112,20 @@ end = "/hooks/end"
     )
 }
 
-/// Heartbeats `replica` has received (`sessiongate_heartbeats_total`).
-async fn heartbeats(replica: &Gate) -> f64 {
+/// One sample of `replica`'s metrics (0 when not rendered yet).
+async fn metric(replica: &Gate, sample: &str) -> f64 {
     let metrics = reqwest::get(format!("http://{}/metrics", replica.admin))
         .await
         .expect("metrics reachable")
         .text()
         .await
         .expect("metrics body");
-    metric_value(&metrics, "sessiongate_heartbeats_total").unwrap_or(0.0)
+    metric_value(&metrics, sample).unwrap_or(0.0)
+}
+
+/// Heartbeats `replica` has received.
+async fn heartbeats(replica: &Gate) -> f64 {
+    metric(replica, "sessiongate_heartbeats_total").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,9 +133,11 @@ async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_repl
     let redis = RedisServer::start().await;
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Gate::start(&replica_config(dir.path(), "a", &app, &redis), &[]).await;
-    let b = Gate::start(&replica_config(dir.path(), "b", &app, &redis), &[]).await;
-    let proxy = RoundRobin::start(vec![a.listen, b.listen]).await;
+    let mut replicas = [
+        Gate::start(&replica_config(dir.path(), "a", &app, &redis), &[]).await,
+        Gate::start(&replica_config(dir.path(), "b", &app, &redis), &[]).await,
+    ];
+    let proxy = RoundRobin::start(replicas.iter().map(|r| r.listen).collect()).await;
     let browser = Browser::launch().await;
 
     browser.goto(&proxy.url("/page")).await;
@@ -155,14 +162,25 @@ async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_repl
     );
     // Heartbeats, wherever they land, keep it.
     wait_until("heartbeats", Duration::from_secs(10), || async {
-        (heartbeats(&a).await + heartbeats(&b).await >= 2.0).then_some(())
+        let [a, b] = &replicas;
+        (heartbeats(a).await + heartbeats(b).await >= 2.0).then_some(())
     })
     .await;
 
-    // One replica is killed mid-test: the tab carries on on the other.
-    a.signal(libc::SIGKILL);
-    a.exit_within(Duration::from_secs(5)).await;
-    let before = heartbeats(&b).await;
+    // The replica that created the session is killed mid-test: the tab carries on
+    // on the other.
+    let created = r#"sessiongate_sessions_created_total{kind="new"}"#;
+    let creator = usize::from(metric(&replicas[1], created).await == 1.0);
+    assert_eq!(
+        metric(&replicas[creator], created).await,
+        1.0,
+        "one creation"
+    );
+    let [a, b] = &mut replicas;
+    let (killed, left) = if creator == 0 { (a, b) } else { (b, a) };
+    killed.signal(libc::SIGKILL);
+    killed.exit_within(Duration::from_secs(5)).await;
+    let before = heartbeats(left).await;
     browser.reload().await;
     let (again, page) = browser.wait_handle(seq, "after a replica was killed").await;
     assert_eq!(again, handle, "no session lost with a replica");
@@ -173,7 +191,7 @@ async fn a_tab_alternating_between_two_replicas_keeps_one_session_through_a_repl
     wait_until(
         "heartbeats on the replica left",
         Duration::from_secs(10),
-        || async { (heartbeats(&b).await > before).then_some(()) },
+        || async { (heartbeats(left).await > before).then_some(()) },
     )
     .await;
 

@@ -19,7 +19,10 @@
 //! - `timeout` fires on `warning` (and once per idle period under `keep`); a 2xx answer
 //!   `{"handled": true}` calls the [`TimeoutHandled`] handler.
 //! - `end` fires once per session, is retried with exponential backoff, and never
-//!   blocks a request; [`Hooks::drain`] waits for pending ones at shutdown.
+//!   blocks a request; [`Hooks::drain`] waits for pending ones at shutdown. When it
+//!   is over (answered or given up) the [`EndDone`] handler is told, so a store
+//!   shared by replicas stops holding it as owed (one that fires an `end` hook another
+//!   replica owed reports it as [`SessionEvent::EndOwed`]).
 //!
 //! Submodules: `target` (where a hook goes), `payload` (the JSON body), `call` (one POST
 //! within the budget, and its metric), `gate` (what `ready` waits on), `schedule`

@@ -92,6 +92,16 @@ impl Replicas {
     }
 }
 
+/// Sessions that end (`on_timeout = "end"`) after `timeout_ms` idle, with an `end`
+/// hook at `/hooks/end`.
+fn ending_after(timeout_ms: u64) -> impl Fn(&mut Config) {
+    move |c| {
+        c.session.timeout = Cfg::from_millis(timeout_ms);
+        c.session.on_timeout = OnTimeout::End;
+        c.hooks.end = "/hooks/end".into();
+    }
+}
+
 fn url(gateway: &Running, path: &str) -> String {
     format!("http://{}{}", gateway.public_addr, path)
 }
@@ -1078,14 +1088,9 @@ async fn an_end_hook_owed_by_a_killed_replica_is_fired_once_by_another() {
 async fn a_session_only_redis_knows_of_is_swept_by_the_shared_deadline_index() {
     // A session created by a replica that is gone and never seen by the one left:
     // only the shared deadline index can bring it to its end (and its end hook).
-    let r = Replicas::start(SessionMode::Browser, |c| {
-        // Long enough that A is surely gone before the session is due, even on a
-        // loaded machine (A ending it itself would prove nothing).
-        c.session.timeout = Cfg::from_millis(2_000);
-        c.session.on_timeout = sessiongate::config::OnTimeout::End;
-        c.hooks.end = "/hooks/end".into();
-    })
-    .await;
+    // Long enough that A is surely gone before the session is due, even on a loaded
+    // machine (A ending it itself would prove nothing).
+    let r = Replicas::start(SessionMode::Browser, ending_after(2_000)).await;
     let (_, handle) = mint(&r.a).await;
     r.a.shutdown();
     r.a.stopping().await;
@@ -1180,12 +1185,7 @@ async fn ended_once(r: &Replicas, handle: &str) {
 /// committed, and the session then lived on until its next request).
 #[tokio::test]
 async fn a_deadline_met_during_an_outage_is_swept_once_redis_is_back() {
-    let mut r = Replicas::start(SessionMode::Browser, |c| {
-        c.session.timeout = Cfg::from_millis(600);
-        c.session.on_timeout = sessiongate::config::OnTimeout::End;
-        c.hooks.end = "/hooks/end".into();
-    })
-    .await;
+    let mut r = Replicas::start(SessionMode::Browser, ending_after(600)).await;
     r.b.shutdown();
     r.b.stopping().await;
     let (_, handle) = mint(&r.a).await;
@@ -1222,12 +1222,7 @@ async fn a_request_waiting_on_a_frozen_redis_holds_up_no_other() {
 
 #[tokio::test]
 async fn nothing_ends_while_redis_is_down_and_the_sweeper_catches_up_after() {
-    let mut r = Replicas::start(SessionMode::Browser, |c| {
-        c.session.timeout = Cfg::from_millis(600);
-        c.session.on_timeout = sessiongate::config::OnTimeout::End;
-        c.hooks.end = "/hooks/end".into();
-    })
-    .await;
+    let mut r = Replicas::start(SessionMode::Browser, ending_after(600)).await;
     let (cookies, handle) = mint(&r.a).await;
     r.redis.stop();
     // Past its deadline while Redis is away: refused (a new session cannot be
@@ -1336,10 +1331,8 @@ async fn two_replicas_share_sessions_on_a_three_master_redis_cluster() {
     let replica = |node: &RedisServer| {
         let mut config = test_config(&upstream.url());
         config.session.mode = SessionMode::Browser;
-        config.session.timeout = Cfg::from_millis(600);
-        config.session.on_timeout = sessiongate::config::OnTimeout::End;
+        ending_after(600)(&mut config);
         config.hooks.start = "/hooks/start".into();
-        config.hooks.end = "/hooks/end".into();
         on_redis(&mut config, node);
         server::start(config)
     };

@@ -703,7 +703,18 @@ impl RedisStorage {
         let fields: HashMap<String, String> = self
             .link
             .run("load", |conn| redis::cmd("HGETALL").arg(&key).query(conn))?;
-        let parts = parse_parts(*handle, &fields)?;
+        self.cache_record(handle, &fields)
+    }
+
+    /// The session a record read from Redis holds, put in the cache (unless it is
+    /// full: then served, not cached) with its rotation, jar and deadline; `None`
+    /// for a record that is gone or ended.
+    fn cache_record(
+        &self,
+        handle: &Handle,
+        fields: &HashMap<String, String>,
+    ) -> Option<Arc<Session>> {
+        let parts = parse_parts(*handle, fields)?;
         if parts.state == State::Ended {
             return None;
         }
@@ -873,6 +884,25 @@ impl RedisStorage {
         ended
     }
 
+    /// The session records (hashes) of `handles`, read in one pipeline; `None` if
+    /// Redis could not be read (counted under `op`).
+    fn records<'a>(
+        &self,
+        op: &'static str,
+        handles: impl Iterator<Item = &'a Handle>,
+    ) -> Option<Vec<HashMap<String, String>>> {
+        let cmds = handles
+            .map(|handle| Cmd::hgetall(self.link.keys.session(handle)))
+            .collect();
+        self.link.run(op, |conn| {
+            Link::batch(conn, cmds, self.link.is_cluster())?
+                .into_iter()
+                .map(redis::from_redis_value::<HashMap<String, String>>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Into::into)
+        })
+    }
+
     /// Lists `handles` in the session index again (one `SADD` per shard).
     fn relist(&self, handles: &[Handle]) -> bool {
         let mut shards: Vec<Vec<String>> = vec![Vec::new(); usize::from(SHARDS)];
@@ -919,17 +949,7 @@ impl RedisStorage {
         if remote.is_empty() {
             return Some((sessions, stale));
         }
-        let cmds = remote
-            .iter()
-            .map(|(handle, _)| Cmd::hgetall(self.link.keys.session(handle)))
-            .collect();
-        let records = self.link.run("list", |conn| {
-            Link::batch(conn, cmds, self.link.is_cluster())?
-                .into_iter()
-                .map(redis::from_redis_value::<HashMap<String, String>>)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Into::into)
-        })?;
+        let records = self.records("list", remote.iter().map(|(handle, _)| handle))?;
         for ((handle, text), fields) in remote.into_iter().zip(records) {
             match parse_parts(handle, &fields).filter(|p| p.state != State::Ended) {
                 Some(mut parts) => {
@@ -978,23 +998,41 @@ impl RedisStorage {
                 .map_err(Into::into)
         });
         let Some(popped) = popped else { return };
-        let mut gone = Vec::new();
+        let mut elsewhere = Vec::new();
         for handle in popped.into_iter().flatten() {
             let Ok(handle) = handle.parse::<Handle>() else {
                 continue;
             };
-            match self.get(&handle) {
+            match self.local.get(&handle) {
                 Some(session) => self.local.file_earlier(&session, now),
-                None if self.link.is_up() => gone.push(handle),
-                None => {}
+                None => elsewhere.push(handle),
             }
         }
-        // Not a live session: an ended one whose `end` hook is still owed (its
-        // replica stopped before the hook was over; the pop has leased it to this
-        // one), or nothing left to do.
-        if !gone.is_empty() {
-            self.take_over_owed(&mut gone);
+        if elsewhere.is_empty() {
+            return;
         }
+        // Sessions this replica does not hold: loaded and swept here. Not a live
+        // session: an ended one whose `end` hook is still owed (its replica stopped
+        // before the hook was over; the pop has leased it to this one), or nothing
+        // left to do. Unreadable: popped again once the lease is out.
+        let Some(records) = self.records("sweep", elsewhere.iter()) else {
+            return;
+        };
+        let take_over = self.end_hook_lease.load(Ordering::Relaxed) > 0;
+        let (mut owed, mut gone) = (Vec::new(), Vec::new());
+        for (handle, fields) in elsewhere.into_iter().zip(records) {
+            if let Some(session) = self.cache_record(&handle, &fields) {
+                self.local.file_earlier(&session, now);
+            } else if let Some(end) = owed_end(handle, &fields).filter(|_| take_over) {
+                owed.push(end);
+            } else {
+                gone.push(handle);
+            }
+        }
+        self.owed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(owed);
         if !gone.is_empty() {
             let _ = self.link.run("sweep", |conn| {
                 let cmds = gone
@@ -1012,42 +1050,6 @@ impl RedisStorage {
     /// longer if an `end` hook can take longer.
     fn lease(&self) -> Millis {
         LEASE.max(self.end_hook_lease.load(Ordering::Relaxed))
-    }
-
-    /// Of the popped handles in `gone`, takes over those whose `end` hook is still
-    /// owed (queued for the policy to fire, see [`Storage::owed_ends`]) and leaves
-    /// the others, which hold nothing more, in `gone`.
-    fn take_over_owed(&self, gone: &mut Vec<Handle>) {
-        if self.end_hook_lease.load(Ordering::Relaxed) == 0 {
-            return; // this replica has no `end` hook to fire
-        }
-        let cmds = gone
-            .iter()
-            .map(|handle| Cmd::hgetall(self.link.keys.session(handle)))
-            .collect();
-        let Some(records) = self.link.run("sweep", |conn| {
-            Link::batch(conn, cmds, self.link.is_cluster())?
-                .into_iter()
-                .map(redis::from_redis_value::<HashMap<String, String>>)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(Into::into)
-        }) else {
-            gone.clear(); // asked again at the next pop, once the lease is out
-            return;
-        };
-        let mut owed = Vec::new();
-        let mut still_gone = Vec::new();
-        for (handle, fields) in gone.iter().zip(records) {
-            match owed_end(*handle, &fields) {
-                Some(end) => owed.push(end),
-                None => still_gone.push(*handle),
-            }
-        }
-        *gone = still_gone;
-        self.owed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(owed);
     }
 
     /// Tells Redis which owed `end` hooks are over (part of the flush).

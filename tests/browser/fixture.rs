@@ -5,7 +5,7 @@ use sessiongate::config::{Config, SessionMode};
 use sessiongate::server::{self, Running};
 
 use crate::app::App;
-use crate::common::{metric_value, test_config};
+use crate::common::{metric_value, metrics_of, test_config};
 
 /// The test app and a gateway in front of it.
 pub struct Gate {
@@ -37,12 +37,7 @@ impl Gate {
     /// One sample of the gateway's metrics, e.g.
     /// `sessiongate_sessions_ended_total{reason="timeout"}`; 0 when not rendered yet.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = reqwest::get(self.admin_url("/metrics"))
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics body");
+        let text = metrics_of(self.gateway.admin_addr).await;
         metric_value(&text, sample).unwrap_or(0.0)
     }
 

@@ -16,9 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::common::metric_value;
 use crate::common::process::{self, Gate};
 use crate::common::redis::RedisServer;
+use crate::common::{metric_value, metrics_of};
 use crate::harness::{wait_until, Browser, LogEntry, PageInfo};
 
 /// Round-robin over `backends`, per connection; a backend that refuses is skipped.
@@ -114,13 +114,7 @@ end = "/hooks/end"
 
 /// One sample of `replica`'s metrics (0 when not rendered yet).
 async fn metric(replica: &Gate, sample: &str) -> f64 {
-    let metrics = reqwest::get(format!("http://{}/metrics", replica.admin))
-        .await
-        .expect("metrics reachable")
-        .text()
-        .await
-        .expect("metrics body");
-    metric_value(&metrics, sample).unwrap_or(0.0)
+    metric_value(&metrics_of(replica.admin).await, sample).unwrap_or(0.0)
 }
 
 /// Heartbeats `replica` has received.

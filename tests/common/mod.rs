@@ -72,14 +72,19 @@ impl Fixture {
     /// The value of one sample of the gateway's metrics, e.g.
     /// `sessiongate_sessions_ended_total{reason="timeout"}`.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = reqwest::get(self.admin_url("/metrics"))
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics body");
+        let text = metrics_of(self.gateway.admin_addr).await;
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
+}
+
+/// The Prometheus text of the gateway whose admin listener is at `admin`.
+pub async fn metrics_of(admin: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// A gateway in front of any upstream URL (a [`scripted::Scripted`] one, say).

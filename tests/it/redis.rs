@@ -15,7 +15,7 @@ use sessiongate::server::{self, Running};
 
 use crate::common::redis::RedisServer;
 use crate::common::upstream::Recorded;
-use crate::common::{client, cookies_of, metric_value, test_config, Upstream};
+use crate::common::{client, cookies_of, metric_value, metrics_of, test_config, Upstream};
 
 #[tokio::test]
 async fn harness_starts_isolated_servers_and_survives_an_outage() {
@@ -592,14 +592,7 @@ async fn while_redis_is_down_cached_sessions_work_none_is_minted_and_all_resumes
     let ready = client().get(admin(&r.a, "/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.text().await.unwrap().contains("session store"));
-    let metrics = client()
-        .get(admin(&r.a, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(r.a.admin_addr).await;
     let errors: f64 = ["connect", "create", "flush"]
         .iter()
         .filter_map(|op| {
@@ -1070,14 +1063,7 @@ async fn an_end_hook_owed_by_a_killed_replica_is_fired_once_by_another() {
     assert_eq!(payload["session"], on_a.as_str());
     // B's own hook got through, so nobody took it over: still once.
     assert_eq!(ends_of(&on_b).len(), 1);
-    let metrics = client()
-        .get(format!("http://{}/metrics", b.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(b.admin).await;
     assert_eq!(
         metric_value(&metrics, "sessiongate_end_hooks_taken_over_total"),
         Some(1.0)
